@@ -1,0 +1,709 @@
+"""Load a BGE-M3 checkpoint and encode dense, lexical and ColBERT representations in one forward pass."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from m3_integrations import scoring
+from m3_integrations._utils import validate_texts
+
+logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+__all__ = ["M3Model", "M3Output"]
+
+DEFAULT_MODEL = "BAAI/bge-m3"
+COLBERT_HEAD_FILE = "colbert_linear.pt"
+SPARSE_HEAD_FILE = "sparse_linear.pt"
+# Models whose position ids start after the padding index (RoBERTa family): the usable length is
+# max_position_embeddings - padding_idx - 1 (8194 → 8192 for bge-m3).
+_ROBERTA_LIKE = {"xlm-roberta", "roberta", "camembert", "xlm-roberta-xl"}
+
+
+@dataclass
+class M3Output:
+    """What :meth:`M3Model.encode` returns, in input order.
+
+    Attributes:
+        dense: float32 ``(n, d)`` L2-normalised CLS (or mean-pooled) vectors, or ``None``.
+        lexical_weights: per text, token id → weight (special tokens and zeros dropped), or ``None``.
+        colbert_vecs: per text, float32 ``(len_i - 1, d)`` L2-normalised token vectors, or ``None``.
+        num_tokens: per text, the number of tokens after truncation (special tokens included).
+    """
+
+    dense: np.ndarray | None = None
+    lexical_weights: list[dict[int, float]] | None = None
+    colbert_vecs: list[np.ndarray] | None = None
+    num_tokens: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.num_tokens)
+
+
+class M3Model:
+    """BGE-M3 encoder: dense, lexical (sparse) and multi-vector (ColBERT) outputs from one forward pass.
+
+    Matches FlagEmbedding's ``BGEM3FlagModel`` (fp32 CPU outputs agree to 1e-5) and runs on transformers
+    4.x and 5.x.
+
+    Setup:
+        .. code-block:: bash
+
+            pip install m3-integrations
+
+    Which outputs each setup gives:
+
+    ============================================  =====  =======  ==============
+    checkpoint                                    dense  lexical  ColBERT
+    ============================================  =====  =======  ==============
+    bge-m3 layout (both ``.pt`` heads)            yes    yes      yes (trained)
+    plain encoder, ``allow_missing_heads=True``   yes    no       yes (identity)
+    only ``sparse_linear.pt`` + allow_missing     yes    yes      yes (identity)
+    ============================================  =====  =======  ==============
+
+    Without the heads, asking for lexical weights raises ``ValueError``; ``M3Index`` can then use BM25 as
+    the lexical signal.
+
+    Key init args:
+        model_name_or_path: local folder in the bge-m3 layout, or a hub id (default ``BAAI/bge-m3``).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default CUDA when available.
+        use_fp16: half precision; default ``True`` on CUDA, ``False`` on CPU.
+        batch_size: texts per forward pass (also capped by ``max_batch_tokens``).
+        query_max_length / passage_max_length: token limits of ``encode_queries`` / ``encode_passages``.
+        pooling: ``"cls"`` (bge-m3) or ``"mean"`` (e5, MiniLM) for the dense vector.
+        allow_missing_heads: run a plain encoder without ``colbert_linear.pt`` / ``sparse_linear.pt``.
+        query_instruction / passage_instruction: prefixes such as ``"query: "`` for e5 models.
+
+    Example:
+        .. code-block:: python
+
+            from m3_integrations import M3Model
+
+            model = M3Model("BAAI/bge-m3")
+            out = model.encode_passages(["BGE-M3 is a multilingual embedding model."], return_colbert=True)
+            out.dense.shape, out.lexical_weights[0], out.colbert_vecs[0].shape
+            model.compute_score([("what is bge-m3?", "BGE-M3 is an embedding model.")])
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str | os.PathLike[str] = DEFAULT_MODEL,
+        *,
+        device: str | torch.device | None = None,
+        use_fp16: bool | None = None,
+        batch_size: int = 32,
+        max_batch_tokens: int = 32768,
+        query_max_length: int = 512,
+        passage_max_length: int = 8192,
+        normalize_embeddings: bool = True,
+        pooling: Literal["cls", "mean"] = "cls",
+        allow_missing_heads: bool = False,
+        query_instruction: str | None = None,
+        passage_instruction: str | None = None,
+        local_files_only: bool | None = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        show_progress: bool = False,
+        trust_remote_code: bool = False,
+    ) -> None:
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        if pooling not in ("cls", "mean"):
+            msg = f"pooling must be 'cls' or 'mean', got {pooling!r}"
+            raise ValueError(msg)
+        for name, value in (
+            ("batch_size", batch_size),
+            ("max_batch_tokens", max_batch_tokens),
+            ("query_max_length", query_max_length),
+            ("passage_max_length", passage_max_length),
+        ):
+            if not isinstance(value, int) or value <= 0:
+                msg = f"{name} must be a positive integer, got {value!r}"
+                raise ValueError(msg)
+
+        self.model_name_or_path = str(model_name_or_path)
+        folder = _resolve_checkpoint(
+            self.model_name_or_path, local_files_only=local_files_only, revision=revision, cache_dir=cache_dir
+        )
+        self.folder = folder
+        self.device = torch.device(device) if device is not None else _default_device()
+        self.use_fp16 = bool(self.device.type == "cuda") if use_fp16 is None else bool(use_fp16)
+        if self.use_fp16 and self.device.type == "cpu":
+            logger.warning("use_fp16=True on CPU is slow and less accurate; consider use_fp16=False")
+        self.dtype = torch.float16 if self.use_fp16 else torch.float32
+
+        self.config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        self.model = AutoModel.from_pretrained(
+            folder, trust_remote_code=trust_remote_code, dtype=torch.float32
+        )
+        self.model.eval()
+        hidden_size = int(self.config.hidden_size)
+
+        self.pooling = pooling
+        self.normalize_embeddings = normalize_embeddings
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.model_max_length = _model_max_length(self.config)
+        self.query_max_length = self._clamp_length(query_max_length, "query_max_length")
+        self.passage_max_length = self._clamp_length(passage_max_length, "passage_max_length")
+        self.query_instruction = query_instruction
+        self.passage_instruction = passage_instruction
+        self.show_progress = show_progress
+
+        colbert_path = folder / COLBERT_HEAD_FILE
+        sparse_path = folder / SPARSE_HEAD_FILE
+        missing = [p.name for p in (colbert_path, sparse_path) if not p.is_file()]
+        if missing and not allow_missing_heads:
+            msg = (
+                f"checkpoint {self.model_name_or_path!r} has no {' and no '.join(missing)} "
+                f"(looked in {folder}). "
+                "A BGE-M3 checkpoint ships both heads; to run a plain encoder without them pass "
+                "allow_missing_heads=True (identity ColBERT projection, no lexical weights)."
+            )
+            raise FileNotFoundError(msg)
+
+        self.colbert_linear: torch.nn.Linear | None = None
+        if colbert_path.is_file():
+            self.colbert_linear = _load_linear_head(colbert_path, hidden_size, out_features=None)
+        else:
+            logger.info("no %s in %s: ColBERT vectors use an identity projection", COLBERT_HEAD_FILE, folder)
+        self.sparse_linear: torch.nn.Linear | None = None
+        if sparse_path.is_file():
+            self.sparse_linear = _load_linear_head(sparse_path, hidden_size, out_features=1)
+        else:
+            logger.info("no %s in %s: lexical weights are unavailable", SPARSE_HEAD_FILE, folder)
+
+        self.model.to(device=self.device, dtype=self.dtype)
+        for head in (self.colbert_linear, self.sparse_linear):
+            if head is not None:
+                head.to(device=self.device, dtype=self.dtype)
+                head.eval()
+
+        self.dense_dim = hidden_size
+        self.colbert_dim = (
+            int(self.colbert_linear.out_features) if self.colbert_linear is not None else hidden_size
+        )
+        self.vocab_size = len(self.tokenizer)
+        # Token ids never given a lexical weight (FlagEmbedding drops cls, eos, pad and unk).
+        self._unused_token_ids = np.asarray(
+            sorted(
+                {
+                    int(i)
+                    for i in (
+                        self.tokenizer.cls_token_id,
+                        self.tokenizer.eos_token_id,
+                        self.tokenizer.pad_token_id,
+                        self.tokenizer.unk_token_id,
+                        self.tokenizer.bos_token_id,
+                        self.tokenizer.sep_token_id,
+                    )
+                    if i is not None
+                }
+            ),
+            dtype=np.int64,
+        )
+        self._pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
+        self._fingerprint: str | None = None
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def has_sparse(self) -> bool:
+        """Whether the checkpoint has ``sparse_linear.pt`` (lexical weights available)."""
+        return self.sparse_linear is not None
+
+    @property
+    def has_colbert_head(self) -> bool:
+        """Whether ColBERT vectors come from a trained ``colbert_linear.pt`` (else identity projection)."""
+        return self.colbert_linear is not None
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What an index needs to know to refuse vectors from another model (name, dims, heads, digest)."""
+        return {
+            "model_name_or_path": self.model_name_or_path,
+            "model_type": getattr(self.config, "model_type", None),
+            "dense_dim": self.dense_dim,
+            "colbert_dim": self.colbert_dim,
+            "vocab_size": self.vocab_size,
+            "pooling": self.pooling,
+            "has_sparse": self.has_sparse,
+            "has_colbert_head": self.has_colbert_head,
+            "fingerprint": self.fingerprint,
+        }
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of the config, vocabulary size, heads and embedding rows: same weights, same digest."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            config = self.config.to_dict()
+            for volatile in (
+                "_name_or_path",
+                "transformers_version",
+                "torch_dtype",
+                "dtype",
+                "architectures",
+            ):
+                config.pop(volatile, None)
+            digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+            digest.update(str(self.vocab_size).encode())
+            for head in (self.colbert_linear, self.sparse_linear):
+                if head is not None:
+                    digest.update(head.weight.detach().float().cpu().numpy().tobytes())
+            # A few embedding rows distinguish fine-tunes of one architecture without hashing ~1 GB.
+            emb = self.model.get_input_embeddings().weight
+            digest.update(emb[:8].detach().float().cpu().numpy().round(4).tobytes())
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
+
+    # ------------------------------------------------------------------ encoding
+    def encode_queries(
+        self,
+        queries: str | Sequence[str],
+        *,
+        return_dense: bool = True,
+        return_sparse: bool = True,
+        return_colbert: bool = False,
+        max_length: int | None = None,
+        batch_size: int | None = None,
+        show_progress: bool | None = None,
+    ) -> M3Output:
+        """Encode queries with ``query_max_length`` and ``query_instruction``."""
+        return self.encode(
+            queries,
+            return_dense=return_dense,
+            return_sparse=return_sparse,
+            return_colbert=return_colbert,
+            max_length=max_length or self.query_max_length,
+            batch_size=batch_size,
+            show_progress=show_progress,
+            instruction=self.query_instruction,
+        )
+
+    def encode_passages(
+        self,
+        passages: str | Sequence[str],
+        *,
+        return_dense: bool = True,
+        return_sparse: bool = True,
+        return_colbert: bool = False,
+        max_length: int | None = None,
+        batch_size: int | None = None,
+        show_progress: bool | None = None,
+    ) -> M3Output:
+        """Encode passages (documents) with ``passage_max_length`` and ``passage_instruction``."""
+        return self.encode(
+            passages,
+            return_dense=return_dense,
+            return_sparse=return_sparse,
+            return_colbert=return_colbert,
+            max_length=max_length or self.passage_max_length,
+            batch_size=batch_size,
+            show_progress=show_progress,
+            instruction=self.passage_instruction,
+        )
+
+    encode_corpus = encode_passages
+
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        *,
+        return_dense: bool = True,
+        return_sparse: bool = True,
+        return_colbert: bool = False,
+        max_length: int | None = None,
+        batch_size: int | None = None,
+        show_progress: bool | None = None,
+        instruction: str | None = None,
+    ) -> M3Output:
+        """Encode texts into any of the three representations with one forward pass per batch.
+
+        Texts are sorted by length so each batch pads only to its own longest text; the output is in
+        input order. Texts longer than ``max_length`` tokens are truncated with one warning per call.
+
+        Args:
+            texts: a string or a list of strings (empty strings are allowed).
+            return_dense: compute the dense vectors.
+            return_sparse: compute the lexical weights (needs ``sparse_linear.pt``).
+            return_colbert: compute the ColBERT token vectors.
+            max_length: token limit, default ``passage_max_length``.
+            batch_size: texts per forward pass, default ``self.batch_size``.
+            show_progress: tqdm progress bar, default ``self.show_progress``.
+            instruction: a prefix prepended to every text (e5's ``"query: "``, say).
+
+        Returns:
+            An :class:`M3Output`; fields not asked for are ``None``.
+
+        Raises:
+            TypeError: a text is ``None`` or not a string (the message names its index).
+            ValueError: ``return_sparse=True`` on a model without a sparse head, or bad sizes.
+
+        Example:
+            >>> from m3_integrations import M3Model  # doctest: +SKIP
+            >>> out = M3Model().encode(["hello"], return_colbert=True)  # doctest: +SKIP
+            >>> out.dense.shape  # doctest: +SKIP
+            (1, 1024)
+        """
+        texts = validate_texts(texts)
+        if return_sparse and not self.has_sparse:
+            msg = (
+                f"lexical weights are unavailable: {self.model_name_or_path!r} has no {SPARSE_HEAD_FILE}. "
+                "Pass return_sparse=False, or use BM25 as the lexical signal in M3Index."
+            )
+            raise ValueError(msg)
+        max_length = self._clamp_length(max_length or self.passage_max_length, "max_length")
+        batch_size = batch_size or self.batch_size
+        if batch_size <= 0:
+            msg = f"batch_size must be positive, got {batch_size}"
+            raise ValueError(msg)
+        show = self.show_progress if show_progress is None else show_progress
+
+        n = len(texts)
+        dense = np.zeros((n, self.dense_dim), dtype=np.float32) if return_dense else None
+        lexical: list[dict[int, float]] | None = [{} for _ in range(n)] if return_sparse else None
+        colbert: list[np.ndarray] | None = (
+            [np.zeros((0, self.colbert_dim), dtype=np.float32)] * n if return_colbert else None
+        )
+        if n == 0:
+            return M3Output(dense=dense, lexical_weights=lexical, colbert_vecs=colbert, num_tokens=[])
+
+        if instruction:
+            texts = [instruction + t for t in texts]
+        input_ids, truncated = self._tokenize(texts, max_length)
+        if truncated:
+            logger.warning(
+                "%d of %d texts exceeded max_length=%d tokens and were truncated", truncated, n, max_length
+            )
+        lengths = np.asarray([len(ids) for ids in input_ids], dtype=np.int64)
+        order = np.argsort(-lengths, kind="stable")
+
+        progress = tqdm(total=n, desc="Encoding", unit="text", disable=not show)
+        try:
+            for batch_idx in self._batches(order, lengths, batch_size):
+                self._encode_batch(
+                    [input_ids[i] for i in batch_idx],
+                    batch_idx,
+                    dense=dense,
+                    lexical=lexical,
+                    colbert=colbert,
+                )
+                progress.update(len(batch_idx))
+        finally:
+            progress.close()
+        return M3Output(
+            dense=dense, lexical_weights=lexical, colbert_vecs=colbert, num_tokens=lengths.tolist()
+        )
+
+    def _tokenize(self, texts: list[str], max_length: int) -> tuple[list[list[int]], int]:
+        encoded = self.tokenizer(
+            texts,
+            add_special_tokens=True,
+            truncation=True,
+            max_length=max_length,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        input_ids: list[list[int]] = encoded["input_ids"]
+        encodings = getattr(encoded, "encodings", None)
+        if encodings:
+            truncated = sum(1 for enc in encodings if enc.overflowing)
+        else:  # slow tokenizers: count by re-tokenising one token past the limit
+            longer = self.tokenizer(texts, truncation=True, max_length=max_length + 1, padding=False)
+            truncated = sum(1 for ids in longer["input_ids"] if len(ids) > max_length)
+        return input_ids, truncated
+
+    def _batches(self, order: np.ndarray, lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+        """Split length-sorted indices into batches within ``batch_size`` texts and ``max_batch_tokens``."""
+        batches: list[np.ndarray] = []
+        start = 0
+        while start < len(order):
+            longest = int(lengths[order[start]])
+            size = max(1, min(batch_size, self.max_batch_tokens // max(longest, 1)))
+            batches.append(order[start : start + size])
+            start += size
+        return batches
+
+    @torch.inference_mode()
+    def _encode_batch(
+        self,
+        batch_ids: list[list[int]],
+        positions: np.ndarray,
+        *,
+        dense: np.ndarray | None,
+        lexical: list[dict[int, float]] | None,
+        colbert: list[np.ndarray] | None,
+    ) -> None:
+        longest = max(len(ids) for ids in batch_ids)
+        ids_np = np.full((len(batch_ids), longest), self._pad_id, dtype=np.int64)
+        mask_np = np.zeros((len(batch_ids), longest), dtype=np.int64)
+        for row, ids in enumerate(batch_ids):
+            ids_np[row, : len(ids)] = ids
+            mask_np[row, : len(ids)] = 1
+        input_ids = torch.from_numpy(ids_np).to(self.device)
+        attention_mask = torch.from_numpy(mask_np).to(self.device)
+        hidden = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, return_dict=True
+        ).last_hidden_state
+
+        if dense is not None:
+            dense[positions] = self._pool(hidden, attention_mask).float().cpu().numpy()
+
+        if lexical is not None:
+            assert self.sparse_linear is not None
+            weights = torch.relu(self.sparse_linear(hidden)).squeeze(-1).float().cpu().numpy()
+            for row, pos in enumerate(positions):
+                n_tok = len(batch_ids[row])
+                lexical[pos] = self._lexical_dict(ids_np[row, :n_tok], weights[row, :n_tok])
+
+        if colbert is not None:
+            tokens = hidden[:, 1:]
+            vecs = self.colbert_linear(tokens) if self.colbert_linear is not None else tokens
+            vecs = vecs * attention_mask[:, 1:, None].to(vecs.dtype)
+            vecs = torch.nn.functional.normalize(vecs.float(), dim=-1).cpu().numpy()
+            for row, pos in enumerate(positions):
+                colbert[pos] = np.ascontiguousarray(vecs[row, : len(batch_ids[row]) - 1])
+
+    def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        pooled = pooled.float()
+        if self.normalize_embeddings:
+            pooled = torch.nn.functional.normalize(pooled, dim=-1)
+        return pooled
+
+    def _lexical_dict(self, ids: np.ndarray, weights: np.ndarray) -> dict[int, float]:
+        keep = (weights > 0) & ~np.isin(ids, self._unused_token_ids)
+        if not keep.any():
+            return {}
+        ids, weights = ids[keep], weights[keep]
+        unique_ids, inverse = np.unique(ids, return_inverse=True)
+        best = np.zeros(len(unique_ids), dtype=np.float32)
+        np.maximum.at(best, inverse, weights)  # a repeated token keeps its largest weight
+        return dict(zip(unique_ids.tolist(), best.tolist(), strict=True))
+
+    # ------------------------------------------------------------------ scoring helpers
+    def convert_id_to_token(
+        self, lexical_weights: Mapping[int, float] | Sequence[Mapping[int, float]]
+    ) -> dict[str, float] | list[dict[str, float]]:
+        """Turn token-id weights into readable token → weight maps (one map or a list of maps)."""
+        if isinstance(lexical_weights, Mapping):
+            return self._ids_to_tokens(lexical_weights)
+        return [self._ids_to_tokens(w) for w in lexical_weights]
+
+    def _ids_to_tokens(self, weights: Mapping[int, float]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for token_id, weight in weights.items():
+            token = self.tokenizer.decode([int(token_id)])
+            out[token] = max(out.get(token, 0.0), float(weight))
+        return out
+
+    def compute_score(
+        self,
+        sentence_pairs: Sequence[tuple[str, str]] | tuple[str, str],
+        *,
+        weights: Sequence[float] = (0.4, 0.2, 0.4),
+        batch_size: int | None = None,
+        max_query_length: int | None = None,
+        max_passage_length: int | None = None,
+    ) -> dict[str, list[float]]:
+        """Score (query, passage) pairs with every mode, FlagEmbedding's ``compute_score`` semantics.
+
+        Args:
+            sentence_pairs: ``(query, passage)`` pairs, or one pair.
+            weights: ``(w_dense, w_sparse, w_colbert)``.
+            batch_size: texts per forward pass.
+            max_query_length: default ``query_max_length``.
+            max_passage_length: default ``passage_max_length``.
+
+        Returns:
+            ``{"dense", "sparse", "colbert", "sparse+dense", "colbert+sparse+dense"}`` → list of scores,
+            where ``sparse+dense = (w_s·s + w_d·d) / (w_d + w_s)`` and the three-way score is
+            ``Σ w_i s_i / Σ w_i``.
+        """
+        if (
+            isinstance(sentence_pairs, tuple)
+            and len(sentence_pairs) == 2
+            and isinstance(sentence_pairs[0], str)
+        ):
+            sentence_pairs = [sentence_pairs]  # type: ignore[list-item]
+        pairs = list(sentence_pairs)
+        for i, pair in enumerate(pairs):
+            if not isinstance(pair, tuple | list) or len(pair) != 2:
+                msg = f"sentence_pairs[{i}] must be a (query, passage) pair"
+                raise TypeError(msg)
+        w = [float(x) for x in weights]
+        if len(w) != 3 or any(x < 0 for x in w) or sum(w) <= 0:
+            msg = (
+                "weights must be three non-negative numbers (dense, sparse, colbert) with a positive sum, "
+                f"got {weights}"
+            )
+            raise ValueError(msg)
+        names = ("dense", "sparse", "colbert", "sparse+dense", "colbert+sparse+dense")
+        if not pairs:
+            return {k: [] for k in names}
+        queries = self.encode(
+            [p[0] for p in pairs],
+            return_colbert=True,
+            max_length=max_query_length or self.query_max_length,
+            batch_size=batch_size,
+            instruction=self.query_instruction,
+        )
+        passages = self.encode(
+            [p[1] for p in pairs],
+            return_colbert=True,
+            max_length=max_passage_length or self.passage_max_length,
+            batch_size=batch_size,
+            instruction=self.passage_instruction,
+        )
+        q_dense, p_dense = _required(queries.dense), _required(passages.dense)
+        q_lex, p_lex = _required(queries.lexical_weights), _required(passages.lexical_weights)
+        q_col, p_col = _required(queries.colbert_vecs), _required(passages.colbert_vecs)
+        dense = np.einsum("ij,ij->i", q_dense, p_dense)
+        sparse = np.asarray(
+            [scoring.lexical_score(q, p) for q, p in zip(q_lex, p_lex, strict=True)],
+            dtype=np.float32,
+        )
+        colbert = np.asarray(
+            [scoring.colbert_score(q, p) for q, p in zip(q_col, p_col, strict=True)],
+            dtype=np.float32,
+        )
+        signals = {"dense": dense, "sparse": sparse, "colbert": colbert}
+        both = scoring.combine_scores(signals, {"dense": w[0], "sparse": w[1]})
+        three = scoring.combine_scores(signals, {"dense": w[0], "sparse": w[1], "colbert": w[2]})
+        return {
+            "dense": dense.tolist(),
+            "sparse": sparse.tolist(),
+            "colbert": colbert.tolist(),
+            "sparse+dense": np.asarray(both).tolist(),
+            "colbert+sparse+dense": np.asarray(three).tolist(),
+        }
+
+    def _clamp_length(self, value: int, name: str) -> int:
+        if not isinstance(value, int) or value <= 0:
+            msg = f"{name} must be a positive integer, got {value!r}"
+            raise ValueError(msg)
+        if self.model_max_length is not None and value > self.model_max_length:
+            logger.info(
+                "%s=%d exceeds the model's %d positions; using %d",
+                name,
+                value,
+                self.model_max_length,
+                self.model_max_length,
+            )
+            return self.model_max_length
+        return value
+
+    def __repr__(self) -> str:
+        return (
+            f"M3Model({self.model_name_or_path!r}, device={self.device!s}, "
+            f"dtype={str(self.dtype).replace('torch.', '')}, sparse={self.has_sparse}, "
+            f"colbert_head={self.has_colbert_head})"
+        )
+
+
+def _required(value: _T | None) -> _T:
+    if value is None:  # pragma: no cover - encode() fills every output it is asked for
+        msg = "internal error: an output that was asked for is missing"
+        raise RuntimeError(msg)
+    return value
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _model_max_length(config: Any) -> int | None:
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is None:
+        return None
+    if getattr(config, "model_type", None) in _ROBERTA_LIKE:
+        pad = getattr(config, "pad_token_id", 1)
+        return int(positions) - int(pad if pad is not None else 1) - 1
+    return int(positions)
+
+
+def _resolve_checkpoint(
+    name_or_path: str,
+    *,
+    local_files_only: bool | None,
+    revision: str | None,
+    cache_dir: str | os.PathLike[str] | None,
+) -> Path:
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    # Hub ids are "name" or "org/name"; anything else (absolute, relative, deeper) is meant as a folder.
+    looks_like_path = name_or_path.startswith((".", "/", "~", "\\")) or name_or_path.count("/") > 1
+    if path.exists() or looks_like_path:
+        msg = f"model path {name_or_path!r} does not exist or is not a folder"
+        raise FileNotFoundError(msg)
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    try:
+        folder = snapshot_download(
+            repo_id=name_or_path,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=bool(local_files_only) or offline,
+            allow_patterns=[
+                "*.json",
+                "*.safetensors",
+                "*.model",
+                "*.txt",
+                COLBERT_HEAD_FILE,
+                SPARSE_HEAD_FILE,
+                # pytorch_model.bin only when no safetensors exist is decided by transformers; keep it.
+                "pytorch_model.bin",
+            ],
+        )
+    except Exception as err:
+        msg = (
+            f"could not find model {name_or_path!r}: it is not a local folder and could not be fetched "
+            f"from the Hugging Face Hub ({type(err).__name__}: {err})"
+        )
+        raise FileNotFoundError(msg) from err
+    return Path(folder)
+
+
+def _load_linear_head(path: Path, in_features: int, out_features: int | None) -> torch.nn.Linear:
+    """Load a ``Linear`` state dict safely (``weights_only``) and check its shape against the encoder."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        msg = f"could not read head {path.name} ({path}): {type(err).__name__}: {err}"
+        raise ValueError(msg) from err
+    if not isinstance(state, Mapping) or "weight" not in state:
+        msg = f"head {path.name} is not a Linear state dict with a 'weight' tensor (keys: {list(state)[:5]})"
+        raise ValueError(msg)
+    weight = state["weight"]
+    if (
+        weight.ndim != 2
+        or weight.shape[1] != in_features
+        or (out_features and weight.shape[0] != out_features)
+    ):
+        expected = f"({out_features or 'd'}, {in_features})"
+        msg = f"head {path.name} has weight shape {tuple(weight.shape)}, expected {expected} for this encoder"
+        raise ValueError(msg)
+    bias = state.get("bias")
+    linear = torch.nn.Linear(in_features, int(weight.shape[0]), bias=bias is not None)
+    # Heads ship in fp16 upstream; load_state_dict copies into the float32 parameters.
+    linear.load_state_dict({k: v for k, v in state.items() if k in ("weight", "bias")})
+    return linear

@@ -1,0 +1,184 @@
+"""Tiny random checkpoints in the BGE-M3 layout, for tests that must never download a model.
+
+The checkpoint is small (a 2-layer XLM-R with hidden size 32 and a unigram tokenizer trained on a few
+English, Korean and Chinese sentences) but goes through exactly the loading code of a real one:
+``config.json``, ``model.safetensors``, ``tokenizer.json`` and the two heads ``colbert_linear.pt`` and
+``sparse_linear.pt`` stored as fp16 state dicts, as upstream ships them.
+
+Example:
+    >>> import tempfile
+    >>> from m3_integrations import M3Model
+    >>> from m3_integrations.testing import build_tiny_checkpoint
+    >>> path = build_tiny_checkpoint(tempfile.mkdtemp())
+    >>> M3Model(path, device="cpu").encode(["hello world"]).dense.shape
+    (1, 32)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = ["TRAINING_SENTENCES", "build_tiny_checkpoint", "build_tiny_reranker"]
+
+TRAINING_SENTENCES = [
+    "BGE-M3 produces dense, lexical and multi-vector representations from one forward pass.",
+    "Hybrid retrieval fuses dense similarity with lexical matching and late interaction.",
+    "The quick brown fox jumps over the lazy dog while the cat sleeps in the sun.",
+    "Retrieval augmented generation grounds a language model in documents from an index.",
+    "Paris is the capital of France and Berlin is the capital of Germany.",
+    "Seoul is the capital of South Korea; Tokyo is the capital of Japan.",
+    "Python is a programming language; numpy arrays hold vectors and matrices.",
+    "Vector databases such as Qdrant and Milvus store embeddings for similarity search.",
+    "서울은 대한민국의 수도이다. 검색 증강 생성은 문서를 찾아 답을 만든다.",
+    "한국어 문서 검색과 다국어 임베딩 모델, 하이브리드 검색을 시험한다.",
+    "오늘 날씨가 맑고 따뜻하다. 고양이가 햇볕 아래에서 잠을 잔다.",
+    "北京是中国的首都。检索增强生成使用向量数据库。",
+    "多语言嵌入模型支持一百多种语言，稠密检索与稀疏检索结合。",
+    "今天天气很好，小猫在阳光下睡觉。",
+    "Hello world! A hello from the search engine to the world of documents.",
+    "Wie spät ist es? Der Hund läuft schnell über die Straße.",
+    "¿Dónde está la biblioteca? La ciudad tiene muchos libros.",
+]
+
+_SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]
+
+
+def _train_tokenizer(vocab_size: int):
+    import json
+    import re
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    def _blank(model: models.Model) -> Tokenizer:
+        tokenizer = Tokenizer(model)
+        tokenizer.normalizer = normalizers.NFKC()
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+        tokenizer.decoder = decoders.Metaspace()
+        return tokenizer
+
+    trained = _blank(models.Unigram())
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=_SPECIAL_TOKENS, unk_token="<unk>"
+    )
+    trained.train_from_iterator(TRAINING_SENTENCES, trainer=trainer)
+    # On a corpus this small the unigram EM keeps mostly characters; whole words as pieces (scored like
+    # the best trained piece) make the tiny vocabulary behave like a real subword one.
+    unigram = json.loads(trained.to_str())["model"]
+    vocab = [(piece, score) for piece, score in unigram["vocab"]]
+    known = {piece for piece, _ in vocab}
+    best = max(score for piece, score in vocab if piece not in _SPECIAL_TOKENS)
+    words = sorted({w for s in TRAINING_SENTENCES for w in re.findall(r"[A-Za-z]{2,}", s)})
+    words += sorted({w.lower() for w in words} - set(words))
+    vocab += [("\u2581" + w, best) for w in words if "\u2581" + w not in known][
+        : max(0, vocab_size - len(vocab))
+    ]
+    tokenizer = _blank(models.Unigram(vocab, unk_id=unigram["unk_id"], byte_fallback=False))
+    tokenizer.add_special_tokens(["<mask>"])
+    cls_id, sep_id = tokenizer.token_to_id("<s>"), tokenizer.token_to_id("</s>")
+    # XLM-R's template: <s> A </s> and <s> A </s></s> B </s>.
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", cls_id), ("</s>", sep_id)],
+    )
+    return tokenizer
+
+
+def _save_tokenizer(folder: Path, vocab_size: int, model_max_length: int) -> int:
+    from transformers import PreTrainedTokenizerFast
+
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=_train_tokenizer(vocab_size),
+        bos_token="<s>",
+        eos_token="</s>",
+        cls_token="<s>",
+        sep_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+        model_max_length=model_max_length,
+    )
+    fast.save_pretrained(str(folder))
+    return len(fast)
+
+
+def _xlmr_config(vocab_size: int, hidden_size: int, max_length: int, **extra: object):
+    from transformers import XLMRobertaConfig
+
+    return XLMRobertaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=hidden_size * 2,
+        max_position_embeddings=max_length + 2,  # RoBERTa positions start after the padding index
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        # Wide random weights: at the default 0.02 every CLS vector is nearly identical.
+        initializer_range=0.5,
+        **extra,
+    )
+
+
+def build_tiny_checkpoint(
+    folder: str | os.PathLike[str],
+    *,
+    hidden_size: int = 32,
+    vocab_size: int = 400,
+    max_length: int = 1024,
+    colbert_head: bool = True,
+    sparse_head: bool = True,
+    seed: int = 0,
+) -> str:
+    """Write a random tiny BGE-M3-layout checkpoint into ``folder`` and return its path.
+
+    Args:
+        folder: where to write (created if needed).
+        hidden_size: the encoder width (dense and ColBERT dimension).
+        vocab_size: target size of the trained unigram vocabulary.
+        max_length: the longest input in tokens (``max_position_embeddings - 2``).
+        colbert_head: write ``colbert_linear.pt`` (Linear(h, h)).
+        sparse_head: write ``sparse_linear.pt`` (Linear(h, 1)).
+        seed: torch seed for the random weights.
+    """
+    from transformers import XLMRobertaModel
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    actual_vocab = _save_tokenizer(folder, vocab_size, max_length)
+    torch.manual_seed(seed)
+    config = _xlmr_config(actual_vocab, hidden_size, max_length)
+    model = XLMRobertaModel(config)
+    model.save_pretrained(str(folder))
+    if colbert_head:
+        colbert = torch.nn.Linear(hidden_size, hidden_size)
+        torch.save({k: v.half() for k, v in colbert.state_dict().items()}, folder / "colbert_linear.pt")
+    if sparse_head:
+        sparse = torch.nn.Linear(hidden_size, 1)
+        with torch.no_grad():
+            sparse.weight.normal_(0.0, 0.5)
+            sparse.bias.fill_(1.0)  # most tokens get a positive weight, some are dropped by relu
+        torch.save({k: v.half() for k, v in sparse.state_dict().items()}, folder / "sparse_linear.pt")
+    return str(folder)
+
+
+def build_tiny_reranker(
+    folder: str | os.PathLike[str], *, hidden_size: int = 32, vocab_size: int = 400, seed: int = 1
+) -> str:
+    """Write a random tiny cross-encoder in the bge-reranker-v2-m3 layout (XLM-R, one logit)."""
+    from transformers import XLMRobertaForSequenceClassification
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    actual_vocab = _save_tokenizer(folder, vocab_size, 512)
+    torch.manual_seed(seed)
+    model = XLMRobertaForSequenceClassification(_xlmr_config(actual_vocab, hidden_size, 512, num_labels=1))
+    model.save_pretrained(str(folder))
+    return str(folder)

@@ -1,0 +1,74 @@
+"""Shared fakes and naive reference implementations for the tests.
+
+The naive functions below re-derive every BGE-M3 formula directly from the model's hidden states, with
+plain loops, so the vectorised production code is checked against something independent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from m3_integrations import M3Model
+
+SAMPLE_TEXTS = [
+    "Paris is the capital of France and Berlin is the capital of Germany.",
+    "The quick brown fox jumps over the lazy dog while the cat sleeps in the sun.",
+    "서울은 대한민국의 수도이다. 검색 증강 생성은 문서를 찾아 답을 만든다.",
+    "北京是中国的首都。检索增强生成使用向量数据库。",
+    "Hybrid retrieval fuses dense similarity with lexical matching and late interaction.",
+    "hello",
+    "",
+    "Vector databases such as Qdrant and Milvus store embeddings for similarity search. " * 3,
+]
+
+
+def naive_hidden_states(model: M3Model, text: str, max_length: int) -> tuple[list[int], torch.Tensor]:
+    """One text, no batching, no padding: token ids and float32 hidden states ``(L, h)``."""
+    ids = model.tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+    with torch.no_grad():
+        hidden = model.model(input_ids=torch.tensor([ids], device=model.device)).last_hidden_state[0]
+    return ids, hidden.float().cpu()
+
+
+def naive_encode(model: M3Model, text: str, max_length: int = 512) -> dict:
+    """BGE-M3's three outputs for one text, from the formulas with loops."""
+    ids, hidden = naive_hidden_states(model, text, max_length)
+    cls = hidden[0].numpy().astype(np.float64)
+    dense = cls / np.linalg.norm(cls)
+    special = {
+        model.tokenizer.cls_token_id,
+        model.tokenizer.eos_token_id,
+        model.tokenizer.pad_token_id,
+        model.tokenizer.unk_token_id,
+    }
+    lexical: dict[int, float] = {}
+    if model.sparse_linear is not None:
+        w_lex = model.sparse_linear.weight.detach().float().cpu().numpy()[0]
+        b_lex = float(model.sparse_linear.bias.detach().float().cpu().numpy()[0])
+        for pos, token_id in enumerate(ids):
+            weight = max(0.0, float(hidden[pos].numpy() @ w_lex + b_lex))
+            if token_id in special or weight <= 0:
+                continue
+            lexical[token_id] = max(lexical.get(token_id, 0.0), weight)
+    if model.colbert_linear is not None:
+        w_mul = model.colbert_linear.weight.detach().float().cpu().numpy()
+        b_mul = model.colbert_linear.bias.detach().float().cpu().numpy()
+        rows = [hidden[pos].numpy() @ w_mul.T + b_mul for pos in range(1, len(ids))]
+    else:
+        rows = [hidden[pos].numpy() for pos in range(1, len(ids))]
+    colbert = np.asarray([r / np.linalg.norm(r) for r in rows])
+    return {"ids": ids, "dense": dense, "lexical": lexical, "colbert": colbert}
+
+
+def naive_lexical_score(q: Mapping[int, float], p: Mapping[int, float]) -> float:
+    return sum(w * p[t] for t, w in q.items() if t in p)
+
+
+def naive_colbert_score(q: np.ndarray, p: np.ndarray) -> float:
+    total = 0.0
+    for i in range(len(q)):
+        total += max(float(np.dot(q[i], p[j])) for j in range(len(p)))
+    return total / len(q)

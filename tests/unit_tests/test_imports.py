@@ -1,0 +1,9 @@
+import m3_integrations
+
+EXPECTED_ALL = ["M3Model", "M3Output", "__version__"]
+
+
+def test_all_imports() -> None:
+    assert sorted(EXPECTED_ALL) == sorted(m3_integrations.__all__)
+    for name in m3_integrations.__all__:
+        assert hasattr(m3_integrations, name)

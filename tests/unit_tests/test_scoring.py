@@ -1,0 +1,87 @@
+"""Vectorised scores against naive loops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from m3_integrations import scoring
+from tests.common import naive_colbert_score, naive_lexical_score
+
+rng = np.random.default_rng(0)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def test_dense_scores_one_and_many() -> None:
+    q = _unit(rng.normal(size=(3, 8)))
+    p = _unit(rng.normal(size=(5, 8)))
+    many = scoring.dense_scores(q, p)
+    assert many.shape == (3, 5)
+    for i in range(3):
+        for j in range(5):
+            assert many[i, j] == pytest.approx(float(np.dot(q[i], p[j])), abs=1e-6)
+    np.testing.assert_allclose(scoring.dense_scores(q[0], p), many[0], atol=1e-6)
+    with pytest.raises(ValueError, match="dimension mismatch"):
+        scoring.dense_scores(q[0, :4], p)
+
+
+def test_lexical_scores_dicts_and_csr_agree_with_naive() -> None:
+    passages = [
+        {int(t): float(rng.random()) for t in rng.choice(50, size=rng.integers(0, 10), replace=False)}
+        for _ in range(20)
+    ]
+    query = {3: 0.5, 7: 1.2, 49: 0.1, 1000: 2.0}
+    naive = [naive_lexical_score(query, p) for p in passages]
+    np.testing.assert_allclose(scoring.lexical_scores(query, passages), naive, atol=1e-6)
+    csr = scoring.lexical_weights_to_csr(passages, num_columns=60)
+    assert sp.issparse(csr) and csr.shape == (20, 60)
+    np.testing.assert_allclose(scoring.lexical_scores(query, csr), naive, atol=1e-6)
+    np.testing.assert_allclose(scoring.lexical_scores({}, csr), 0.0)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        scoring.lexical_weights_to_csr([{70: 1.0}], num_columns=60)
+
+
+def test_colbert_scores_list_and_contiguous_agree_with_naive() -> None:
+    q = _unit(rng.normal(size=(4, 6)))
+    passages = [_unit(rng.normal(size=(n, 6))) for n in (1, 7, 3, 12)]
+    naive = [naive_colbert_score(q, p) for p in passages]
+    np.testing.assert_allclose(scoring.colbert_scores(q, passages), naive, atol=1e-6)
+    for p, ref in zip(passages, naive, strict=True):
+        assert scoring.colbert_score(q, p) == pytest.approx(ref, abs=1e-6)
+    flat = np.concatenate(passages).astype(np.float16)
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in passages])])
+    np.testing.assert_allclose(scoring.colbert_scores(q, flat, offsets), naive, atol=2e-3)
+
+
+def test_colbert_scores_handles_empty_passages() -> None:
+    q = _unit(rng.normal(size=(2, 4)))
+    p = [
+        np.zeros((0, 4), dtype=np.float32),
+        _unit(rng.normal(size=(3, 4))),
+        np.zeros((0, 4), dtype=np.float32),
+    ]
+    got = scoring.colbert_scores(q, p)
+    assert got[0] == 0 and got[2] == 0
+    assert got[1] == pytest.approx(naive_colbert_score(q, p[1]), abs=1e-6)
+
+
+def test_colbert_scores_with_int8_scales() -> None:
+    q = _unit(rng.normal(size=(3, 5)))
+    p = _unit(rng.normal(size=(6, 5)))
+    scale = np.abs(p).max(axis=1) / 127.0
+    quant = np.round(p / scale[:, None]).astype(np.int8)
+    got = scoring.colbert_scores(q, quant, np.array([0, 2, 6]), scales=scale)
+    ref = [naive_colbert_score(q, p[:2]), naive_colbert_score(q, p[2:])]
+    np.testing.assert_allclose(got, ref, atol=2e-2)
+
+
+def test_combine_scores() -> None:
+    s = {"dense": np.array([0.5, 1.0]), "sparse": np.array([0.2, 0.0]), "colbert": np.array([0.3, 0.4])}
+    got = scoring.combine_scores(s, {"dense": 0.4, "sparse": 0.2, "colbert": 0.4})
+    np.testing.assert_allclose(got, [(0.2 + 0.04 + 0.12), (0.4 + 0.16)], atol=1e-6)
+    with pytest.raises(ValueError, match="positive"):
+        scoring.combine_scores(s, {"dense": 0.0})
