@@ -108,8 +108,14 @@ def test_load_korquad_in_memory(tmp_path: Path) -> None:
             {
                 "title": "가",
                 "paragraphs": [
-                    {"context": "서울은 수도이다.", "qas": [{"id": "1", "question": "수도는?", "answers": []}]},
-                    {"context": "부산은 항구이다.", "qas": [{"id": "2", "question": "항구는?", "answers": []}]},
+                    {
+                        "context": "서울은 수도이다.",
+                        "qas": [{"id": "1", "question": "수도는?", "answers": []}],
+                    },
+                    {
+                        "context": "부산은 항구이다.",
+                        "qas": [{"id": "2", "question": "항구는?", "answers": []}],
+                    },
                 ],
             },
             {
