@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="m3-throughput-"))
     path = resolve_model(args.model, workdir, args.tokenizer_from)
-    model = M3Model(path, device=args.device, use_fp16=args.fp16 or None, passage_max_length=args.max_length)
+    model = M3Model(path, device=args.device, use_fp16=args.fp16, passage_max_length=args.max_length)
     texts = make_texts(args.texts)
     # one full warm-up pass of each: allocator, kernel selection for every batch shape
     bare_forward(model, texts, args.max_length, args.batch_size)
