@@ -102,7 +102,27 @@ def our_configs(quick: bool) -> list[Config]:
     return configs
 
 
-RERANK_BASES = ("hybrid relative_score equal 1/1/1", "hybrid weighted paper .4/.2/.4")
+# Most informative first, so that a run cut short still answers the main questions; MiniLM is an
+# English model, so its Korean rows come last.
+E5, MINILM = "multilingual-e5-small", "all-MiniLM-L6-v2"
+JOB_ORDER = (
+    (E5, "xquad/en"),
+    (E5, "autorag-ko/page"),
+    (MINILM, "cranfield"),
+    (E5, "autorag-ko/longdoc"),
+    (MINILM, "xquad/en"),
+    (E5, "cranfield"),
+    (E5, "korquad paragraphs"),
+    (MINILM, "trec-dl19-subset"),
+    (E5, "trec-dl19-subset"),
+    (MINILM, "autorag-ko/page"),
+    (MINILM, "autorag-ko/longdoc"),
+    (MINILM, "korquad paragraphs"),
+)
+RERANK_BASES = ("hybrid relative_score equal 1/1/1",)
+# The engine's rerank path re-scores ColBERT per query; on a shared 2-core machine that is the slowest
+# step, so it runs on the first RERANK_QUERIES queries, with the base configuration on the same ones.
+RERANK_QUERIES = 100
 
 
 # ----------------------------------------------------------------------------- encoders and data
@@ -186,12 +206,12 @@ def collections(quick: bool, max_queries: int | None) -> list[Collection]:
     return [
         Collection("cranfield", [sample(load_beir(DATA / "cranfield"), max_queries)]),
         Collection("trec-dl19-subset", [load_beir(DATA / "trec-dl19-subset")]),
-        Collection("xquad/en", [sample(x, max_queries) for x in xquad]),
+        Collection("xquad/en", [sample(x, max_queries or 400) for x in xquad]),
         Collection("autorag-ko/page", [load_beir(DATA / "autorag-ko" / "page", name="autorag-ko/page")]),
         Collection(
             "autorag-ko/longdoc", [load_beir(DATA / "autorag-ko" / "longdoc", name="autorag-ko/longdoc")]
         ),
-        Collection("korquad paragraphs", [sample(korquad, max_queries or 1000)]),
+        Collection("korquad paragraphs", [sample(korquad, max_queries or 500)]),
     ]
 
 
@@ -289,11 +309,108 @@ def llama_index_peers(cache: DenseCache, ids: list[str], texts: list[str]):
         fusion = QueryFusionRetriever(
             [vector, bm25], llm=MockLLM(), mode=mode, similarity_top_k=K, num_queries=1, use_async=False
         )
-        peers[mode] = (lambda f: lambda q: [n.node.node_id for n in f.retrieve(q)])(fusion)
+        peers[mode] = _node_ids(fusion)
     return peers
 
 
+def _node_ids(retriever: Any):
+    def search(query: str) -> list[str]:
+        return [n.node.node_id for n in retriever.retrieve(query)]
+
+    return search
+
+
 # ----------------------------------------------------------------------------- one collection
+class SignalCache:
+    """Per query, every signal the engine would compute, so that each configuration only re-fuses.
+
+    ``M3Index._search`` scores a query in two stages: the union of the top ``candidates`` rows by each
+    cheap signal (dense, BM25 > 0) is the candidate set, ColBERT is computed on it, and ``fusion.fuse``
+    combines the signals over it. For a fixed query that candidate set is the same for ``colbert``,
+    ``dense+sparse`` and ``hybrid`` modes, whatever the fusion or the weights, so the benchmark computes
+    it and the three signals once and calls the core's ``fusion.fuse`` per configuration. ColBERT here
+    uses the float32 vectors from the one encoding pass (the index stores float16). ``check_against``
+    compares the result with ``M3Index.search_encoded`` on a sample.
+    """
+
+    def __init__(self, index: Any, colbert_vecs: list[np.ndarray], candidates: int = 100) -> None:
+        self.index = index
+        self.candidates = candidates
+        lengths = np.asarray([len(v) for v in colbert_vecs], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        self.lengths = lengths
+        self.flat = np.concatenate([v for v in colbert_vecs if len(v)]).astype(np.float32, copy=False)
+
+    def signals(self, encoded: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        from m3_integrations import scoring
+
+        index = self.index
+        dense = index._full_scores("dense", encoded)  # the engine's own first-stage scores
+        bm25 = index._full_scores("bm25", encoded)
+        rows_all = np.arange(len(dense))
+        top_dense = np.argsort(-dense, kind="stable")[: self.candidates]
+        pool = rows_all[bm25 > 0]
+        top_bm25 = pool[np.argsort(-bm25[pool], kind="stable")[: self.candidates]]
+        rows = np.unique(np.concatenate([top_dense, top_bm25]))
+        lengths = self.lengths[rows]
+        gather = np.repeat(self.starts[rows] - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+        gather += np.arange(int(lengths.sum()))
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        colbert = scoring.colbert_scores(encoded.colbert_vecs, self.flat[gather], offsets)
+        return rows, {
+            "dense": dense[rows].astype(np.float32),
+            "bm25": bm25[rows].astype(np.float32),
+            "colbert": colbert,
+        }
+
+
+def rank_config(rows: np.ndarray, signals: dict[str, np.ndarray], kwargs: dict[str, Any], ids: list[str]):
+    from m3_integrations import fusion
+    from m3_integrations.index import MODES
+
+    names = {"dense": "dense", "lexical": "bm25", "colbert": "colbert"}
+    used = [names[s] for s in MODES[kwargs["mode"]]]
+    if len(used) == 1:
+        fused = signals[used[0]]
+    else:
+        weights = {("bm25" if k == "sparse" else k): float(v) for k, v in kwargs["weights"].items()}
+        fused = fusion.fuse(
+            {s: signals[s] for s in used}, {s: weights[s] for s in used}, method=kwargs["fusion"]
+        )
+    order = np.lexsort((rows, -fused.astype(np.float64)))[:K]  # ties: insertion order, as the engine
+    return [ids[r] for r in rows[order]]
+
+
+def check_against_engine(
+    index: Any, cache: SignalCache, encoded: list[Any], ids: list[str], n: int = 20
+) -> float:
+    """Share of (query, config) pairs whose top-10 equals ``M3Index.search_encoded``'s."""
+    checks = [{"mode": "hybrid", "fusion": f, "weights": PAPER} for f in FUSIONS] + [
+        {"mode": "colbert"},
+        {"mode": "dense+sparse", "fusion": "relative_score", "weights": {"dense": 1, "sparse": 1}},
+    ]
+    same = total = 0
+    for e in encoded[:n]:
+        rows, signals = cache.signals(e)
+        for kwargs in checks:
+            ours = rank_config(rows, signals, kwargs, ids)[:10]
+            engine = [h.id for h in index.search_encoded(e, k=10, **kwargs)]
+            same += ours == engine
+            total += 1
+    return same / max(total, 1)
+
+
+LATENCY_CONFIGS = (
+    "dense",
+    "lexical (BM25, subword)",
+    "colbert (identity)",
+    "hybrid weighted paper .4/.2/.4",
+    "hybrid rrf paper .4/.2/.4",
+    "hybrid relative_score paper .4/.2/.4",
+    "hybrid relative_score equal 1/1/1",
+)
+
+
 def run_collection(
     encoder: Encoder, model: M3Model, collection: Collection, *, quick: bool, latency_n: int, peers: bool
 ) -> list[dict[str, Any]]:
@@ -310,6 +427,10 @@ def run_collection(
     index.add_encoded(output, texts, ids=ids)
     index_s = time.perf_counter() - start
     build_s = encode_s + index_s
+    logger.info(
+        "[%s] %s: encoded in %.1fs, indexed in %.1fs", encoder.name, collection.name, encode_s, index_s
+    )
+    signal_cache = SignalCache(index, output.colbert_vecs or [])
     cache = DenseCache(model)
     cache.passages.update(zip(texts, output.dense, strict=True))
     del output
@@ -334,19 +455,40 @@ def run_collection(
         qenc_s = time.perf_counter() - start
         cache.queries = {q: e.dense for q, e in zip(qtexts, encoded, strict=True)}
         logger.info("[%s] %s: %d queries encoded in %.1fs", encoder.name, dataset.name, len(qtexts), qenc_s)
+        agreement = check_against_engine(index, signal_cache, encoded, ids)
+        logger.info("[%s] %s: top-10 agreement with the engine %.3f", encoder.name, dataset.name, agreement)
         latency_queries = qtexts[:latency_n]
         base = {
             "encoder": encoder.name,
             "dataset": dataset.name,
             "num_docs": len(ids),
             "num_queries": len(qtexts),
+            "engine_agreement": agreement,
         }
+        start = time.perf_counter()
+        ranked: dict[str, list[list[str]]] = {c.name: [] for c in configs}
+        for e in encoded:
+            cand_rows, signals = signal_cache.signals(e)
+            for config in configs:
+                if config.kwargs["mode"] in ("dense", "sparse"):
+                    hits = index.search_encoded(e, k=K, **config.kwargs)
+                    ranked[config.name].append([h.id for h in hits])
+                else:
+                    ranked[config.name].append(rank_config(cand_rows, signals, config.kwargs, ids))
+        logger.info(
+            "[%s] %s: %d configs scored in %.1fs",
+            encoder.name,
+            dataset.name,
+            len(configs),
+            time.perf_counter() - start,
+        )
         by_name: dict[str, dict[str, float]] = {}
         for config in configs:
-            ranked = [[h.id for h in index.search_encoded(e, k=K, **config.kwargs)] for e in encoded]
-            metrics = score_run(dataset, ranked)
+            metrics = score_run(dataset, ranked[config.name])
             by_name[config.name] = metrics
-            latency = p50_ms(lambda q, c=config: index.search(q, k=K, **c.kwargs), latency_queries)
+            latency = None
+            if config.name in LATENCY_CONFIGS:
+                latency = p50_ms(lambda q, c=config: index.search(q, k=K, **c.kwargs), latency_queries)
             rows.append(
                 {
                     **base,
@@ -363,27 +505,38 @@ def run_collection(
             if config is None:
                 continue
             kwargs = {**config.kwargs, "rerank": "m3"}
-            hits = index.search_batch(qtexts, k=K, **kwargs)
-            metrics = score_run(dataset, [[h.id for h in per_q] for per_q in hits])
+            subset = dataset.subsample_queries(min(RERANK_QUERIES, len(qtexts)), seed=0)
+            keep = [i for i, qid in enumerate(dataset.queries) if qid in subset.queries]
+            start = time.perf_counter()
+            hits = index.search_batch([qtexts[i] for i in keep], k=K, **kwargs)
+            logger.info(
+                "[%s] %s: rerank run in %.1fs", encoder.name, dataset.name, time.perf_counter() - start
+            )
+            metrics = score_run(subset, [[h.id for h in per_q] for per_q in hits])
+            base_metrics = score_run(subset, [ranked[base_name][i] for i in keep])
             latency = p50_ms(lambda q, kw=kwargs: index.search(q, k=K, **kw), latency_queries)
             rows.append(
                 {
                     **base,
+                    "num_queries": len(keep),
                     "config": f"{base_name} + M3 rerank",
                     "family": "rerank",
                     "params": kwargs,
                     **metrics,
+                    "base_ndcg@10_same_queries": base_metrics["ndcg@10"],
                     "build_s": build_s,
                     "p50_ms": latency,
                 }
             )
         for name, (search, peer_build_s) in peer_searches.items():
+            start = time.perf_counter()
             cache.use_query_cache = True
-            ranked = [search(q) for q in qtexts]
-            metrics = score_run(dataset, ranked)
+            peer_ranked = [search(q) for q in qtexts]
+            metrics = score_run(dataset, peer_ranked)
             cache.use_query_cache = False  # latency includes encoding the query, as ours does
             latency = p50_ms(search, latency_queries)
             cache.use_query_cache = True
+            logger.info("[%s] %s: %s in %.1fs", encoder.name, dataset.name, name, time.perf_counter() - start)
             rows.append(
                 {
                     **base,
@@ -529,9 +682,10 @@ def write_report(saved: dict[str, Any], path: Path) -> None:
         "_Generated by `benchmarks/run_quality.py`; do not edit by hand (narrative: `docs/evaluation.md`)._",
         "",
         "BAAI/bge-m3 cannot be downloaded on the machines that produced this report. Two real pretrained",
-        "encoders stand in for it, and **neither has BGE-M3's sparse or ColBERT heads**: the lexical signal is",
-        'BM25 over the model\'s own subword token ids (`M3Index(lexical="bm25", bm25_tokenizer="model")`) and',
-        "ColBERT uses the identity projection of the last hidden states. The multilingual-e5-small weights are",
+        "encoders stand in for it, and **neither has BGE-M3's sparse or ColBERT heads**: the lexical",
+        "signal is BM25 over the model's own subword token ids",
+        '(`M3Index(lexical="bm25", bm25_tokenizer="model")`) and ColBERT uses the identity projection of',
+        "the last hidden states. The multilingual-e5-small weights are",
         "a dequantized 4-bit copy: fine for comparing methods on one model, not for quoting the model's",
         "scores. Every corpus is encoded once per encoder and shared by all rows; the peers use the same",
         "dense vectors through caching embedding wrappers.",
@@ -602,7 +756,8 @@ def write_report(saved: dict[str, Any], path: Path) -> None:
         "  no M3 lexical weights without the sparse head).",
         "- LangChain: `EnsembleRetriever([BM25Retriever (rank_bm25, whitespace tokens), InMemoryVectorStore",
         "  retriever], weights=[0.5, 0.5], c=60)`, k = 100 each.",
-        "- LlamaIndex: `QueryFusionRetriever([VectorIndexRetriever, BM25Retriever (bm25s, English stemmer and",
+        "- LlamaIndex: `QueryFusionRetriever([VectorIndexRetriever, BM25Retriever (bm25s, English stemmer",
+        "  and",
         "  stop words)], num_queries=1, mode=reciprocal_rerank | relative_score, similarity_top_k=100)`,",
         "  `MockLLM` (no query generation).",
         "",
@@ -618,7 +773,8 @@ def write_report(saved: dict[str, Any], path: Path) -> None:
         "Encoders (folders printed by `../shared/tools/get-all-minilm-l6-v2.sh` and",
         "`../shared/tools/build-multilingual-e5-small.sh`), loaded with",
         '`M3Model(path, pooling="mean", allow_missing_heads=True, query_max_length=512,',
-        'passage_max_length=512)` plus `query_instruction="query: ", passage_instruction="passage: "` for e5.',
+        'passage_max_length=512)` plus `query_instruction="query: ", passage_instruction="passage: "`',
+        "for e5.",
         'Documents are `title + "\\n" + text` (title skipped when the text starts with it); passages longer',
         "than 512 tokens (autorag-ko/longdoc, many autorag-ko pages) are truncated: the encoders' limit.",
         "KorQuAD paragraphs are converted in memory (licence: no derivatives); 1,000 seeded questions.",
@@ -668,7 +824,7 @@ def environment() -> dict[str, Any]:
         pass
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+            ["git", "rev-parse", "--short", "HEAD"], check=False, cwd=ROOT, capture_output=True, text=True
         )
         rev = commit.stdout.strip()
     except OSError:
@@ -694,7 +850,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only", nargs="+", default=None, help="only these collections (names as in the report)"
     )
     parser.add_argument("--max-queries", type=int, default=None, help="seeded query sample per collection")
-    parser.add_argument("--latency-queries", type=int, default=20, help="single-query calls timed per config")
+    parser.add_argument("--latency-queries", type=int, default=10, help="single-query calls timed per config")
     parser.add_argument("--no-peers", action="store_true", help="skip LangChain/LlamaIndex")
     parser.add_argument("--resume", action="store_true", help="keep saved results and skip what is done")
     parser.add_argument("--report-only", action="store_true", help="re-render the report from saved results")
@@ -716,29 +872,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         saved["environment"] = environment()
         done = {(r["encoder"], r["dataset"]) for r in saved["rows"]}
-        for encoder in find_encoders(args.encoders):
-            model = load_model(encoder)
+        encoders = {e.name: e for e in find_encoders(args.encoders)}
+        models: dict[str, M3Model] = {}
+        by_name = {c.name: c for c in collections(args.quick, args.max_queries)}
+        for encoder_name, collection_name in JOB_ORDER:
+            if encoder_name not in encoders or collection_name not in by_name:
+                continue
+            if args.only and collection_name not in args.only:
+                continue
+            encoder, collection = encoders[encoder_name], by_name[collection_name]
+            if all((encoder.name, d.name) in done for d in collection.query_sets):
+                logger.info("skip %s / %s (done)", encoder.name, collection.name)
+                continue
+            if encoder.name not in models:
+                models[encoder.name] = load_model(encoder)
             saved.setdefault("encoders", {})[encoder.name] = {"path": encoder.path, **encoder.kwargs}
-            for collection in collections(args.quick, args.max_queries):
-                if args.only and collection.name not in args.only:
-                    continue
-                if all((encoder.name, d.name) in done for d in collection.query_sets):
-                    logger.info("skip %s / %s (done)", encoder.name, collection.name)
-                    continue
-                rows = run_collection(
-                    encoder,
-                    model,
-                    collection,
-                    quick=args.quick,
-                    latency_n=args.latency_queries,
-                    peers=not args.no_peers,
-                )
-                names = {d.name for d in collection.query_sets}
-                saved["rows"] = [
-                    r for r in saved["rows"] if not (r["encoder"] == encoder.name and r["dataset"] in names)
-                ] + rows
-                saved["quick"] = args.quick
-                results_path.write_text(json.dumps(saved, indent=1, ensure_ascii=False))
+            rows = run_collection(
+                encoder,
+                models[encoder.name],
+                collection,
+                quick=args.quick,
+                latency_n=args.latency_queries,
+                peers=not args.no_peers,
+            )
+            names = {d.name for d in collection.query_sets}
+            saved["rows"] = [
+                r for r in saved["rows"] if not (r["encoder"] == encoder.name and r["dataset"] in names)
+            ] + rows
+            saved["quick"] = args.quick
+            results_path.write_text(json.dumps(saved, indent=1, ensure_ascii=False))
+            write_report(saved, Path(args.report))
     write_report(saved, Path(args.report))
     return 0
 

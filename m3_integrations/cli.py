@@ -178,6 +178,15 @@ def _configure_logging(quiet: bool, verbose: int) -> None:
     for handler in root.handlers:
         if getattr(handler, "_m3_cli", False):
             handler.setLevel(level)
+    if quiet:
+        # transformers 5 shows a "Loading weights" bar of its own; --quiet means no bars at all.
+        try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+            hf_logging.set_verbosity_error()
+        except ImportError:  # pragma: no cover - transformers is a core dependency
+            pass
 
 
 def _model_kwargs(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> dict[str, Any]:
