@@ -249,7 +249,7 @@ def _check_modes(model: Any, modes: Sequence[str], *, lexical: str, store_colber
 
 
 def _collect_documents(paths: Sequence[str]) -> tuple[list[str], list[str], list[dict[str, Any]]]:
-    from m3_integrations.evaluation.beir import join_title_text
+    from m3_integrations.evaluation.beir import iter_jsonl, join_title_text
 
     ids: list[str] = []
     texts: list[str] = []
@@ -257,20 +257,15 @@ def _collect_documents(paths: Sequence[str]) -> tuple[list[str], list[str], list
 
     def add_file(file: Path, doc_id: str) -> None:
         if file.suffix == ".jsonl":
-            with open(file, encoding="utf-8") as fh:
-                for line_no, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        msg = f"{file}:{line_no}: not valid JSON ({err.msg})"
-                        raise CliError(msg, EXIT_INPUT) from err
+            try:
+                for line_no, record in iter_jsonl(file, require_id=False):
                     text = join_title_text(str(record.get("title") or ""), str(record.get("text") or ""))
                     if text.strip():
                         ids.append(str(record.get("_id", f"{doc_id}:{line_no}")))
                         texts.append(text)
                         metadatas.append({"source": str(file), "line": line_no})
+            except ValueError as err:
+                raise CliError(str(err), EXIT_INPUT) from err
             return
         text = file.read_text(encoding="utf-8", errors="replace")
         if text.strip():

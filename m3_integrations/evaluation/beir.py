@@ -33,7 +33,15 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BeirDataset", "Document", "join_title_text", "load_beir", "load_korquad", "read_qrels"]
+__all__ = [
+    "BeirDataset",
+    "Document",
+    "iter_jsonl",
+    "join_title_text",
+    "load_beir",
+    "load_korquad",
+    "read_qrels",
+]
 
 Qrels = dict[str, dict[str, int]]
 
@@ -100,7 +108,12 @@ def join_title_text(title: str, text: str) -> str:
     return f"{title}\n{text}"
 
 
-def _read_jsonl(path: Path) -> Iterator[dict]:
+def iter_jsonl(path: str | os.PathLike[str], *, require_id: bool = True) -> Iterator[tuple[int, dict]]:
+    """``(line number, record)`` for every non-blank line of a JSON-lines file.
+
+    Raises:
+        ValueError: a line is not a JSON object, or (``require_id``) has no ``_id``.
+    """
     with open(path, encoding="utf-8") as fh:
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
@@ -110,10 +123,10 @@ def _read_jsonl(path: Path) -> Iterator[dict]:
             except json.JSONDecodeError as err:
                 msg = f"{path}:{line_no}: not valid JSON ({err.msg})"
                 raise ValueError(msg) from err
-            if "_id" not in record:
-                msg = f"{path}:{line_no}: record has no '_id'"
+            if not isinstance(record, dict) or (require_id and "_id" not in record):
+                msg = f"{path}:{line_no}: expected a JSON object with an '_id'"
                 raise ValueError(msg)
-            yield record
+            yield line_no, record
 
 
 def read_qrels(path: str | os.PathLike[str]) -> Qrels:
@@ -197,13 +210,13 @@ def load_beir(
             raise FileNotFoundError(msg)
 
     corpus: dict[str, Document] = {}
-    for record in _read_jsonl(corpus_path):
+    for _, record in iter_jsonl(corpus_path):
         did = str(record["_id"])
         corpus[did] = Document(did, str(record.get("title") or ""), str(record.get("text") or ""))
     if not corpus:
         msg = f"corpus {corpus_path} is empty"
         raise ValueError(msg)
-    all_queries = {str(r["_id"]): str(r.get("text") or "") for r in _read_jsonl(queries_path)}
+    all_queries = {str(r["_id"]): str(r.get("text") or "") for _, r in iter_jsonl(queries_path)}
     qrels_all = read_qrels(qrels_path)
 
     qrels: Qrels = {}

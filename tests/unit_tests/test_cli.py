@@ -48,6 +48,10 @@ def beir_dir(tmp_path: Path) -> Path:
     return root
 
 
+def eval_args(data: Path, model: str, *extra: str) -> list[str]:
+    return ["eval", "--data", str(data), "--model", model, *extra]
+
+
 @pytest.fixture
 def built_index(docs_dir: Path, tmp_path: Path, tiny_checkpoint: str) -> Path:
     out = tmp_path / "my.index"
@@ -182,27 +186,9 @@ def test_eval_prints_table_and_writes_json_and_report(
     beir_dir: Path, tmp_path: Path, tiny_checkpoint: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     json_out, report = tmp_path / "r.json", tmp_path / "r.md"
+    extra = "--mode dense hybrid --fusion weighted rrf --quiet --latency-queries 2".split()
     code = main(
-        [
-            "eval",
-            "--data",
-            str(beir_dir),
-            "--model",
-            tiny_checkpoint,
-            "--mode",
-            "dense",
-            "hybrid",
-            "--fusion",
-            "weighted",
-            "rrf",
-            "--json",
-            str(json_out),
-            "--report",
-            str(report),
-            "--quiet",
-            "--latency-queries",
-            "2",
-        ]
+        eval_args(beir_dir, tiny_checkpoint, *extra, "--json", str(json_out), "--report", str(report))
     )
     out, err = capsys.readouterr()
     assert code == EXIT_OK, err
@@ -227,23 +213,7 @@ def test_eval_metrics_agree_with_a_direct_index_run(
     from m3_integrations.evaluation import evaluate_run, load_beir
 
     json_out = tmp_path / "r.json"
-    assert (
-        main(
-            [
-                "eval",
-                "--data",
-                str(beir_dir),
-                "--model",
-                tiny_checkpoint,
-                "--mode",
-                "dense",
-                "-q",
-                "--json",
-                str(json_out),
-            ]
-        )
-        == 0
-    )
+    assert main(eval_args(beir_dir, tiny_checkpoint, "--mode", "dense", "-q", "--json", str(json_out))) == 0
     data = load_beir(beir_dir)
     index = M3Index(tiny_model)
     index.add([t for _, t in data.documents()], ids=[d for d, _ in data.documents()])
