@@ -741,6 +741,11 @@ def write_report(saved: dict[str, Any], path: Path) -> None:
         ]
         for name, row in configs.items():
             bold = "**" if name == default else ""
+            if "base_ndcg@10_same_queries" in row:
+                name = (  # noqa: PLW2901 - the label shown for a rerank row
+                    f"{name} (first {row['num_queries']} queries; base nDCG@10 on them "
+                    f"{row['base_ndcg@10_same_queries']:.3f})"
+                )
             lines.append(
                 f"| {bold}{name}{bold} | {_fmt(row['ndcg@10'])} | {_fmt(row['recall@100'])} | "
                 f"{_fmt(row['mrr@10'])} | {_fmt(row['build_s'], 1)} | {_fmt(row['p50_ms'], 1)} |"

@@ -22,6 +22,11 @@ from m3_integrations.evaluation.beir import (
     load_korquad,
     read_qrels,
 )
+from m3_integrations.evaluation.defaults import (
+    BGE_M3_DEFAULTS,
+    NO_HEADS_DEFAULTS,
+    recommended_search_defaults,
+)
 from m3_integrations.evaluation.metrics import (
     DEFAULT_METRICS,
     evaluate_run,
@@ -41,7 +46,9 @@ from m3_integrations.evaluation.run import (
 )
 
 __all__ = [
+    "BGE_M3_DEFAULTS",
     "DEFAULT_METRICS",
+    "NO_HEADS_DEFAULTS",
     "BeirDataset",
     "Document",
     "EvalResult",
@@ -60,4 +67,5 @@ __all__ = [
     "rank_documents",
     "read_qrels",
     "recall_at_k",
+    "recommended_search_defaults",
 ]

@@ -246,3 +246,24 @@ def test_evaluate_search_and_table() -> None:
     assert "| toy | toy-retriever | " in table and "0.750" in table and "1.5" in table
     with pytest.raises(RuntimeError, match="result lists"):
         evaluate_search(lambda qs: [], data, name="broken")
+
+
+def test_recommended_defaults_follow_the_heads_and_work_with_the_index(checkpoint_copy: Path) -> None:
+    from m3_integrations import M3Index, M3Model
+    from m3_integrations.evaluation import BGE_M3_DEFAULTS, NO_HEADS_DEFAULTS, recommended_search_defaults
+
+    (checkpoint_copy / "sparse_linear.pt").unlink()
+    (checkpoint_copy / "colbert_linear.pt").unlink()
+    model = M3Model(str(checkpoint_copy), device="cpu", allow_missing_heads=True)
+    defaults = recommended_search_defaults(model)
+    assert defaults == NO_HEADS_DEFAULTS
+    defaults["weights"]["dense"] = 9.0  # a copy: the module's data stays as measured
+    assert NO_HEADS_DEFAULTS["weights"]["dense"] != 9.0
+    index = M3Index(model)
+    index.add(["Paris is the capital of France.", "The fox jumps.", "서울은 수도이다."], ids=["a", "b", "c"])
+    hits = index.search("capital of France", k=3, mode="hybrid", **recommended_search_defaults(model))
+    assert {h.id for h in hits} == {"a", "b", "c"}
+    assert all(set(h.scores) == {"dense", "bm25", "colbert"} for h in hits)  # the keys M3Index accepts
+    assert recommended_search_defaults(type("M", (), {"has_sparse": True, "has_colbert_head": True})) == (
+        BGE_M3_DEFAULTS
+    )
