@@ -99,9 +99,15 @@ class Synthetic:
         )
 
 
-def build(n: int, colbert_dim: int, store_colbert: bool, batch: int) -> tuple[M3Index, float, Synthetic]:
+def build(
+    n: int, colbert_dim: int, store_colbert: bool, batch: int, colbert_dtype: str = "float16"
+) -> tuple[M3Index, float, Synthetic]:
     synth = Synthetic(colbert_dim)
-    index = M3Index(fake_model(colbert_dim), store_colbert=store_colbert)  # type: ignore[arg-type]
+    index = M3Index(
+        fake_model(colbert_dim),  # type: ignore[arg-type]
+        store_colbert=store_colbert,
+        colbert_dtype=colbert_dtype,  # type: ignore[arg-type]
+    )
     index.reserve(n, n * 288 + 4096 if store_colbert else 0)
     elapsed = 0.0
     for start in range(0, n, batch):
@@ -157,9 +163,19 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--colbert-dim-large", type=int, default=128, help="ColBERT d above 10k docs")
     parser.add_argument("--no-million", action="store_true", help="skip the 1M dense+sparse run")
+    parser.add_argument("--colbert-dtype", default="float16", choices=["float16", "int8"])
+    parser.add_argument(
+        "--sizes", default=None, help="explicit runs, e.g. '10000:1024,100000:128' (docs:ColBERT d; 0 = none)"
+    )
     args = parser.parse_args()
 
-    if args.quick:
+    if args.sizes:
+        runs = []
+        for item in args.sizes.split(","):
+            n_docs, dim = (int(x) for x in item.split(":"))
+            runs.append((n_docs, dim or DENSE_DIM, dim > 0))
+        n_queries = args.queries
+    elif args.quick:
         runs = [(2_000, DENSE_DIM, True), (20_000, args.colbert_dim_large, True)]
         n_queries = 10
     else:
@@ -170,7 +186,13 @@ def main() -> None:
 
     rows = []
     for n, colbert_dim, store_colbert in runs:
-        index, build_s, synth = build(n, colbert_dim, store_colbert, batch=1000 if store_colbert else 50_000)
+        index, build_s, synth = build(
+            n,
+            colbert_dim,
+            store_colbert,
+            batch=1000 if store_colbert else 50_000,
+            colbert_dtype=args.colbert_dtype,
+        )
         memory = index.memory_bytes()
         per_doc = {k: v / n for k, v in memory.items()}
         modes = (
@@ -197,7 +219,7 @@ def main() -> None:
             print(
                 f"{n:>9,d} build {build_s:.1f} s; bytes/doc: "
                 + ", ".join(f"{k} {v:,.0f}" for k, v in per_doc.items())
-                + f"; ColBERT float16 / float32 = {memory['colbert'] / colbert_f32:.3f}",
+                + f"; ColBERT {args.colbert_dtype} / float32 = {memory['colbert'] / colbert_f32:.3f}",
                 flush=True,
             )
         else:
@@ -210,6 +232,7 @@ def main() -> None:
         gc.collect()
 
     print()
+    print(f"ColBERT dtype: {args.colbert_dtype}")
     print("| docs | ColBERT d | mode | p50 ms | p95 ms |")
     print("|---:|---:|---|---:|---:|")
     for r in rows:
@@ -226,10 +249,10 @@ def main() -> None:
             f"| {r['docs']:,} | {r['build_s']:.1f} | {r['B/doc dense']:,.0f} | {r['B/doc sparse']:,.0f} | "
             f"{r['B/doc colbert']:,.0f} | {r['B/doc bm25']:,.0f} |"
         )
-    plot(rows)
+    plot(rows, args.colbert_dtype)
 
 
-def plot(rows: list[dict]) -> None:
+def plot(rows: list[dict], colbert_dtype: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -248,7 +271,7 @@ def plot(rows: list[dict]) -> None:
     ax.set_title("M3Index search latency (synthetic, 2 CPU cores)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = OUT / "search_scaling.png"
+    path = OUT / f"search_scaling_{colbert_dtype}.png"
     fig.savefig(path, dpi=120)
     print(f"\nplot: {path}")
 
