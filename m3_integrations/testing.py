@@ -16,10 +16,16 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+    from transformers import XLMRobertaConfig
 
 __all__ = ["TRAINING_SENTENCES", "build_tiny_checkpoint", "build_tiny_reranker"]
 
@@ -46,8 +52,7 @@ TRAINING_SENTENCES = [
 _SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]
 
 
-def _train_tokenizer(vocab_size: int):
-    import json
+def _train_tokenizer(vocab_size: int) -> Tokenizer:
     import re
 
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -102,10 +107,16 @@ def _save_tokenizer(folder: Path, vocab_size: int, model_max_length: int) -> int
         model_max_length=model_max_length,
     )
     fast.save_pretrained(str(folder))
+    # Name the class bge-m3 ships with, so transformers 4.x (XLMRobertaTokenizerFast) and 5.x
+    # (XLMRobertaTokenizer) both load tokenizer.json through the XLM-R code path.
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "XLMRobertaTokenizer"
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
     return len(fast)
 
 
-def _xlmr_config(vocab_size: int, hidden_size: int, max_length: int, **extra: object):
+def _xlmr_config(vocab_size: int, hidden_size: int, max_length: int, **extra: Any) -> XLMRobertaConfig:
     from transformers import XLMRobertaConfig
 
     return XLMRobertaConfig(
