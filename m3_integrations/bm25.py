@@ -21,7 +21,7 @@ Example:
     >>> bm25 = BM25()
     >>> bm25.add([word_tokenize("the cat sat"), word_tokenize("the dog"), word_tokenize("a bird")])
     >>> [round(s, 3) for s in bm25.get_scores(word_tokenize("cat")).tolist()]
-    [0.532, 0.0, 0.0]
+    [0.453, 0.0, 0.0]
 """
 
 from __future__ import annotations
