@@ -8,7 +8,9 @@ from typing import Any
 from m3_integrations.model import M3Model
 
 
-def resolve_model(model: M3Model | str | os.PathLike[str], model_kwargs: dict[str, Any] | None = None) -> M3Model:
+def resolve_model(
+    model: M3Model | str | os.PathLike[str], model_kwargs: dict[str, Any] | None = None
+) -> M3Model:
     """Return ``model`` itself when it is an :class:`M3Model`, else load one from a name or path."""
     if isinstance(model, M3Model):
         if model_kwargs:
