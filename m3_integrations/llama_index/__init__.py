@@ -22,10 +22,20 @@ from m3_integrations._utils import import_optional
 import_optional("llama_index.core", "llama-index")
 
 from m3_integrations.llama_index.embeddings import M3Embedding  # noqa: E402
+from m3_integrations.llama_index.postprocessors import M3Reranker  # noqa: E402
+from m3_integrations.llama_index.retrievers import M3NodeWithScore, M3Retriever  # noqa: E402
 from m3_integrations.llama_index.sparse import (  # noqa: E402
     M3SparseFunction,
     m3_sparse_doc_fn,
     m3_sparse_query_fn,
 )
 
-__all__ = ["M3Embedding", "M3SparseFunction", "m3_sparse_doc_fn", "m3_sparse_query_fn"]
+__all__ = [
+    "M3Embedding",
+    "M3NodeWithScore",
+    "M3Reranker",
+    "M3Retriever",
+    "M3SparseFunction",
+    "m3_sparse_doc_fn",
+    "m3_sparse_query_fn",
+]
