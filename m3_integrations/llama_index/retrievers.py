@@ -291,6 +291,10 @@ class M3Retriever(BaseRetriever):
     def __len__(self) -> int:
         return len(self._index)
 
+    def __bool__(self) -> bool:
+        # An empty retriever is still a retriever: `retriever or default` must not replace it.
+        return True
+
     @property
     def similarity_top_k(self) -> int:
         """How many nodes :meth:`retrieve` returns."""

@@ -351,3 +351,13 @@ def test_persist_errors(tiny_model: M3Model, tmp_path: Path) -> None:
     other.docstore.persist(str(damaged / "docstore.json"))
     with pytest.raises(ValueError, match="different node ids"):
         M3Retriever.from_persist_dir(damaged, model=tiny_model)
+
+
+def test_empty_retriever(tiny_model: M3Model) -> None:
+    retriever = M3Retriever(model=tiny_model)
+    assert len(retriever) == 0
+    assert retriever  # `retriever or fallback` must keep an empty retriever
+    assert retriever.retrieve("anything") == []
+    retriever.insert([])
+    retriever.insert(TextNode(id_="only", text="hello world"))
+    assert [n.node.node_id for n in retriever.retrieve("hello")] == ["only"]
