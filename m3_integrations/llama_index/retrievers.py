@@ -94,6 +94,9 @@ class M3Retriever(BaseRetriever):
         weights / fusion / candidates: passed to :meth:`M3Index.search`.
         filters: LlamaIndex ``MetadataFilters`` (all operators, ``and`` / ``or`` / ``not``, nested).
         rerank / rerank_top_n: second stage inside the index (``"m3"`` or a ``CrossEncoderReranker``).
+        metadata_mode: which node content is indexed (default ``EMBED``, as LlamaIndex embeds it).
+        model_kwargs / index_kwargs: ``M3Model`` options (when ``model`` is a name) and ``M3Index``
+            options (``store_colbert``, ``lexical="bm25"``...).
 
     Instantiate:
         .. code-block:: python

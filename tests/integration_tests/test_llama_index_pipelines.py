@@ -11,15 +11,9 @@ from llama_index.core.schema import TextNode
 
 from m3_integrations import M3Model
 from m3_integrations.llama_index import M3Embedding, M3NodeWithScore, M3Reranker, M3Retriever
+from tests.common import SAMPLE_TEXTS
 
-TEXTS = [
-    "Paris is the capital of France and Berlin is the capital of Germany.",
-    "The quick brown fox jumps over the lazy dog while the cat sleeps in the sun.",
-    "서울은 대한민국의 수도이다. 검색 증강 생성은 문서를 찾아 답을 만든다.",
-    "北京是中国的首都。检索增强生成使用向量数据库。",
-    "Hybrid retrieval fuses dense similarity with lexical matching and late interaction.",
-    "Vector databases such as Qdrant and Milvus store embeddings for similarity search.",
-]
+TEXTS = [t for t in SAMPLE_TEXTS if len(t) > 10]
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,9 @@ from llama_index.core.schema import MetadataMode, TextNode
 
 from m3_integrations import M3Model
 from m3_integrations.llama_index import M3Embedding, m3_sparse_doc_fn, m3_sparse_query_fn
-from tests.common import naive_encode, naive_lexical_score
+from tests.common import SAMPLE_TEXTS, naive_encode, naive_lexical_score
 
-CORPUS = [
-    "Paris is the capital of France and Berlin is the capital of Germany.",
-    "The quick brown fox jumps over the lazy dog while the cat sleeps in the sun.",
-    "서울은 대한민국의 수도이다. 검색 증강 생성은 문서를 찾아 답을 만든다.",
-    "北京是中国的首都。检索增强生成使用向量数据库。",
-    "Vector databases such as Qdrant and Milvus store embeddings for similarity search.",
-]
+CORPUS = [t for t in SAMPLE_TEXTS if len(t) > 10]
 QUERIES = [
     "capital of Germany",
     "the cat sleeps in the sun",
