@@ -6,12 +6,13 @@ import asyncio
 import os
 from typing import Any
 
+import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.callbacks import CallbackManager
 
 from m3_integrations.llama_index._common import resolve_model
-from m3_integrations.model import M3Model
+from m3_integrations.model import M3Model, M3Output
 
 __all__ = ["M3Embedding"]
 
@@ -78,12 +79,12 @@ class M3Embedding(BaseEmbedding):
         **kwargs: Any,
     ) -> None:
         m3 = resolve_model(model, model_kwargs)
-        super().__init__(
+        super().__init__(  # type: ignore[call-arg]  # pydantic fields (mypy runs without its plugin)
             model_name=m3.model_name_or_path,
             embed_batch_size=embed_batch_size,
             query_max_length=query_max_length,
             passage_max_length=passage_max_length,
-            callback_manager=callback_manager,
+            callback_manager=callback_manager or CallbackManager([]),
             **kwargs,
         )
         self._model = m3
@@ -102,13 +103,13 @@ class M3Embedding(BaseEmbedding):
         out = self._model.encode_queries(
             [query], return_sparse=False, max_length=self.query_max_length, show_progress=False
         )
-        return out.dense[0].tolist()
+        return _dense(out)[0].tolist()
 
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         out = self._model.encode_passages(
             texts, return_sparse=False, max_length=self.passage_max_length, show_progress=False
         )
-        return out.dense.tolist()
+        return _dense(out).tolist()
 
     def _get_text_embedding(self, text: str) -> Embedding:
         return self._get_text_embeddings([text])[0]
@@ -122,3 +123,10 @@ class M3Embedding(BaseEmbedding):
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         # One batched forward pass in a worker thread instead of the base class's one call per text.
         return await asyncio.to_thread(self._get_text_embeddings, texts)
+
+
+def _dense(out: M3Output) -> np.ndarray:
+    if out.dense is None:  # pragma: no cover - encode() returns what return_dense asks for
+        msg = "internal error: the model returned no dense vectors"
+        raise RuntimeError(msg)
+    return out.dense

@@ -98,7 +98,7 @@ class M3Reranker(BaseNodePostprocessor):
         name = getattr(getattr(reranker, "model", None), "model_name_or_path", None) or getattr(
             reranker, "model_name_or_path", type(reranker).__name__
         )
-        super().__init__(
+        super().__init__(  # type: ignore[call-arg]  # pydantic fields (mypy runs without its plugin)
             model_name=str(name),
             top_n=top_n,
             metadata_mode=metadata_mode,
