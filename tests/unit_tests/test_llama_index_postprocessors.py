@@ -164,3 +164,12 @@ async def test_async_matches_sync(m3_reranker: M3Reranker) -> None:
     sync = m3_reranker.postprocess_nodes(make_scored_nodes(), query_str=QUERY)
     got = await m3_reranker.apostprocess_nodes(make_scored_nodes(), query_str=QUERY)
     assert [(n.node.node_id, n.score) for n in got] == [(n.node.node_id, n.score) for n in sync]
+
+
+def test_metadata_mode_selects_the_text_scored(m3_reranker: M3Reranker, tiny_model: M3Model) -> None:
+    plain = M3Reranker(model=m3_reranker.reranker, top_n=None, metadata_mode=MetadataMode.NONE)
+    got = plain.postprocess_nodes(make_scored_nodes(), query_str=QUERY)
+    expected = tiny_model.compute_score([(QUERY, p) for p in PASSAGES])["colbert+sparse+dense"]
+    assert [n.node.node_id for n in got] == [
+        f"p{i}" for i in np.argsort(-np.asarray(expected), kind="stable")
+    ]

@@ -361,3 +361,14 @@ def test_empty_retriever(tiny_model: M3Model) -> None:
     retriever.insert([])
     retriever.insert(TextNode(id_="only", text="hello world"))
     assert [n.node.node_id for n in retriever.retrieve("hello")] == ["only"]
+
+
+def test_unpersistable_settings_are_dropped_with_a_warning(
+    tiny_model: M3Model, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    retriever = M3Retriever(nodes=make_nodes()[:2], model=tiny_model, filters=lambda meta: True)
+    with caplog.at_level("WARNING", logger="m3_integrations.llama_index.retrievers"):
+        retriever.persist(tmp_path / "store")
+    assert "callable filter cannot be persisted" in caplog.text
+    loaded = M3Retriever.from_persist_dir(tmp_path / "store", model=tiny_model)
+    assert loaded.filters is None
