@@ -61,6 +61,9 @@ def test_query_fusion_retriever_composes_m3_with_a_vector_index(
         similarity_top_k=4,
         use_async=False,
     )
+    # The same nodes, re-indexed by M3 straight from the vector index's docstore.
+    from_index = M3Retriever.from_defaults(index=vector_index, model=tiny_model)
+    assert sorted(from_index.node_ids) == sorted(vector_index.docstore.docs)
     got = fusion.retrieve("capital of France")
     assert 0 < len(got) <= 4
     m3_ids = {n.node.node_id for n in retriever.retrieve("capital of France")}
