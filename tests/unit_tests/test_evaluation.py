@@ -267,3 +267,19 @@ def test_recommended_defaults_follow_the_heads_and_work_with_the_index(checkpoin
     assert recommended_search_defaults(type("M", (), {"has_sparse": True, "has_colbert_head": True})) == (
         BGE_M3_DEFAULTS
     )
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "m3_integrations.evaluation.beir",
+        "m3_integrations.evaluation.metrics",
+        "m3_integrations.evaluation.defaults",
+    ],
+)
+def test_docstring_examples(name: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name))
+    assert result.attempted > 0 and result.failed == 0
