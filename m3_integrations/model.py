@@ -145,6 +145,7 @@ class M3Model:
 
         self.config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
         self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        _use_serialized_pipeline(self.tokenizer, folder)
         self.model = AutoModel.from_pretrained(
             folder, trust_remote_code=trust_remote_code, dtype=torch.float32
         )
@@ -623,6 +624,30 @@ def _required(value: _T | None) -> _T:
         msg = "internal error: an output that was asked for is missing"
         raise RuntimeError(msg)
     return value
+
+
+def _use_serialized_pipeline(tokenizer: Any, folder: Path) -> None:
+    """Make the tokenizer split text exactly as the checkpoint's ``tokenizer.json`` says.
+
+    transformers 5 rebuilds XLM-R's pre-tokenizer in Python (``WhitespaceSplit`` + ``Metaspace``), which
+    drops the trailing ``▁`` piece that transformers 4 and FlagEmbedding produce for text ending in
+    white space; the serialized normalizer and pre-tokenizer keep outputs identical across versions.
+    """
+    path = folder / "tokenizer.json"
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not path.is_file():
+        return
+    from tokenizers import Tokenizer
+
+    try:
+        serialized = Tokenizer.from_file(str(path))
+    except Exception as err:  # an unreadable file is transformers' business; keep its tokenizer
+        logger.debug("could not read %s (%s); keeping the loaded tokenizer as is", path, err)
+        return
+    if serialized.get_vocab_size(with_added_tokens=False) != backend.get_vocab_size(with_added_tokens=False):
+        return
+    for part in ("normalizer", "pre_tokenizer", "decoder"):
+        setattr(backend, part, getattr(serialized, part))
 
 
 def _default_device() -> torch.device:

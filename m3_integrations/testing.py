@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -102,6 +103,12 @@ def _save_tokenizer(folder: Path, vocab_size: int, model_max_length: int) -> int
         model_max_length=model_max_length,
     )
     fast.save_pretrained(str(folder))
+    # Name the class bge-m3 ships with, so transformers 4.x (XLMRobertaTokenizerFast) and 5.x
+    # (XLMRobertaTokenizer) both load tokenizer.json through the XLM-R code path.
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "XLMRobertaTokenizer"
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
     return len(fast)
 
 
