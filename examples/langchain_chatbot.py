@@ -21,10 +21,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import logging
 import os
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +58,23 @@ PROMPT = ChatPromptTemplate.from_messages(
         ("human", "Context:\n{context}\n\nQuestion: {question}"),
     ]
 )
+
+
+class Log:
+    """Progress messages on stderr (silenced by --quiet); warnings and errors always show."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            print(message, file=sys.stderr)
+
+    def warning(self, message: str) -> None:
+        print(f"warning: {message}", file=sys.stderr)
+
+    def error(self, message: str) -> None:
+        print(f"error: {message}", file=sys.stderr)
 
 
 @dataclass
@@ -108,7 +125,7 @@ def split_documents(folder: Path, files: Sequence[Path], args: argparse.Namespac
     return chunks
 
 
-def load_or_build_retriever(args: argparse.Namespace, model: M3Model, log: logging.Logger) -> tuple:
+def load_or_build_retriever(args: argparse.Namespace, model: M3Model, log: Log) -> tuple[M3Retriever, bool]:
     """Load the saved index when its manifest matches the files, else rebuild and save it."""
     folder = Path(args.data).resolve()
     index_dir = Path(args.index_dir)
@@ -125,15 +142,15 @@ def load_or_build_retriever(args: argparse.Namespace, model: M3Model, log: loggi
             try:
                 retriever = M3Retriever.load(index_dir / "index", model=model, **search)
             except (OSError, ValueError) as err:
-                log.warning("could not load the saved index (%s); rebuilding", err)
+                log.warning(f"could not load the saved index ({err}); rebuilding")
             else:
-                log.info("Reusing the index in %s (%d chunks)", index_dir, len(retriever.index))
+                log.info(f"Reusing the index in {index_dir} ({len(retriever.index)} chunks)")
                 return retriever, True
         else:
             log.info("Files, model or chunking changed since the index was built: rebuilding")
 
     chunks = split_documents(folder, files, args)
-    log.info("Indexing %d chunks from %d files in %s ...", len(chunks), len(files), folder)
+    log.info(f"Indexing {len(chunks)} chunks from {len(files)} files in {folder} ...")
     retriever = M3Retriever.from_documents(chunks, model=model, **search)
     retriever.save(index_dir / "index")
     # The manifest goes last (atomically): a crash before this line leaves a stale manifest, which
@@ -141,7 +158,7 @@ def load_or_build_retriever(args: argparse.Namespace, model: M3Model, log: loggi
     tmp = manifest_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, manifest_path)
-    log.info("Saved the index to %s", index_dir)
+    log.info(f"Saved the index to {index_dir}")
     return retriever, False
 
 
@@ -177,18 +194,22 @@ def make_extractive_answer(model: M3Model, max_sentences: int = 3) -> RunnableLa
     return RunnableLambda(answer, name="extractive_answer")
 
 
-def load_llm(spec: str | None, log: logging.Logger) -> BaseChatModel | None:
+def load_llm(spec: str | None, log: Log) -> BaseChatModel | None:
     """The chat model named by ``spec``, or ``None`` when its package or credentials are missing."""
     if not spec:
         return None
     try:
         try:
             from langchain.chat_models import init_chat_model
-        except ImportError:
-            from langchain_classic.chat_models import init_chat_model
-        return init_chat_model(spec)
+        except ImportError:  # langchain-classic keeps the same function (with a deprecation warning)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                from langchain_classic.chat_models import init_chat_model
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return init_chat_model(spec)
     except Exception as err:  # missing provider package, missing API key, unknown provider...
-        log.warning("cannot use --llm %s (%s); answering offline (extractive)", spec, err)
+        log.warning(f"cannot use --llm {spec} ({err}); answering offline (extractive)")
         return None
 
 
@@ -206,7 +227,7 @@ def build_chain(retriever: M3Retriever, model: M3Model, llm: BaseChatModel | Non
     return retrieve | RunnablePassthrough.assign(answer=answer) | render
 
 
-def build_chatbot(args: argparse.Namespace, log: logging.Logger) -> Chatbot:
+def build_chatbot(args: argparse.Namespace, log: Log) -> Chatbot:
     model = M3Model(args.model, device=args.device, show_progress=not args.quiet)
     retriever, reused = load_or_build_retriever(args, model, log)
     llm = load_llm(args.llm, log)
@@ -232,15 +253,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(format="%(message)s", stream=sys.stderr)
-    log = logging.getLogger("langchain_chatbot")
-    log.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    log = Log(quiet=args.quiet)
+    if args.quiet:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     try:
         bot = build_chatbot(args, log)
     except FileNotFoundError as err:
-        log.error("%s", err)
+        log.error(str(err))
         return 2
-    log.info("LLM: %s", bot.llm_name)
+    log.info(f"LLM: {bot.llm_name}")
 
     if args.query is not None:
         if not args.query.strip():
