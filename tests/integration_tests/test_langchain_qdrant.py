@@ -13,7 +13,7 @@ from tests.common import SAMPLE_TEXTS
 TEXTS = [t for t in SAMPLE_TEXTS if t.strip()]
 
 
-@pytest.mark.parametrize("mode", [RetrievalMode.HYBRID, RetrievalMode.SPARSE, RetrievalMode.DENSE])
+@pytest.mark.parametrize("mode", [RetrievalMode.HYBRID, RetrievalMode.SPARSE])
 def test_qdrant_store_with_m3_embeddings(tiny_model: M3Model, mode: RetrievalMode) -> None:
     store = QdrantVectorStore.from_documents(
         [Document(page_content=t, metadata={"n": i}) for i, t in enumerate(TEXTS)],
