@@ -3,20 +3,32 @@
 Example:
     .. code-block:: python
 
-        from m3_integrations import M3Model
+        from m3_integrations import M3Index, M3Model
 
         model = M3Model("BAAI/bge-m3")
-        out = model.encode(["BGE-M3 yields three representations."], return_colbert=True)
+        index = M3Index(model)
+        index.add(["BGE-M3 yields three representations."])
+        hits = index.search("what does BGE-M3 output?", k=1)
 """
 
 from __future__ import annotations
 
 import logging
 
+from m3_integrations.index import M3Index, SearchHit
 from m3_integrations.model import M3Model, M3Output
+from m3_integrations.rerank import CrossEncoderReranker, M3ScoreReranker
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
 
-__all__ = ["M3Model", "M3Output", "__version__"]
+__all__ = [
+    "CrossEncoderReranker",
+    "M3Index",
+    "M3Model",
+    "M3Output",
+    "M3ScoreReranker",
+    "SearchHit",
+    "__version__",
+]

@@ -72,3 +72,47 @@ def naive_colbert_score(q: np.ndarray, p: np.ndarray) -> float:
     for i in range(len(q)):
         total += max(float(np.dot(q[i], p[j])) for j in range(len(p)))
     return total / len(q)
+
+
+# ---------------------------------------------------------------- index helper (issue 3)
+INDEX_TEXTS = [
+    *SAMPLE_TEXTS,
+    "Seoul is the capital of South Korea; Tokyo is the capital of Japan.",
+    "Python is a programming language; numpy arrays hold vectors and matrices.",
+    "Retrieval augmented generation grounds a language model in documents from an index.",
+    "오늘 날씨가 맑고 따뜻하다. 고양이가 햇볕 아래에서 잠을 잔다.",
+    "今天天气很好，小猫在阳光下睡觉。",
+    "Wie spät ist es? Der Hund läuft schnell über die Straße.",
+    "¿Dónde está la biblioteca? La ciudad tiene muchos libros.",
+    "The capital of France is Paris.",
+    "hello world hello",
+]
+
+
+def naive_m3_scores(
+    model: M3Model, query: str, texts: list[str], *, colbert_dtype: type = np.float16
+) -> dict[str, list[float]]:
+    """FlagEmbedding-style brute force: every document scored alone with the naive formulas.
+
+    ColBERT vectors go through ``colbert_dtype`` first, the one rounding the index applies on storage.
+    """
+    q = model.encode_queries([query], return_colbert=True)
+    p = model.encode_passages(texts, return_colbert=True)
+    out: dict[str, list[float]] = {"dense": [], "sparse": [], "colbert": []}
+    for i in range(len(texts)):
+        out["dense"].append(float(np.dot(q.dense[0].astype(np.float64), p.dense[i].astype(np.float64))))
+        out["sparse"].append(naive_lexical_score(q.lexical_weights[0], p.lexical_weights[i]))
+        stored = p.colbert_vecs[i].astype(colbert_dtype).astype(np.float32)
+        out["colbert"].append(naive_colbert_score(q.colbert_vecs[0], stored) if len(stored) else 0.0)
+    return out
+
+
+def naive_weighted_ranking(
+    scores: dict[str, list[float]], weights: dict[str, float]
+) -> tuple[list[int], list[float]]:
+    """``Σ w_i s_i / Σ w_i`` over the signals with some nonzero score; ranking best first, ties by index."""
+    used = {name: w for name, w in weights.items() if w > 0 and any(scores[name])}
+    n = len(next(iter(scores.values())))
+    total = sum(used.values())
+    fused = [sum(w * scores[name][i] for name, w in used.items()) / total if total else 0.0 for i in range(n)]
+    return sorted(range(n), key=lambda i: (-fused[i], i)), fused

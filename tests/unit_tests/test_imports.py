@@ -1,6 +1,14 @@
 import m3_integrations
 
-EXPECTED_ALL = ["M3Model", "M3Output", "__version__"]
+EXPECTED_ALL = [
+    "CrossEncoderReranker",
+    "M3Index",
+    "M3Model",
+    "M3Output",
+    "M3ScoreReranker",
+    "SearchHit",
+    "__version__",
+]
 
 
 def test_all_imports() -> None:

@@ -1,0 +1,249 @@
+"""Okapi BM25 over a sparse inverted structure, with ``rank_bm25.BM25Okapi``'s exact semantics.
+
+Term frequencies are kept in a scipy CSR matrix (documents × terms) and a CSC copy (the inverted
+index: one posting list per term), so scoring a query touches only the postings of its terms. The
+corpus statistics (document count, average length, document frequencies) cover live rows only and are
+recomputed after every change, so a deletion updates every idf as a rebuild would.
+
+Scores, for a query with tokens ``q_1..q_m`` (repeats count) and a document ``d`` of ``|d|`` tokens::
+
+    score(q, d) = Σ_j idf(q_j) · tf(q_j, d) · (k1 + 1) / (tf(q_j, d) + k1 · (1 - b + b · |d| / avgdl))
+    idf(t)      = ln(N - n_t + 0.5) - ln(n_t + 0.5), and ε · mean(idf) where that is negative
+
+as in ``rank_bm25.BM25Okapi`` (``k1=1.5, b=0.75, ε=0.25``; the mean runs over every term of the corpus).
+
+Two tokenisers are offered: the model's subword tokenizer (token ids; language-agnostic, the right choice
+for Korean, Chinese or Arabic) and :func:`word_tokenize` (lower-cased words, one-character tokens kept,
+every CJK ideograph or kana its own token).
+
+Example:
+    >>> from m3_integrations.bm25 import BM25, word_tokenize
+    >>> bm25 = BM25()
+    >>> bm25.add([word_tokenize("the cat sat"), word_tokenize("the dog"), word_tokenize("a bird")])
+    >>> [round(s, 3) for s in bm25.get_scores(word_tokenize("cat")).tolist()]
+    [0.532, 0.0, 0.0]
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["BM25", "word_tokenize"]
+
+# Han ideographs, kana, CJK compatibility ideographs and extension A: written without spaces, so each
+# character is a token; every other run of letters/digits (Hangul included) is one word.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_WORD_RE = re.compile(rf"[{_CJK}]|(?:(?![{_CJK}])[^\W_])+")
+
+
+def word_tokenize(text: str) -> list[str]:
+    """Lower-cased words (one-character words kept); every CJK ideograph or kana is its own token.
+
+    Example:
+        >>> word_tokenize("A BGE-M3 test: 北京是首都, 서울은 수도")
+        ['a', 'bge', 'm3', 'test', '北', '京', '是', '首', '都', '서울은', '수도']
+    """
+    return _WORD_RE.findall(text.lower())
+
+
+class BM25:
+    """Incremental Okapi BM25 on a sparse term-frequency matrix (one row per document).
+
+    Tokens are either integer ids below ``num_columns`` (the model tokenizer's ids, used as columns
+    directly) or any hashable (words), mapped to columns by a vocabulary that grows as documents arrive.
+
+    Args:
+        k1: term-frequency saturation.
+        b: length normalisation.
+        epsilon: floor for negative idfs, as a fraction of the mean idf.
+        num_columns: the id space of integer tokens; ``None`` for a growing word vocabulary.
+    """
+
+    def __init__(
+        self, *, k1: float = 1.5, b: float = 0.75, epsilon: float = 0.25, num_columns: int | None = None
+    ) -> None:
+        self.k1, self.b, self.epsilon = float(k1), float(b), float(epsilon)
+        self.num_columns = num_columns
+        self.vocab: dict[Hashable, int] = {}
+        self._chunks: list[sp.csr_matrix] = []
+        self._csr: sp.csr_matrix | None = None
+        self._csc: sp.csc_matrix | None = None
+        self._doc_len = np.zeros(0, dtype=np.float64)
+        self._alive = np.zeros(0, dtype=bool)
+        self._stats: tuple[float, float, np.ndarray] | None = None  # (N, avgdl, idf)
+
+    # ------------------------------------------------------------------ building
+    def __len__(self) -> int:
+        return len(self._doc_len)
+
+    @property
+    def width(self) -> int:
+        """The number of term columns."""
+        return self.num_columns if self.num_columns is not None else len(self.vocab)
+
+    def columns(self, tokens: Sequence[Hashable], *, grow: bool = False) -> np.ndarray:
+        """Map tokens to column ids; unknown tokens are dropped unless ``grow`` adds them."""
+        if self.num_columns is not None:
+            ids = np.asarray(tokens, dtype=np.int64).ravel()
+            return ids[(ids >= 0) & (ids < self.num_columns)]
+        out = []
+        for token in tokens:
+            column = self.vocab.get(token)
+            if column is None:
+                if not grow:
+                    continue
+                column = self.vocab[token] = len(self.vocab)
+            out.append(column)
+        return np.asarray(out, dtype=np.int64)
+
+    def add(self, token_lists: Sequence[Sequence[Hashable]]) -> None:
+        """Append one row per document (its tokens, repeats counted)."""
+        indptr = [0]
+        indices: list[np.ndarray] = []
+        data: list[np.ndarray] = []
+        lengths = np.empty(len(token_lists), dtype=np.float64)
+        for i, tokens in enumerate(token_lists):
+            cols = self.columns(tokens, grow=True)
+            lengths[i] = len(tokens)
+            uniq, counts = np.unique(cols, return_counts=True)
+            indices.append(uniq)
+            data.append(counts.astype(np.float32))
+            indptr.append(indptr[-1] + len(uniq))
+        chunk = sp.csr_matrix(
+            (
+                np.concatenate(data) if data else np.zeros(0, np.float32),
+                np.concatenate(indices) if indices else np.zeros(0, np.int64),
+                np.asarray(indptr, dtype=np.int64),
+            ),
+            shape=(len(token_lists), max(self.width, 1)),
+        )
+        self._chunks.append(chunk)
+        self._doc_len = np.concatenate([self._doc_len, lengths])
+        self._alive = np.concatenate([self._alive, np.ones(len(token_lists), dtype=bool)])
+        self._invalidate()
+
+    def set_alive(self, alive: np.ndarray) -> None:
+        """Which rows count in the corpus statistics (the owner's tombstones)."""
+        alive = np.asarray(alive, dtype=bool)
+        if alive.shape != self._alive.shape:
+            msg = f"alive mask has {alive.shape[0]} rows, the BM25 matrix {len(self._alive)}"
+            raise ValueError(msg)
+        self._alive = alive.copy()
+        self._stats = None
+
+    def keep_rows(self, rows: np.ndarray) -> None:
+        """Compact: keep only ``rows`` (in that order)."""
+        matrix = self.matrix()[rows]
+        self._chunks = [sp.csr_matrix(matrix)]
+        self._doc_len = self._doc_len[rows]
+        self._alive = self._alive[rows]
+        self._invalidate()
+
+    def _invalidate(self) -> None:
+        self._csr = self._csc = None
+        self._stats = None
+
+    def matrix(self) -> sp.csr_matrix:
+        """The term-frequency matrix ``(n_docs, width)`` (CSR, float32 counts)."""
+        if self._csr is None:
+            width = max(self.width, 1)
+            chunks = [
+                sp.csr_matrix((c.data, c.indices, c.indptr), shape=(c.shape[0], width)) for c in self._chunks
+            ]
+            self._csr = (
+                sp.csr_matrix(sp.vstack(chunks, format="csr"))
+                if chunks
+                else sp.csr_matrix((0, width), dtype=np.float32)
+            )
+            self._chunks = [self._csr]
+        return self._csr
+
+    def _inverted(self) -> sp.csc_matrix:
+        if self._csc is None:
+            self._csc = self.matrix().tocsc()
+            self._csc.sort_indices()
+        return self._csc
+
+    def stats(self) -> tuple[float, float, np.ndarray]:
+        """``(N, avgdl, idf per column)`` over the live rows, rank_bm25's idf with its ε floor."""
+        if self._stats is None:
+            matrix = self.matrix()
+            alive = self._alive
+            n_docs = float(alive.sum())
+            avgdl = float(self._doc_len[alive].sum() / n_docs) if n_docs else 0.0
+            rows_of_entries = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+            df = np.bincount(
+                matrix.indices, weights=alive[rows_of_entries].astype(np.float64), minlength=matrix.shape[1]
+            )
+            present = df > 0
+            idf = np.zeros(matrix.shape[1], dtype=np.float64)
+            idf[present] = np.log(n_docs - df[present] + 0.5) - np.log(df[present] + 0.5)
+            if present.any():
+                average_idf = float(idf[present].mean())
+                idf[present & (idf < 0)] = self.epsilon * average_idf
+            self._stats = (n_docs, avgdl, idf)
+        return self._stats
+
+    # ------------------------------------------------------------------ scoring
+    def get_scores(self, query_tokens: Sequence[Hashable]) -> np.ndarray:
+        """BM25 score of every row (dead rows included; the owner masks them), float64 ``(n_docs,)``."""
+        n_rows = len(self._doc_len)
+        scores = np.zeros(n_rows, dtype=np.float64)
+        cols = self.columns(query_tokens)
+        if cols.size == 0 or n_rows == 0:
+            return scores
+        _, avgdl, idf = self.stats()
+        if avgdl <= 0:
+            return scores
+        uniq, counts = np.unique(cols, return_counts=True)
+        sub = self._inverted()[:, uniq]
+        if sub.nnz == 0:
+            return scores
+        col_of_entry = np.repeat(np.arange(len(uniq)), np.diff(sub.indptr))
+        rows = sub.indices
+        tf = sub.data.astype(np.float64)
+        norm = self.k1 * (1.0 - self.b + self.b * self._doc_len[rows] / avgdl)
+        contribution = idf[uniq][col_of_entry] * counts[col_of_entry] * tf * (self.k1 + 1.0) / (tf + norm)
+        np.add.at(scores, rows, contribution)
+        return scores
+
+    # ------------------------------------------------------------------ persistence
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain arrays for ``np.savez`` (no pickled objects)."""
+        matrix = self.matrix()
+        return {
+            "bm25_data": matrix.data,
+            "bm25_indices": matrix.indices.astype(np.int64),
+            "bm25_indptr": matrix.indptr.astype(np.int64),
+            "bm25_doc_len": self._doc_len,
+        }
+
+    @classmethod
+    def from_arrays(
+        cls,
+        arrays: dict[str, np.ndarray],
+        *,
+        vocab: Sequence[Hashable] | None,
+        num_columns: int | None,
+        k1: float = 1.5,
+        b: float = 0.75,
+        epsilon: float = 0.25,
+    ) -> BM25:
+        """Inverse of :meth:`to_arrays` (``vocab``: the word list in column order, for word tokens)."""
+        bm25 = cls(k1=k1, b=b, epsilon=epsilon, num_columns=num_columns)
+        if vocab is not None:
+            bm25.vocab = {token: i for i, token in enumerate(vocab)}
+        doc_len = np.asarray(arrays["bm25_doc_len"], dtype=np.float64)
+        matrix = sp.csr_matrix(
+            (arrays["bm25_data"], arrays["bm25_indices"], arrays["bm25_indptr"]),
+            shape=(len(doc_len), max(bm25.width, 1)),
+        )
+        matrix.check_format(full_check=True)
+        bm25._chunks = [matrix]
+        bm25._doc_len = doc_len
+        bm25._alive = np.ones(len(doc_len), dtype=bool)
+        return bm25

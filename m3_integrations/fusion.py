@@ -1,0 +1,190 @@
+"""Fusion of per-signal relevance scores into one ranking score — every fusion formula lives here.
+
+Three methods, all over the same candidate set (the rows scored in the second stage):
+
+- ``weighted`` — FlagEmbedding's ``compute_score`` semantics, ``Σ w_i s_i / Σ w_i`` on raw scores.
+  Unbounded signals (BM25) are first divided by their maximum over the candidates, so they live on
+  the same ``[0, 1]`` scale as the cosine-like M3 scores; raw BM25 (often 10–30) would drown them.
+- ``rrf`` — weighted reciprocal rank fusion, ``Σ w_i / (k + rank_i) / Σ w_i`` with ``k = 60`` and ranks
+  starting at 1. Tied scores share the best rank of the tie ("1224" competition ranking), so ties do
+  not inject insertion order; a candidate scoring exactly 0 on a lexical signal (no shared term) is
+  not retrieved by it and gets no contribution from it.
+- ``relative_score`` — min-max normalise every signal over the candidates, then ``Σ w_i n_i / Σ w_i``.
+
+A signal with no evidence for the query — every candidate scores 0, as when no query token is known to
+the lexical index (cross-lingual queries) — is dropped and the remaining weights are renormalised
+(:func:`effective_weights`). Under ``relative_score`` a constant signal carries no information either
+and is dropped too. If no signal is left, every fused score is 0.
+
+Example:
+    >>> import numpy as np
+    >>> from m3_integrations.fusion import fuse
+    >>> scores = {"dense": np.array([0.9, 0.5]), "sparse": np.array([0.0, 0.0])}
+    >>> fuse(scores, {"dense": 0.4, "sparse": 0.2}, method="weighted").tolist()  # sparse has no evidence
+    [0.8999999761581421, 0.5]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from m3_integrations import scoring
+
+__all__ = [
+    "FUSION_METHODS",
+    "LEXICAL_SIGNALS",
+    "RRF_K",
+    "UNBOUNDED_SIGNALS",
+    "competition_ranks",
+    "effective_weights",
+    "fuse",
+    "max_normalize",
+    "min_max_normalize",
+    "reciprocal_rank_fusion",
+    "relative_score_fusion",
+    "weighted_fusion",
+]
+
+FUSION_METHODS = ("weighted", "rrf", "relative_score")
+RRF_K = 60
+# Signals whose scores are not bounded by 1 and need rescaling before a weighted sum.
+UNBOUNDED_SIGNALS = frozenset({"bm25"})
+# Signals where 0 means "no shared term", i.e. the document was not retrieved by that signal.
+LEXICAL_SIGNALS = frozenset({"sparse", "bm25"})
+
+
+def _as_arrays(scores: Mapping[str, np.ndarray | Iterable[float]]) -> dict[str, np.ndarray]:
+    arrays = {name: np.asarray(values, dtype=np.float32) for name, values in scores.items()}
+    lengths = {a.shape for a in arrays.values()}
+    if len(lengths) > 1:
+        msg = f"every signal needs one score per candidate, got shapes {sorted(lengths)}"
+        raise ValueError(msg)
+    return arrays
+
+
+def effective_weights(
+    scores: Mapping[str, np.ndarray], weights: Mapping[str, float], *, drop_constant: bool = False
+) -> dict[str, float]:
+    """The weights of the signals that carry evidence for this query (positive weight, some nonzero score).
+
+    Args:
+        scores: signal name → scores over the candidates.
+        weights: signal name → non-negative weight; names missing from ``scores`` raise ``KeyError``.
+        drop_constant: also drop signals whose scores are all equal (no information for a min-max).
+
+    Returns:
+        The kept weights (not renormalised: every fusion divides by their sum).
+    """
+    kept: dict[str, float] = {}
+    for name, weight in weights.items():
+        values = np.asarray(scores[name])
+        if weight <= 0 or values.size == 0 or not np.any(values):
+            continue
+        if drop_constant and float(values.max()) == float(values.min()):
+            continue
+        kept[name] = float(weight)
+    return kept
+
+
+def max_normalize(values: np.ndarray) -> np.ndarray:
+    """``values / max(values)`` (unchanged when the maximum is not positive)."""
+    values = np.asarray(values, dtype=np.float32)
+    top = float(values.max()) if values.size else 0.0
+    return values / top if top > 0 else values
+
+
+def min_max_normalize(values: np.ndarray) -> np.ndarray:
+    """``(values - min) / (max - min)``, or zeros for a constant array."""
+    values = np.asarray(values, dtype=np.float32)
+    if values.size == 0:
+        return values
+    low, high = float(values.min()), float(values.max())
+    if high == low:
+        return np.zeros_like(values)
+    return (values - low) / (high - low)
+
+
+def competition_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, highest score first; equal scores share the best rank of their tie (1, 2, 2, 4)."""
+    values = np.asarray(values, dtype=np.float64)
+    order = np.argsort(-values, kind="stable")
+    sorted_values = values[order]
+    ranks_sorted = np.arange(1, len(values) + 1, dtype=np.int64)
+    if len(values) > 1:
+        new_group = np.concatenate([[True], sorted_values[1:] != sorted_values[:-1]])
+        ranks_sorted = np.maximum.accumulate(np.where(new_group, ranks_sorted, 0))
+    ranks = np.empty(len(values), dtype=np.int64)
+    ranks[order] = ranks_sorted
+    return ranks
+
+
+def weighted_fusion(scores: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
+    """FlagEmbedding's weighted average over the signals with evidence; BM25 is max-normalised first."""
+    arrays = _as_arrays(scores)
+    kept = effective_weights(arrays, weights)
+    n = len(next(iter(arrays.values()))) if arrays else 0
+    if not kept:
+        return np.zeros(n, dtype=np.float32)
+    used = {name: max_normalize(arrays[name]) if name in UNBOUNDED_SIGNALS else arrays[name] for name in kept}
+    return np.asarray(scoring.combine_scores(used, kept), dtype=np.float32)
+
+
+def reciprocal_rank_fusion(
+    scores: Mapping[str, np.ndarray], weights: Mapping[str, float], *, k: int = RRF_K
+) -> np.ndarray:
+    """Weighted RRF ``Σ w_i / (k + rank_i) / Σ w_i`` (ranks from 1, ties share the best rank)."""
+    arrays = _as_arrays(scores)
+    kept = effective_weights(arrays, weights)
+    n = len(next(iter(arrays.values()))) if arrays else 0
+    fused = np.zeros(n, dtype=np.float64)
+    if not kept:
+        return fused.astype(np.float32)
+    for name, weight in kept.items():
+        contribution = weight / (k + competition_ranks(arrays[name]))
+        if name in LEXICAL_SIGNALS:
+            contribution = np.where(arrays[name] > 0, contribution, 0.0)
+        fused += contribution
+    return (fused / sum(kept.values())).astype(np.float32)
+
+
+def relative_score_fusion(scores: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
+    """Min-max normalise each signal over the candidates, then the weighted average."""
+    arrays = _as_arrays(scores)
+    kept = effective_weights(arrays, weights, drop_constant=True)
+    n = len(next(iter(arrays.values()))) if arrays else 0
+    if not kept:
+        return np.zeros(n, dtype=np.float32)
+    used = {name: min_max_normalize(arrays[name]) for name in kept}
+    return np.asarray(scoring.combine_scores(used, kept), dtype=np.float32)
+
+
+def fuse(
+    scores: Mapping[str, np.ndarray], weights: Mapping[str, float], *, method: str = "weighted"
+) -> np.ndarray:
+    """Fuse per-signal scores over one candidate set with ``method`` (see the module docstring).
+
+    Args:
+        scores: signal name → ``(n,)`` scores; every name in ``weights`` must be present.
+        weights: signal name → non-negative weight.
+        method: ``"weighted"``, ``"rrf"`` or ``"relative_score"``.
+
+    Returns:
+        ``(n,)`` float32 fused scores (higher is better).
+
+    Raises:
+        ValueError: unknown method or a negative weight.
+    """
+    for name, weight in weights.items():
+        if not np.isfinite(weight) or weight < 0:
+            msg = f"weight of {name!r} must be a finite non-negative number, got {weight}"
+            raise ValueError(msg)
+    if method == "weighted":
+        return weighted_fusion(scores, weights)
+    if method == "rrf":
+        return reciprocal_rank_fusion(scores, weights)
+    if method == "relative_score":
+        return relative_score_fusion(scores, weights)
+    msg = f"unknown fusion {method!r}; expected one of {', '.join(FUSION_METHODS)}"
+    raise ValueError(msg)

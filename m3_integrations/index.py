@@ -1,0 +1,1208 @@
+"""``M3Index``: an embedded hybrid index over BGE-M3's dense, lexical and ColBERT representations.
+
+Storage, one row per document (rows are in insertion order; deletions leave tombstones that
+:meth:`M3Index.compact` removes, automatically once half the rows are dead):
+
+- dense: one ``(n, d)`` float32 (or float16) matrix, scored by an exact matrix product;
+- lexical: the M3 lexical weights as a scipy CSR matrix ``(n, vocab)`` with a CSC copy as the inverted
+  index (a query touches only the posting lists of its tokens);
+- ColBERT: every token vector of every document in one contiguous float16 (or int8 + per-vector scale)
+  array, with per-row offsets; or not stored (``store_colbert=False``), in which case the ColBERT
+  vectors of the candidates are recomputed from their texts at query time (slow, but exact);
+- BM25 term frequencies (:mod:`m3_integrations.bm25`), the lexical signal of models without a sparse
+  head and an optional fourth signal otherwise.
+
+Search runs in two stages (see ``docs/engine.md``): the cheap signals (dense, lexical, BM25) are scored
+against every allowed row and their top-``candidates`` rows are united; the union is then scored with
+every signal of the mode (ColBERT included) and fused by :mod:`m3_integrations.fusion`.
+``candidates=None`` skips the first stage and scores every allowed row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+import scipy.sparse as sp
+
+from m3_integrations import fusion, scoring
+from m3_integrations._utils import atomic_dir, validate_texts
+from m3_integrations.bm25 import BM25, word_tokenize
+
+if TYPE_CHECKING:
+    import os
+
+    from m3_integrations.model import M3Model, M3Output
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MODES", "EncodedQuery", "M3Index", "Reranker", "SearchHit"]
+
+FORMAT_NAME = "m3-index"
+FORMAT_VERSION = 1
+MODES: dict[str, tuple[str, ...]] = {
+    "dense": ("dense",),
+    "sparse": ("lexical",),
+    "colbert": ("colbert",),
+    "hybrid": ("dense", "lexical", "colbert"),
+    "dense+sparse": ("dense", "lexical"),
+}
+DEFAULT_WEIGHTS = {"dense": 0.4, "lexical": 0.2, "colbert": 0.4}
+WEIGHT_KEYS = ("dense", "sparse", "colbert", "bm25")
+_DENSE_CHUNK_ROWS = 65536
+_COLBERT_CHUNK_VECTORS = 262144
+
+
+@dataclass
+class SearchHit:
+    """One search result (or one stored document, from :meth:`M3Index.get`).
+
+    Attributes:
+        id: the document id.
+        text: the document text.
+        metadata: a copy of the document metadata.
+        score: the score that ranked it: fused, the single signal's, or the reranker's.
+        scores: per-signal scores (``dense``, ``sparse``, ``colbert``, ``bm25``, ``rerank``) of the
+            signals that were computed; empty for :meth:`M3Index.get`.
+    """
+
+    id: str
+    text: str
+    metadata: dict[str, Any]
+    score: float
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EncodedQuery:
+    """A query's representations, as :meth:`M3Index.search_encoded` consumes them.
+
+    Attributes:
+        dense: ``(d,)`` float32 vector.
+        lexical_weights: token id → weight (empty without a sparse head).
+        colbert_vecs: ``(N_q, d)`` token vectors, or ``None`` when no ColBERT signal is needed.
+        bm25_tokens: the query's BM25 tokens (token ids or words, repeats counted).
+    """
+
+    dense: np.ndarray
+    lexical_weights: dict[int, float] = field(default_factory=dict)
+    colbert_vecs: np.ndarray | None = None
+    bm25_tokens: list[Any] = field(default_factory=list)
+
+
+@runtime_checkable
+class Reranker(Protocol):
+    """Anything with ``score(query, passages) -> (n,) array`` can rerank search hits."""
+
+    def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
+        """Relevance of each passage to the query (higher is better)."""
+        ...
+
+
+FilterType = Mapping[str, Any] | Callable[[Mapping[str, Any]], bool]
+
+
+class M3Index:
+    """Embedded hybrid index: dense + lexical + ColBERT (+ BM25), incremental, filtered, persisted.
+
+    Setup:
+        .. code-block:: bash
+
+            pip install m3-integrations
+
+    Key init args:
+        model: the :class:`~m3_integrations.M3Model` that encodes documents and queries.
+        store_colbert: keep ColBERT vectors (needed for fast ``colbert``/``hybrid`` modes).
+        colbert_dtype: ``"float16"`` (half of float32) or ``"int8"`` (a quarter, per-vector scale).
+        dense_dtype: ``"float32"`` or ``"float16"``.
+        lexical: ``"m3"`` (the model's lexical weights), ``"bm25"``, or ``"auto"`` (m3 when the model
+            has a sparse head, else BM25). With BM25 as the lexical signal, the ``sparse`` weight and
+            mode use BM25 and hits report it under ``"bm25"``.
+        bm25_tokenizer: ``"model"`` (subword ids, language-agnostic) or ``"word"``.
+
+    Instantiate:
+        .. code-block:: python
+
+            from m3_integrations import M3Index, M3Model
+
+            index = M3Index(M3Model("BAAI/bge-m3"))
+
+    Add documents:
+        .. code-block:: python
+
+            ids = index.add(
+                ["BGE-M3 has three heads.", "서울은 수도이다."], metadatas=[{"lang": "en"}, {"lang": "ko"}]
+            )
+            index.add(["BGE-M3 has three outputs."], ids=[ids[0]])  # same id: replaced
+            index.delete([ids[1]])
+
+    Search:
+        .. code-block:: python
+
+            hits = index.search("what does bge-m3 output?", k=5)  # hybrid, weights (0.4, 0.2, 0.4)
+            hits[0].id, hits[0].score, hits[0].scores  # {"dense": ..., "sparse": ..., "colbert": ...}
+            index.search("bge-m3", mode="dense+sparse", fusion="rrf", weights={"bm25": 0.3})
+
+    Search with filter:
+        .. code-block:: python
+
+            index.search("capital", filter={"lang": "ko"})
+            index.search("capital", filter=lambda meta: meta.get("year", 0) > 2020)
+
+    Persist:
+        .. code-block:: python
+
+            index.save("my_index")
+            index = M3Index.load("my_index", model=M3Model("BAAI/bge-m3"))
+    """
+
+    def __init__(
+        self,
+        model: M3Model,
+        *,
+        store_colbert: bool = True,
+        colbert_dtype: Literal["float16", "int8"] = "float16",
+        dense_dtype: Literal["float32", "float16"] = "float32",
+        lexical: Literal["auto", "m3", "bm25"] = "auto",
+        bm25_tokenizer: Literal["model", "word"] = "model",
+        show_progress: bool = False,
+        batch_size: int | None = None,
+    ) -> None:
+        if colbert_dtype not in ("float16", "int8"):
+            msg = f"colbert_dtype must be 'float16' or 'int8', got {colbert_dtype!r}"
+            raise ValueError(msg)
+        if dense_dtype not in ("float32", "float16"):
+            msg = f"dense_dtype must be 'float32' or 'float16', got {dense_dtype!r}"
+            raise ValueError(msg)
+        if lexical not in ("auto", "m3", "bm25"):
+            msg = f"lexical must be 'auto', 'm3' or 'bm25', got {lexical!r}"
+            raise ValueError(msg)
+        if lexical == "m3" and not model.has_sparse:
+            msg = "lexical='m3' needs a checkpoint with sparse_linear.pt; use lexical='bm25' or 'auto'"
+            raise ValueError(msg)
+        if bm25_tokenizer not in ("model", "word"):
+            msg = f"bm25_tokenizer must be 'model' or 'word', got {bm25_tokenizer!r}"
+            raise ValueError(msg)
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
+            msg = f"batch_size must be a positive integer, got {batch_size!r}"
+            raise ValueError(msg)
+        self.model = model
+        self.store_colbert = bool(store_colbert)
+        self.colbert_dtype = colbert_dtype
+        self.dense_dtype = dense_dtype
+        self.lexical = "m3" if lexical == "m3" or (lexical == "auto" and model.has_sparse) else "bm25"
+        self.bm25_tokenizer = bm25_tokenizer
+        self.show_progress = show_progress
+        self.batch_size = batch_size
+        self.dense_dim = int(model.dense_dim)
+        self.colbert_dim = int(model.colbert_dim)
+        self.vocab_size = int(model.vocab_size)
+        self._lock = threading.RLock()
+        self._reset_storage()
+
+    # ------------------------------------------------------------------ storage
+    def _reset_storage(self) -> None:
+        self._row_ids: list[str] = []
+        self._texts: list[str] = []
+        self._metadatas: list[dict[str, Any]] = []
+        self._row_of: dict[str, int] = {}
+        self._alive = np.zeros(0, dtype=bool)
+        self._dense = np.zeros((0, self.dense_dim), dtype=self.dense_dtype)
+        self._lex_chunks: list[sp.csr_matrix] = []
+        self._lex_csr: sp.csr_matrix | None = None
+        self._lex_csc: sp.csc_matrix | None = None
+        col_dtype = np.float16 if self.colbert_dtype == "float16" else np.int8
+        self._colbert = np.zeros((0, self.colbert_dim), dtype=col_dtype)
+        self._colbert_scale = np.zeros(0, dtype=np.float32)
+        self._colbert_used = 0
+        self._colbert_start = np.zeros(0, dtype=np.int64)
+        self._colbert_len = np.zeros(0, dtype=np.int64)
+        self._bm25 = BM25(num_columns=self.vocab_size if self.bm25_tokenizer == "model" else None)
+
+    @property
+    def _lexical_signal(self) -> str:
+        return "sparse" if self.lexical == "m3" else "bm25"
+
+    def __len__(self) -> int:
+        return len(self._row_of)
+
+    def __contains__(self, id: object) -> bool:
+        return id in self._row_of
+
+    @property
+    def ids(self) -> list[str]:
+        """Ids of the stored documents, in insertion order (a replaced document counts as new)."""
+        with self._lock:
+            return [self._row_ids[r] for r in np.flatnonzero(self._alive)]
+
+    def __repr__(self) -> str:
+        return (
+            f"M3Index(n={len(self)}, lexical={self.lexical!r}, store_colbert={self.store_colbert}, "
+            f"colbert_dtype={self.colbert_dtype!r}, dense_dtype={self.dense_dtype!r})"
+        )
+
+    def _lexical_matrix(self) -> sp.csr_matrix:
+        if self._lex_csr is None:
+            chunks = [
+                sp.csr_matrix((c.data, c.indices, c.indptr), shape=(c.shape[0], self.vocab_size))
+                for c in self._lex_chunks
+            ]
+            self._lex_csr = (
+                sp.csr_matrix(sp.vstack(chunks, format="csr"))
+                if chunks
+                else sp.csr_matrix((0, self.vocab_size), dtype=np.float32)
+            )
+            self._lex_chunks = [self._lex_csr]
+        return self._lex_csr
+
+    def _lexical_inverted(self) -> sp.csc_matrix:
+        if self._lex_csc is None:
+            self._lex_csc = self._lexical_matrix().tocsc()
+            self._lex_csc.sort_indices()
+        return self._lex_csc
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes held per representation (arrays only; texts and metadata not counted)."""
+        with self._lock:
+            lex = self._lexical_matrix()
+            bm25 = self._bm25.matrix()
+            n = len(self._alive)
+            return {
+                "dense": int(self._dense[:n].nbytes),
+                "sparse": int(lex.data.nbytes + lex.indices.nbytes + lex.indptr.nbytes) * 2,  # CSR + CSC
+                "colbert": int(
+                    self._colbert[: self._colbert_used].nbytes
+                    + self._colbert_scale[: self._colbert_used].nbytes
+                    + self._colbert_start.nbytes
+                    + self._colbert_len.nbytes
+                ),
+                "bm25": int(bm25.data.nbytes + bm25.indices.nbytes + bm25.indptr.nbytes) * 2,
+            }
+
+    # ------------------------------------------------------------------ adding
+    def add(
+        self,
+        texts: Sequence[str],
+        *,
+        ids: Sequence[str] | None = None,
+        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> list[str]:
+        """Encode and store documents; a document whose id is already stored replaces it.
+
+        Args:
+            texts: the documents (empty strings are stored too).
+            ids: one unique string id per text; random UUID4 strings when ``None``.
+            metadatas: one metadata dict per text (``None`` entries become ``{}``).
+
+        Returns:
+            The ids, in input order.
+
+        Raises:
+            TypeError: a text or id is not a string, or a metadata entry is not a mapping.
+            ValueError: ids or metadatas of the wrong length, or an id repeated within the call.
+        """
+        texts, ids, metas = self._validate_documents(texts, ids, metadatas)
+        if not texts:
+            return []
+        output = self.model.encode_passages(
+            texts,
+            return_dense=True,
+            return_sparse=self.lexical == "m3",
+            return_colbert=self.store_colbert,
+            batch_size=self.batch_size,
+            show_progress=self.show_progress,
+        )
+        self._add_validated(output, texts, ids, metas, self._bm25_tokens(texts))
+        return ids
+
+    def add_encoded(
+        self,
+        output: M3Output,
+        texts: Sequence[str],
+        *,
+        ids: Sequence[str] | None = None,
+        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+        bm25_tokens: Sequence[Sequence[Any]] | None = None,
+    ) -> list[str]:
+        """Store documents whose representations are already computed (benchmarks, bulk loads).
+
+        Args:
+            output: the passages' :class:`~m3_integrations.M3Output` (dense; lexical weights when
+                ``lexical="m3"``; ColBERT vectors when ``store_colbert``).
+            texts: the documents' texts.
+            ids: as in :meth:`add`.
+            metadatas: as in :meth:`add`.
+            bm25_tokens: per document, its BM25 tokens; tokenised from ``texts`` when ``None``.
+
+        Returns:
+            The ids, in input order.
+        """
+        texts, ids, metas = self._validate_documents(texts, ids, metadatas)
+        if len(output) != len(texts) and (output.dense is None or len(output.dense) != len(texts)):
+            msg = f"output holds {len(output)} documents but {len(texts)} texts were given"
+            raise ValueError(msg)
+        if bm25_tokens is not None and len(bm25_tokens) != len(texts):
+            msg = f"bm25_tokens has {len(bm25_tokens)} entries but {len(texts)} texts were given"
+            raise ValueError(msg)
+        tokens = list(bm25_tokens) if bm25_tokens is not None else self._bm25_tokens(texts)
+        self._add_validated(output, texts, ids, metas, tokens)
+        return ids
+
+    def _validate_documents(
+        self,
+        texts: Sequence[str],
+        ids: Sequence[str] | None,
+        metadatas: Sequence[Mapping[str, Any] | None] | None,
+    ) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+        texts = validate_texts(texts, what="texts", allow_empty_strings=True)
+        if ids is None:
+            ids = [str(uuid.uuid4()) for _ in texts]
+        else:
+            if isinstance(ids, str):
+                ids = [ids]
+            ids = list(ids)
+            if len(ids) != len(texts):
+                msg = f"got {len(ids)} ids for {len(texts)} texts"
+                raise ValueError(msg)
+            seen: set[str] = set()
+            for i, doc_id in enumerate(ids):
+                if not isinstance(doc_id, str):
+                    msg = f"ids[{i}] must be a string, got {type(doc_id).__name__}"
+                    raise TypeError(msg)
+                if doc_id in seen:
+                    msg = f"duplicate id {doc_id!r} within one add call"
+                    raise ValueError(msg)
+                seen.add(doc_id)
+        if metadatas is None:
+            metas: list[dict[str, Any]] = [{} for _ in texts]
+        else:
+            metadatas = list(metadatas)
+            if len(metadatas) != len(texts):
+                msg = f"got {len(metadatas)} metadatas for {len(texts)} texts"
+                raise ValueError(msg)
+            metas = []
+            for i, meta in enumerate(metadatas):
+                if meta is None:
+                    metas.append({})
+                elif isinstance(meta, Mapping):
+                    metas.append(dict(meta))
+                else:
+                    msg = f"metadatas[{i}] must be a dict or None, got {type(meta).__name__}"
+                    raise TypeError(msg)
+        return texts, ids, metas
+
+    def _bm25_tokens(self, texts: Sequence[str]) -> list[list[Any]]:
+        if self.bm25_tokenizer == "word":
+            return [word_tokenize(t) for t in texts]
+        if not texts:
+            return []
+        encoded = self.model.tokenizer(
+            list(texts),
+            add_special_tokens=False,
+            truncation=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,
+        )
+        return [list(ids) for ids in encoded["input_ids"]]
+
+    def _add_validated(
+        self,
+        output: M3Output,
+        texts: list[str],
+        ids: list[str],
+        metas: list[dict[str, Any]],
+        bm25_tokens: list[Any],
+    ) -> None:
+        n_new = len(texts)
+        dense = output.dense
+        if dense is None or dense.shape != (n_new, self.dense_dim):
+            shape = None if dense is None else dense.shape
+            msg = f"dense vectors must have shape ({n_new}, {self.dense_dim}), got {shape}"
+            raise ValueError(msg)
+        lexical_chunk = None
+        if self.lexical == "m3":
+            if output.lexical_weights is None or len(output.lexical_weights) != n_new:
+                msg = "lexical weights are required (one dict per document) with lexical='m3'"
+                raise ValueError(msg)
+            lexical_chunk = scoring.lexical_weights_to_csr(output.lexical_weights, self.vocab_size)
+        colbert_flat = colbert_scale = colbert_lengths = None
+        if self.store_colbert:
+            vecs = output.colbert_vecs
+            if vecs is None or len(vecs) != n_new:
+                msg = "ColBERT vectors are required (one array per document) with store_colbert=True"
+                raise ValueError(msg)
+            colbert_lengths = np.asarray([len(v) for v in vecs], dtype=np.int64)
+            for v in vecs:
+                if len(v) and (np.ndim(v) != 2 or v.shape[1] != self.colbert_dim):
+                    msg = f"ColBERT vectors must have {self.colbert_dim} columns, got shape {np.shape(v)}"
+                    raise ValueError(msg)
+            flat = (
+                np.concatenate([np.asarray(v, dtype=np.float32) for v in vecs if len(v)])
+                if colbert_lengths.sum()
+                else np.zeros((0, self.colbert_dim), dtype=np.float32)
+            )
+            colbert_flat, colbert_scale = _quantize(flat, self.colbert_dtype)
+
+        with self._lock:
+            replaced = [self._row_of[i] for i in ids if i in self._row_of]
+            if replaced:
+                self._alive[replaced] = False
+            start = len(self._alive)
+            self._row_ids.extend(ids)
+            self._texts.extend(texts)
+            self._metadatas.extend(metas)
+            for offset, doc_id in enumerate(ids):
+                self._row_of[doc_id] = start + offset
+            self._dense = _append_rows(self._dense, dense.astype(self.dense_dtype), start)
+            if lexical_chunk is not None:
+                self._lex_chunks.append(lexical_chunk)
+                self._lex_csr = self._lex_csc = None
+            if colbert_flat is not None and colbert_lengths is not None and colbert_scale is not None:
+                used = self._colbert_used
+                self._colbert = _append_rows(self._colbert, colbert_flat, used)
+                self._colbert_scale = _append_rows(self._colbert_scale, colbert_scale, used)
+                self._colbert_used = used + len(colbert_flat)
+                starts = used + np.concatenate([[0], np.cumsum(colbert_lengths)[:-1]])
+                self._colbert_start = np.concatenate([self._colbert_start, starts.astype(np.int64)])
+                self._colbert_len = np.concatenate([self._colbert_len, colbert_lengths])
+            self._alive = np.concatenate([self._alive, np.ones(n_new, dtype=bool)])
+            self._bm25.add(bm25_tokens)
+            self._bm25.set_alive(self._alive)
+            self._maybe_compact()
+
+    # ------------------------------------------------------------------ reading and deleting
+    def get(self, ids: Sequence[str]) -> list[SearchHit]:
+        """Stored documents by id, in the order asked (``score`` is NaN, ``scores`` empty).
+
+        Raises:
+            KeyError: an id is not stored (the message names it).
+        """
+        if isinstance(ids, str):
+            ids = [ids]
+        with self._lock:
+            rows = self._rows_of(ids)
+            return [
+                SearchHit(
+                    id=self._row_ids[r],
+                    text=self._texts[r],
+                    metadata=dict(self._metadatas[r]),
+                    score=math.nan,
+                )
+                for r in rows
+            ]
+
+    def _rows_of(self, ids: Sequence[str]) -> list[int]:
+        rows = []
+        for doc_id in ids:
+            row = self._row_of.get(doc_id)
+            if row is None:
+                msg = f"no document with id {doc_id!r} in the index"
+                raise KeyError(msg)
+            rows.append(row)
+        return rows
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Delete documents by id; all or nothing.
+
+        Raises:
+            KeyError: an id is not stored (the message names it); nothing is deleted then.
+        """
+        if isinstance(ids, str):
+            ids = [ids]
+        with self._lock:
+            rows = self._rows_of(ids)
+            for doc_id in ids:
+                self._row_of.pop(doc_id, None)
+            self._alive[rows] = False
+            self._bm25.set_alive(self._alive)
+            self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        dead = len(self._alive) - len(self._row_of)
+        if dead >= 64 and dead * 2 >= len(self._alive):
+            self.compact()
+
+    def compact(self) -> None:
+        """Drop the rows of deleted or replaced documents (insertion order is kept)."""
+        with self._lock:
+            keep = np.flatnonzero(self._alive)
+            if len(keep) == len(self._alive):
+                return
+            self._row_ids = [self._row_ids[r] for r in keep]
+            self._texts = [self._texts[r] for r in keep]
+            self._metadatas = [self._metadatas[r] for r in keep]
+            self._row_of = {doc_id: i for i, doc_id in enumerate(self._row_ids)}
+            self._dense = self._dense[keep].copy()
+            if self.lexical == "m3":
+                self._lex_chunks = [sp.csr_matrix(self._lexical_matrix()[keep])]
+                self._lex_csr = self._lex_csc = None
+            if self.store_colbert:
+                flat, scale, starts, lengths = self._colbert_segments(keep)
+                self._colbert, self._colbert_scale = flat.copy(), scale.copy()
+                self._colbert_used = len(flat)
+                self._colbert_start, self._colbert_len = starts, lengths
+            self._bm25.keep_rows(keep)
+            self._alive = np.ones(len(keep), dtype=bool)
+            self._bm25.set_alive(self._alive)
+
+    def _colbert_segments(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The stored ColBERT rows of ``rows``: (flat, scale, starts into flat, lengths)."""
+        lengths = self._colbert_len[rows]
+        starts = self._colbert_start[rows]
+        if lengths.sum() == 0:
+            return (
+                self._colbert[:0],
+                self._colbert_scale[:0],
+                np.zeros(len(rows), dtype=np.int64),
+                lengths.copy(),
+            )
+        pieces = [slice(int(s), int(s + n)) for s, n in zip(starts, lengths, strict=True) if n]
+        flat = np.concatenate([self._colbert[p] for p in pieces])
+        scale = np.concatenate([self._colbert_scale[p] for p in pieces])
+        new_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        return flat, scale, new_starts, lengths.copy()
+
+    # ------------------------------------------------------------------ search
+    def encode_queries(self, queries: Sequence[str], *, colbert: bool = True) -> list[EncodedQuery]:
+        """Encode queries into what :meth:`search_encoded` needs (dense, lexical, ColBERT, BM25 tokens).
+
+        Raises:
+            ValueError: a query is empty or blank.
+        """
+        queries = validate_texts(queries, what="queries", allow_empty_strings=True)
+        for query in queries:
+            if not query.strip():
+                msg = "query is empty"
+                raise ValueError(msg)
+        if not queries:
+            return []
+        output = self.model.encode_queries(
+            queries,
+            return_dense=True,
+            return_sparse=self.model.has_sparse,
+            return_colbert=colbert,
+            batch_size=self.batch_size,
+        )
+        assert output.dense is not None
+        tokens = self._bm25_tokens(queries)
+        return [
+            EncodedQuery(
+                dense=output.dense[i],
+                lexical_weights=output.lexical_weights[i] if output.lexical_weights is not None else {},
+                colbert_vecs=output.colbert_vecs[i] if output.colbert_vecs is not None else None,
+                bm25_tokens=tokens[i],
+            )
+            for i in range(len(queries))
+        ]
+
+    def search(
+        self,
+        query: str,
+        k: int = 10,
+        *,
+        mode: str = "hybrid",
+        weights: Sequence[float] | Mapping[str, float] | None = None,
+        fusion: str = "weighted",
+        candidates: int | None = 100,
+        filter: FilterType | None = None,
+        rerank: str | Reranker | None = None,
+        rerank_top_n: int | None = None,
+    ) -> list[SearchHit]:
+        """Search the index with one query.
+
+        Args:
+            query: the query text (not empty).
+            k: how many hits to return (fewer only if fewer documents match the filter).
+            mode: ``"dense"``, ``"sparse"``, ``"colbert"``, ``"hybrid"`` (all three) or ``"dense+sparse"``.
+            weights: ``None`` for (0.4, 0.2, 0.4); a tuple ``(dense, sparse, colbert)`` or
+                ``(dense, sparse, colbert, bm25)``; or a dict by signal name (``dense``, ``sparse``,
+                ``colbert``, ``bm25``) overriding those defaults — ``{"bm25": 0.2}`` adds BM25 as a
+                fourth signal. Only the mode's signals (and ``bm25`` when weighted) are used.
+            fusion: ``"weighted"``, ``"rrf"`` or ``"relative_score"`` (see :mod:`m3_integrations.fusion`).
+            candidates: first-stage size per cheap signal; ``None`` scores every document.
+            filter: a dict of exact metadata matches, or a callable on the metadata; applied before
+                the top-k, so ``k`` hits come back whenever ``k`` documents match.
+            rerank: ``"m3"`` (re-score with all M3 representations), or a reranker such as
+                :class:`~m3_integrations.rerank.CrossEncoderReranker`.
+            rerank_top_n: how many fused hits the reranker sees (default ``max(k, 20)``; at least ``k``).
+
+        Returns:
+            Up to ``k`` hits, best first; ties are broken by insertion order.
+
+        Raises:
+            ValueError: empty query, ``k <= 0``, unknown mode or fusion, bad weights or candidates.
+        """
+        options = self._search_options(
+            k,
+            mode=mode,
+            weights=weights,
+            fusion_method=fusion,
+            candidates=candidates,
+            filter_=filter,
+            rerank=rerank,
+            rerank_top_n=rerank_top_n,
+        )
+        needs_colbert = "colbert" in options["weights"] or options["rerank"] == "m3"
+        (encoded,) = self.encode_queries([query], colbert=needs_colbert)
+        return self._search(query, encoded, options)
+
+    def search_batch(self, queries: Sequence[str], k: int = 10, **kwargs: Any) -> list[list[SearchHit]]:
+        """:meth:`search` for many queries, encoded in one batch; same keyword arguments."""
+        options = self._search_options(
+            k,
+            mode=kwargs.pop("mode", "hybrid"),
+            weights=kwargs.pop("weights", None),
+            fusion_method=kwargs.pop("fusion", "weighted"),
+            candidates=kwargs.pop("candidates", 100),
+            filter_=kwargs.pop("filter", None),
+            rerank=kwargs.pop("rerank", None),
+            rerank_top_n=kwargs.pop("rerank_top_n", None),
+        )
+        if kwargs:
+            msg = f"unexpected keyword arguments: {', '.join(sorted(kwargs))}"
+            raise TypeError(msg)
+        queries = validate_texts(queries, what="queries")
+        needs_colbert = "colbert" in options["weights"] or options["rerank"] == "m3"
+        encoded = self.encode_queries(queries, colbert=needs_colbert)
+        return [self._search(q, e, options) for q, e in zip(queries, encoded, strict=True)]
+
+    def search_encoded(
+        self,
+        encoded: EncodedQuery,
+        k: int = 10,
+        *,
+        mode: str = "hybrid",
+        weights: Sequence[float] | Mapping[str, float] | None = None,
+        fusion: str = "weighted",
+        candidates: int | None = 100,
+        filter: FilterType | None = None,
+    ) -> list[SearchHit]:
+        """The search engine alone, on precomputed query representations (no encoding, no rerank)."""
+        options = self._search_options(
+            k,
+            mode=mode,
+            weights=weights,
+            fusion_method=fusion,
+            candidates=candidates,
+            filter_=filter,
+            rerank=None,
+            rerank_top_n=None,
+        )
+        return self._search(None, encoded, options)
+
+    def _search_options(
+        self,
+        k: int,
+        *,
+        mode: str,
+        weights: Sequence[float] | Mapping[str, float] | None,
+        fusion_method: str,
+        candidates: int | None,
+        filter_: FilterType | None,
+        rerank: str | Reranker | None,
+        rerank_top_n: int | None,
+    ) -> dict[str, Any]:
+        if not isinstance(k, int | np.integer) or isinstance(k, bool) or k <= 0:
+            msg = f"k must be a positive integer, got {k!r}"
+            raise ValueError(msg)
+        if mode not in MODES:
+            msg = f"unknown mode {mode!r}; expected one of {', '.join(MODES)}"
+            raise ValueError(msg)
+        if fusion_method not in fusion.FUSION_METHODS:
+            msg = f"unknown fusion {fusion_method!r}; expected one of {', '.join(fusion.FUSION_METHODS)}"
+            raise ValueError(msg)
+        if candidates is not None and (
+            not isinstance(candidates, int | np.integer) or isinstance(candidates, bool) or candidates <= 0
+        ):
+            msg = f"candidates must be a positive integer or None, got {candidates!r}"
+            raise ValueError(msg)
+        if filter_ is not None and not (isinstance(filter_, Mapping) or callable(filter_)):
+            msg = f"filter must be a dict or a callable, got {type(filter_).__name__}"
+            raise TypeError(msg)
+        if rerank is not None and rerank != "m3" and not isinstance(rerank, Reranker):
+            msg = f"rerank must be 'm3' or an object with score(query, passages), got {rerank!r}"
+            raise ValueError(msg)
+        top_n = max(int(k), 20) if rerank_top_n is None else rerank_top_n
+        if rerank is not None and (not isinstance(top_n, int) or top_n < k):
+            msg = f"rerank_top_n must be an integer >= k ({k}), got {rerank_top_n!r}"
+            raise ValueError(msg)
+        return {
+            "k": int(k),
+            "weights": self._resolve_weights(mode, weights),
+            "fusion": fusion_method,
+            "candidates": None if candidates is None else int(candidates),
+            "filter": filter_,
+            "rerank": rerank,
+            "rerank_top_n": top_n,
+        }
+
+    def _resolve_weights(
+        self, mode: str, weights: Sequence[float] | Mapping[str, float] | None
+    ) -> dict[str, float]:
+        lexical = self._lexical_signal
+        names = {"dense": "dense", "lexical": lexical, "colbert": "colbert"}
+        resolved = {names[s]: DEFAULT_WEIGHTS[s] for s in MODES[mode]}
+        if weights is None:
+            pass
+        elif isinstance(weights, Mapping):
+            for key, value in weights.items():
+                if key not in WEIGHT_KEYS:
+                    msg = f"unknown weight {key!r}; expected keys among {', '.join(WEIGHT_KEYS)}"
+                    raise ValueError(msg)
+                name = lexical if key == "sparse" else key
+                if name in resolved or name == "bm25":
+                    resolved[name] = _check_weight(key, value)
+        elif isinstance(weights, Sequence) and not isinstance(weights, str):
+            values = list(weights)
+            if len(values) not in (3, 4) or (len(values) == 4 and lexical == "bm25"):
+                expected = "3 (dense, sparse, colbert)" + (
+                    " or 4 (dense, sparse, colbert, bm25)" if lexical == "sparse" else ""
+                )
+                msg = f"weights must have {expected} entries, got {len(values)}: {weights}"
+                raise ValueError(msg)
+            by_key = dict(zip(WEIGHT_KEYS, values, strict=False))
+            for key, value in by_key.items():
+                checked = _check_weight(key, value)
+                name = lexical if key == "sparse" else key
+                if name in resolved or (key == "bm25" and checked > 0):
+                    resolved[name] = checked
+        else:
+            msg = f"weights must be None, a tuple or a dict, got {type(weights).__name__}"
+            raise TypeError(msg)
+        if sum(resolved.values()) <= 0:
+            msg = f"the weights of mode {mode!r} are all zero: {resolved}"
+            raise ValueError(msg)
+        if "colbert" in resolved and not self.store_colbert:
+            logger.debug("ColBERT vectors are not stored; candidates are re-encoded at query time")
+        return resolved
+
+    def _allowed_rows(self, filter_: FilterType | None) -> np.ndarray:
+        alive = self._alive
+        if filter_ is None:
+            return alive
+        allowed = np.zeros_like(alive)
+        if isinstance(filter_, Mapping):
+            conditions = list(filter_.items())
+            for row in np.flatnonzero(alive):
+                meta = self._metadatas[row]
+                allowed[row] = all(key in meta and meta[key] == value for key, value in conditions)
+        else:
+            for row in np.flatnonzero(alive):
+                allowed[row] = bool(filter_(dict(self._metadatas[row])))
+        return allowed
+
+    def _full_scores(self, signal: str, encoded: EncodedQuery) -> np.ndarray:
+        """A cheap signal's score for every row (dead rows too; the caller masks them)."""
+        n = len(self._alive)
+        if signal == "dense":
+            query = np.asarray(encoded.dense, dtype=np.float32)
+            if self._dense.dtype == np.float32:
+                return scoring.dense_scores(query, self._dense[:n])
+            return np.concatenate(
+                [
+                    scoring.dense_scores(
+                        query, self._dense[i : min(i + _DENSE_CHUNK_ROWS, n)].astype(np.float32)
+                    )
+                    for i in range(0, n, _DENSE_CHUNK_ROWS)
+                ]
+                or [np.zeros(0, dtype=np.float32)]
+            )
+        if signal == "sparse":
+            return _lexical_scores_inverted(self._lexical_inverted(), encoded.lexical_weights)
+        if signal == "bm25":
+            return self._bm25.get_scores(encoded.bm25_tokens)
+        msg = f"internal error: {signal!r} is not a first-stage signal"
+        raise AssertionError(msg)
+
+    def _colbert_scores(self, rows: np.ndarray, encoded: EncodedQuery) -> np.ndarray:
+        query = encoded.colbert_vecs
+        if query is None:
+            msg = "the query has no ColBERT vectors (encode it with colbert=True)"
+            raise ValueError(msg)
+        if not self.store_colbert:
+            texts = [self._texts[r] for r in rows]
+            vecs = self.model.encode_passages(
+                texts,
+                return_dense=False,
+                return_sparse=False,
+                return_colbert=True,
+                batch_size=self.batch_size,
+            ).colbert_vecs
+            return scoring.colbert_scores(query, vecs or [])
+        out = np.zeros(len(rows), dtype=np.float32)
+        lengths = self._colbert_len[rows]
+        start = 0
+        while start < len(rows):
+            # Chunks bound the float32 similarity matrix of an exhaustive search.
+            cum = np.cumsum(lengths[start:])
+            stop = start + max(1, int(np.searchsorted(cum, _COLBERT_CHUNK_VECTORS, side="right")))
+            flat, scale, starts, lens = self._colbert_segments(rows[start:stop])
+            offsets = np.concatenate([starts, [int(lens.sum())]]) if len(lens) else np.zeros(1, np.int64)
+            out[start:stop] = scoring.colbert_scores(
+                query, flat, offsets, scales=scale if self.colbert_dtype == "int8" else None
+            )
+            start = stop
+        return out
+
+    def _search(self, query: str | None, encoded: EncodedQuery, options: dict[str, Any]) -> list[SearchHit]:
+        k, weights = options["k"], options["weights"]
+        rerank = options["rerank"]
+        with self._lock:
+            allowed = self._allowed_rows(options["filter"])
+            allowed_rows = np.flatnonzero(allowed)
+            if allowed_rows.size == 0:
+                return []
+            first_stage = [s for s in weights if s != "colbert"] or ["dense", self._lexical_signal]
+            full = {s: self._full_scores(s, encoded) for s in first_stage}
+            if options["candidates"] is None:
+                rows = allowed_rows
+            else:
+                per_signal = max(options["candidates"], k, options["rerank_top_n"] if rerank else 0)
+                picked = []
+                for signal, values in full.items():
+                    pool = allowed_rows
+                    if signal in fusion.LEXICAL_SIGNALS:
+                        pool = pool[values[pool] > 0]
+                    picked.append(pool[_top_k_stable(values[pool], per_signal)])
+                rows = np.unique(np.concatenate(picked))
+                wanted = min(max(k, options["rerank_top_n"] if rerank else 0), allowed_rows.size)
+                if rows.size < wanted:
+                    # Few lexical matches (sparse mode): fill up with allowed rows in insertion order.
+                    extra = np.setdiff1d(allowed_rows, rows, assume_unique=True)[: wanted - rows.size]
+                    rows = np.union1d(rows, extra)
+            signals = {s: full[s][rows].astype(np.float32) for s in weights if s in full}
+            if "colbert" in weights:
+                signals["colbert"] = self._colbert_scores(rows, encoded)
+            if len(weights) == 1:
+                fused = next(iter(signals.values()))
+            else:
+                fused = fusion.fuse(signals, weights, method=options["fusion"])
+            n_keep = options["rerank_top_n"] if rerank is not None else k
+            order = _top_k_stable(fused, n_keep)
+            top_rows = rows[order]
+            hits = [
+                SearchHit(
+                    id=self._row_ids[r],
+                    text=self._texts[r],
+                    metadata=dict(self._metadatas[r]),
+                    score=float(fused[i]),
+                    scores={s: float(v[i]) for s, v in signals.items()},
+                )
+                for i, r in zip(order, top_rows, strict=True)
+            ]
+            if rerank == "m3":
+                rerank_scores = self._m3_rerank_scores(top_rows, encoded)
+        if rerank is None or not hits:
+            return hits
+        if rerank != "m3":
+            if query is None:
+                msg = "a cross-encoder rerank needs the query text"
+                raise ValueError(msg)
+            rerank_scores = np.asarray(rerank.score(query, [h.text for h in hits]), dtype=np.float32)
+        for hit, value in zip(hits, rerank_scores, strict=True):
+            hit.score = float(value)
+            hit.scores["rerank"] = float(value)
+        order = _top_k_stable(rerank_scores, k)
+        return [hits[i] for i in order]
+
+    def _m3_rerank_scores(self, rows: np.ndarray, encoded: EncodedQuery) -> np.ndarray:
+        """M3's own rerank: dense, M3 lexical (when available) and ColBERT on stored rows, fused."""
+        weights = {"dense": 0.4, "colbert": 0.4}
+        signals = {
+            "dense": self._full_scores("dense", encoded)[rows].astype(np.float32),
+            "colbert": self._colbert_scores(rows, encoded),
+        }
+        if self.lexical == "m3":
+            weights["sparse"] = 0.2
+            signals["sparse"] = _lexical_scores_inverted(self._lexical_inverted(), encoded.lexical_weights)[
+                rows
+            ].astype(np.float32)
+        return fusion.fuse(signals, weights, method="weighted")
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the index to a folder, atomically (a failed save leaves the previous folder intact).
+
+        The folder holds ``manifest.json`` (format version, model identity, dims, counts, dtypes and
+        a SHA-256 per file), ``arrays.npz`` (plain numeric arrays) and ``documents.json`` (ids, texts,
+        metadata). Nothing is pickled.
+
+        Raises:
+            TypeError: a metadata value is not JSON-serialisable (the message names the id).
+        """
+        with self._lock:
+            self.compact()
+            documents = {"ids": self._row_ids, "texts": self._texts, "metadatas": self._metadatas}
+            for doc_id, meta in zip(self._row_ids, self._metadatas, strict=True):
+                try:
+                    json.dumps(meta)
+                except (TypeError, ValueError) as err:
+                    msg = f"metadata of document {doc_id!r} is not JSON-serialisable: {err}"
+                    raise TypeError(msg) from err
+            n = len(self._alive)
+            arrays: dict[str, np.ndarray] = {"dense": self._dense[:n]}
+            if self.lexical == "m3":
+                lex = self._lexical_matrix()
+                arrays |= {
+                    "lex_data": lex.data,
+                    "lex_indices": lex.indices.astype(np.int64),
+                    "lex_indptr": lex.indptr.astype(np.int64),
+                }
+            if self.store_colbert:
+                used = self._colbert_used
+                arrays |= {
+                    "colbert": self._colbert[:used],
+                    "colbert_scale": self._colbert_scale[:used],
+                    "colbert_len": self._colbert_len,
+                }
+            arrays |= self._bm25.to_arrays()
+            vocab = list(self._bm25.vocab) if self.bm25_tokenizer == "word" else None
+            manifest = {
+                "format": FORMAT_NAME,
+                "format_version": FORMAT_VERSION,
+                "model": self.model.identity,
+                "count": n,
+                "dense_dim": self.dense_dim,
+                "colbert_dim": self.colbert_dim,
+                "vocab_size": self.vocab_size,
+                "dense_dtype": self.dense_dtype,
+                "colbert_dtype": self.colbert_dtype,
+                "store_colbert": self.store_colbert,
+                "lexical": self.lexical,
+                "bm25_tokenizer": self.bm25_tokenizer,
+                "bm25": {"k1": self._bm25.k1, "b": self._bm25.b, "epsilon": self._bm25.epsilon},
+                "colbert_vectors": int(self._colbert_used),
+                "files": {},
+            }
+            with atomic_dir(path) as tmp:
+                with open(tmp / "arrays.npz", "wb") as fh:
+                    np.savez(fh, **arrays)
+                (tmp / "documents.json").write_text(json.dumps(documents, ensure_ascii=False), "utf-8")
+                if vocab is not None:
+                    (tmp / "bm25_vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), "utf-8")
+                for name in sorted(p.name for p in tmp.iterdir()):
+                    manifest["files"][name] = {
+                        "sha256": _sha256(tmp / name),
+                        "bytes": (tmp / name).stat().st_size,
+                    }
+                (tmp / "manifest.json").write_text(
+                    json.dumps(manifest, indent=2, ensure_ascii=False), "utf-8"
+                )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], model: M3Model, **kwargs: Any) -> M3Index:
+        """Load an index written by :meth:`save`, checking it against ``model``.
+
+        Args:
+            path: the folder.
+            model: the model the index was built with (same identity and dimensions).
+            **kwargs: ``show_progress`` / ``batch_size`` for the loaded index.
+
+        Raises:
+            FileNotFoundError: no index at ``path``.
+            ValueError: a truncated or corrupted file, an unknown format version, or a model whose
+                identity or dimensions differ from the index's.
+        """
+        folder = Path(path)
+        manifest_path = folder / "manifest.json"
+        if not manifest_path.is_file():
+            msg = f"no M3Index at {folder} (manifest.json is missing)"
+            raise FileNotFoundError(msg)
+        try:
+            manifest = json.loads(manifest_path.read_text("utf-8"))
+        except (ValueError, UnicodeDecodeError) as err:
+            msg = f"corrupted index at {folder}: manifest.json is not valid JSON ({err})"
+            raise ValueError(msg) from err
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+            msg = f"{manifest_path} is not an M3Index manifest"
+            raise ValueError(msg)
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            msg = (
+                f"unknown M3Index format version {version!r} at {folder} "
+                f"(this library reads version {FORMAT_VERSION})"
+            )
+            raise ValueError(msg)
+        _check_model(manifest, model, folder)
+        for name, info in manifest.get("files", {}).items():
+            file = folder / name
+            if not file.is_file():
+                msg = f"corrupted index at {folder}: {name} is missing"
+                raise ValueError(msg)
+            if file.stat().st_size != info["bytes"] or _sha256(file) != info["sha256"]:
+                msg = f"corrupted index at {folder}: {name} is truncated or modified (checksum mismatch)"
+                raise ValueError(msg)
+        index = cls(
+            model,
+            store_colbert=manifest["store_colbert"],
+            colbert_dtype=manifest["colbert_dtype"],
+            dense_dtype=manifest["dense_dtype"],
+            lexical=manifest["lexical"],
+            bm25_tokenizer=manifest["bm25_tokenizer"],
+            **kwargs,
+        )
+        try:
+            with np.load(folder / "arrays.npz", allow_pickle=False) as npz:
+                arrays = {key: npz[key] for key in npz.files}
+            documents = json.loads((folder / "documents.json").read_text("utf-8"))
+            vocab = (
+                json.loads((folder / "bm25_vocab.json").read_text("utf-8"))
+                if manifest["bm25_tokenizer"] == "word"
+                else None
+            )
+            index._restore(manifest, arrays, documents, vocab)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            msg = f"corrupted index at {folder}: {type(err).__name__}: {err}"
+            raise ValueError(msg) from err
+        return index
+
+    def _restore(
+        self,
+        manifest: dict[str, Any],
+        arrays: dict[str, np.ndarray],
+        documents: dict[str, Any],
+        vocab: list[Any] | None,
+    ) -> None:
+        n = int(manifest["count"])
+        ids, texts, metas = documents["ids"], documents["texts"], documents["metadatas"]
+        if not (len(ids) == len(texts) == len(metas) == n) or len(set(ids)) != n:
+            msg = f"documents.json does not hold {n} distinct documents"
+            raise ValueError(msg)
+        dense = arrays["dense"]
+        if dense.shape != (n, self.dense_dim) or dense.dtype != np.dtype(self.dense_dtype):
+            msg = f"dense array has shape {dense.shape} {dense.dtype}, expected ({n}, {self.dense_dim})"
+            raise ValueError(msg)
+        bm25 = BM25.from_arrays(
+            arrays,
+            vocab=vocab,
+            num_columns=self.vocab_size if self.bm25_tokenizer == "model" else None,
+            **manifest["bm25"],
+        )
+        if len(bm25) != n:
+            msg = f"BM25 arrays hold {len(bm25)} rows, expected {n}"
+            raise ValueError(msg)
+        lex_chunks = []
+        if self.lexical == "m3":
+            lex = sp.csr_matrix(
+                (arrays["lex_data"], arrays["lex_indices"], arrays["lex_indptr"]), shape=(n, self.vocab_size)
+            )
+            lex.check_format(full_check=True)
+            lex_chunks = [lex]
+        colbert_start = colbert_len = np.zeros(n, dtype=np.int64)
+        if self.store_colbert:
+            colbert, scale, colbert_len = arrays["colbert"], arrays["colbert_scale"], arrays["colbert_len"]
+            total = int(colbert_len.sum())
+            if (
+                colbert_len.shape != (n,)
+                or colbert.shape != (total, self.colbert_dim)
+                or scale.shape != (total,)
+                or (colbert_len < 0).any()
+            ):
+                msg = "ColBERT arrays are inconsistent with the document count"
+                raise ValueError(msg)
+            colbert_start = np.concatenate([[0], np.cumsum(colbert_len)[:-1]]).astype(np.int64)
+            self._colbert, self._colbert_scale, self._colbert_used = colbert, scale, total
+        self._row_ids, self._texts = list(ids), list(texts)
+        self._metadatas = [dict(m) for m in metas]
+        self._row_of = {doc_id: i for i, doc_id in enumerate(self._row_ids)}
+        self._alive = np.ones(n, dtype=bool)
+        self._dense = dense
+        self._lex_chunks, self._lex_csr, self._lex_csc = lex_chunks, None, None
+        self._colbert_start, self._colbert_len = colbert_start, colbert_len.astype(np.int64)
+        self._bm25 = bm25
+
+
+def _check_weight(name: str, value: Any) -> float:
+    try:
+        weight = float(value)
+    except (TypeError, ValueError) as err:
+        msg = f"weight {name!r} must be a number, got {value!r}"
+        raise ValueError(msg) from err
+    if not math.isfinite(weight) or weight < 0:
+        msg = f"weight {name!r} must be a finite non-negative number, got {value!r}"
+        raise ValueError(msg)
+    return weight
+
+
+def _check_model(manifest: dict[str, Any], model: M3Model, folder: Path) -> None:
+    for key, actual in (
+        ("dense_dim", model.dense_dim),
+        ("colbert_dim", model.colbert_dim),
+        ("vocab_size", model.vocab_size),
+    ):
+        if manifest.get(key) != actual:
+            msg = (
+                f"model mismatch: the index at {folder} has {key}={manifest.get(key)}, "
+                f"the model {model.model_name_or_path!r} has {actual}"
+            )
+            raise ValueError(msg)
+    saved = manifest.get("model", {}).get("fingerprint")
+    if saved != model.fingerprint:
+        msg = (
+            f"model identity mismatch: the index at {folder} was built with "
+            f"{manifest.get('model', {}).get('model_name_or_path')!r} (fingerprint {saved}), "
+            f"the model given is {model.model_name_or_path!r} (fingerprint {model.fingerprint})"
+        )
+        raise ValueError(msg)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _append_rows(buffer: np.ndarray, rows: np.ndarray, used: int) -> np.ndarray:
+    """Write ``rows`` at ``buffer[used:]``, growing the buffer geometrically (amortised O(1) appends)."""
+    need = used + len(rows)
+    if need > len(buffer):
+        grown = np.empty((max(need, int(len(buffer) * 1.5) + 16), *buffer.shape[1:]), dtype=buffer.dtype)
+        grown[:used] = buffer[:used]
+        buffer = grown
+    buffer[used:need] = rows
+    return buffer
+
+
+def _quantize(flat: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """ColBERT rows as float16 (scale 1) or symmetric int8 with one scale per vector (max |x| → 127)."""
+    if dtype == "float16":
+        return flat.astype(np.float16), np.ones(len(flat), dtype=np.float32)
+    scale = np.abs(flat).max(axis=1) / 127.0 if len(flat) else np.zeros(0, dtype=np.float32)
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    quantized = np.clip(np.rint(flat / scale[:, None]), -127, 127).astype(np.int8)
+    return quantized, scale
+
+
+def _lexical_scores_inverted(inverted: sp.csc_matrix, query_weights: Mapping[int, float]) -> np.ndarray:
+    """``Σ_t w_q,t · w_p,t`` for every row, through the posting lists of the query's tokens (float64)."""
+    n_rows, n_cols = inverted.shape
+    known = [(t, w) for t, w in query_weights.items() if 0 <= t < n_cols]
+    if not known or n_rows == 0:
+        return np.zeros(n_rows, dtype=np.float64)
+    ids = np.fromiter((t for t, _ in known), dtype=np.int64, count=len(known))
+    vals = np.fromiter((w for _, w in known), dtype=np.float64, count=len(known))
+    return np.asarray(inverted[:, ids] @ vals, dtype=np.float64).ravel()
+
+
+def _top_k_stable(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest values, best first; equal values keep index (insertion) order."""
+    values = np.asarray(values)
+    n = len(values)
+    if k >= n:
+        return np.argsort(-values, kind="stable")
+    part = np.argpartition(-values, k - 1)[:k]
+    threshold = values[part].min()
+    selected = np.flatnonzero(values >= threshold)
+    return selected[np.argsort(-values[selected], kind="stable")][:k]
