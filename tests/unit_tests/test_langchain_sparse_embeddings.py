@@ -25,6 +25,16 @@ def test_implements_both_partner_interfaces(tiny_model: M3Model) -> None:
     assert isinstance(sparse, BaseSparseEmbedding)
 
 
+def test_milvus_store_recognises_it_as_sparse(tiny_model: M3Model) -> None:
+    from langchain_milvus import Milvus
+
+    from m3_integrations.langchain import M3Embeddings
+
+    # the check Milvus applies to each embedding function to pick a sparse or a dense vector field
+    assert Milvus._is_sparse_embedding(M3SparseEmbeddings(model=tiny_model, output="dict"))
+    assert not Milvus._is_sparse_embedding(M3Embeddings(model=tiny_model))
+
+
 def test_sparse_vectors_match_naive_lexical_weights(tiny_model: M3Model) -> None:
     sparse = M3SparseEmbeddings(model=tiny_model)
     vectors = sparse.embed_documents(SAMPLE_TEXTS)
