@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from langchain_core.embeddings import Embeddings
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field
 
 from m3_integrations._utils import validate_texts
-from m3_integrations.langchain._utils import resolve_model
-from m3_integrations.model import DEFAULT_MODEL, M3Model
+from m3_integrations.langchain._utils import M3EncoderFields, check_query_text
 
 __all__ = ["M3Embeddings"]
 
 
-class M3Embeddings(BaseModel, Embeddings):
+class M3Embeddings(M3EncoderFields, Embeddings):
     """BGE-M3 dense embeddings for any LangChain vector store.
 
     Documents are encoded with :meth:`M3Model.encode_passages` (``passage_max_length``, passage
@@ -64,31 +61,10 @@ class M3Embeddings(BaseModel, Embeddings):
             await embeddings.aembed_query("which model is multilingual?")
     """
 
-    model: M3Model | str = DEFAULT_MODEL
-    """An M3Model instance (shared) or a model name/path loaded with ``model_kwargs``."""
-    model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Keyword arguments for :class:`M3Model` when ``model`` is a name or path."""
-    batch_size: int | None = Field(default=None, gt=0)
-    """Texts per forward pass; ``None`` uses the model's ``batch_size``."""
-    show_progress: bool = False
-    """Show a progress bar while embedding documents."""
     query_max_length: int | None = Field(default=None, gt=0)
     """Token limit for queries; ``None`` uses the model's ``query_max_length``."""
     passage_max_length: int | None = Field(default=None, gt=0)
     """Token limit for documents; ``None`` uses the model's ``passage_max_length``."""
-
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
-
-    @model_validator(mode="after")
-    def _load_model(self) -> M3Embeddings:
-        self.model = resolve_model(self.model, self.model_kwargs)
-        return self
-
-    @property
-    def m3_model(self) -> M3Model:
-        """The loaded :class:`M3Model`."""
-        assert isinstance(self.model, M3Model)  # the validator loads it
-        return self.model
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed documents (passages).
@@ -126,11 +102,8 @@ class M3Embeddings(BaseModel, Embeddings):
         Raises:
             TypeError: ``text`` is not a string.
         """
-        if not isinstance(text, str):
-            msg = f"text must be a string, got {type(text).__name__}"
-            raise TypeError(msg)
         out = self.m3_model.encode_queries(
-            [text],
+            [check_query_text(text)],
             return_dense=True,
             return_sparse=False,
             max_length=self.query_max_length,

@@ -7,11 +7,10 @@ import logging
 from typing import Any, Literal
 
 from langchain_core.runnables.config import run_in_executor
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import model_validator
 
 from m3_integrations._utils import validate_texts
-from m3_integrations.langchain._utils import import_partner, resolve_model
-from m3_integrations.model import DEFAULT_MODEL, M3Model
+from m3_integrations.langchain._utils import M3EncoderFields, check_query_text, import_partner
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +32,7 @@ def _partner_interfaces() -> tuple[type, ...]:
     return tuple(bases)
 
 
-class M3SparseEmbeddings(BaseModel, *_partner_interfaces()):  # type: ignore[misc]
+class M3SparseEmbeddings(M3EncoderFields, *_partner_interfaces()):  # type: ignore[misc]
     """BGE-M3 lexical (sparse) weights for LangChain's Qdrant and Milvus vector stores.
 
     Each text becomes its M3 lexical weights: token id → weight, special tokens and zeros dropped. The
@@ -101,22 +100,12 @@ class M3SparseEmbeddings(BaseModel, *_partner_interfaces()):  # type: ignore[mis
             sparse.embed_query("sparse vectors")  # SparseVector(indices=[...], values=[...])
     """
 
-    model: M3Model | str = DEFAULT_MODEL
-    """An M3Model instance with a sparse head (shared), or a model name/path."""
-    model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Keyword arguments for :class:`M3Model` when ``model`` is a name or path."""
     output: Literal["sparse_vector", "dict"] = "sparse_vector"
     """``"sparse_vector"``: langchain-qdrant ``SparseVector``; ``"dict"``: ``{token_id: weight}``."""
-    batch_size: int | None = Field(default=None, gt=0)
-    """Texts per forward pass; ``None`` uses the model's ``batch_size``."""
-    show_progress: bool = False
-    """Show a progress bar while embedding documents."""
-
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
 
     @model_validator(mode="after")
-    def _load_model(self) -> M3SparseEmbeddings:
-        model = resolve_model(self.model, self.model_kwargs)
+    def _check_model_and_output(self) -> M3SparseEmbeddings:
+        model = self.m3_model
         if not model.has_sparse:
             msg = (
                 f"M3SparseEmbeddings needs lexical weights, but {model.model_name_or_path!r} has no "
@@ -125,14 +114,7 @@ class M3SparseEmbeddings(BaseModel, *_partner_interfaces()):  # type: ignore[mis
             raise ValueError(msg)
         if self.output == "sparse_vector":
             import_partner(_QDRANT_MODULE, "langchain-qdrant")
-        self.model = model
         return self
-
-    @property
-    def m3_model(self) -> M3Model:
-        """The loaded :class:`M3Model`."""
-        assert isinstance(self.model, M3Model)  # the validator loads it
-        return self.model
 
     def embed_documents(self, texts: list[str]) -> list[Any]:
         """Embed documents (passages) as sparse vectors.
@@ -169,11 +151,8 @@ class M3SparseEmbeddings(BaseModel, *_partner_interfaces()):  # type: ignore[mis
         Raises:
             TypeError: ``text`` is not a string.
         """
-        if not isinstance(text, str):
-            msg = f"text must be a string, got {type(text).__name__}"
-            raise TypeError(msg)
         out = self.m3_model.encode_queries(
-            [text], return_dense=False, return_sparse=True, batch_size=self.batch_size
+            [check_query_text(text)], return_dense=False, return_sparse=True, batch_size=self.batch_size
         )
         assert out.lexical_weights is not None
         return self._convert(out.lexical_weights[0])
