@@ -113,7 +113,11 @@ class M3SparseEmbeddings(M3EncoderFields, *_partner_interfaces()):  # type: igno
             )
             raise ValueError(msg)
         if self.output == "sparse_vector":
-            import_partner(_QDRANT_MODULE, "langchain-qdrant")
+            try:
+                import_partner(_QDRANT_MODULE, "langchain-qdrant")
+            except ImportError as err:
+                msg = f"{err} (or pass output='dict' for {{token_id: weight}} dicts)"
+                raise ImportError(msg) from err
         return self
 
     def embed_documents(self, texts: list[str]) -> list[Any]:

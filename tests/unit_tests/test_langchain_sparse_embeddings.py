@@ -101,3 +101,13 @@ def test_bad_input_errors(tiny_model: M3Model) -> None:
         sparse.embed_query(["a list"])  # type: ignore[arg-type]
     with pytest.raises(ValidationError):
         M3SparseEmbeddings(model=tiny_model, output="csr")
+
+
+def test_without_langchain_qdrant(tiny_model: M3Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "langchain_qdrant.sparse_embeddings", None)
+    with pytest.raises(ImportError, match=r"pip install langchain-qdrant.*output='dict'"):
+        M3SparseEmbeddings(model=tiny_model)
+    # dicts need no partner package
+    assert M3SparseEmbeddings(model=tiny_model, output="dict").embed_query("hello") is not None
