@@ -228,6 +228,7 @@ def build_chain(retriever: M3Retriever, model: M3Model, llm: BaseChatModel | Non
 
 
 def build_chatbot(args: argparse.Namespace, log: Log) -> Chatbot:
+    source_files(Path(args.data))  # fail on a bad folder before loading the model
     model = M3Model(args.model, device=args.device, show_progress=not args.quiet)
     retriever, reused = load_or_build_retriever(args, model, log)
     llm = load_llm(args.llm, log)
