@@ -21,7 +21,7 @@ Example:
     >>> bm25 = BM25()
     >>> bm25.add([word_tokenize("the cat sat"), word_tokenize("the dog"), word_tokenize("a bird")])
     >>> [round(s, 3) for s in bm25.get_scores(word_tokenize("cat")).tolist()]
-    [0.532, 0.0, 0.0]
+    [0.453, 0.0, 0.0]
 """
 
 from __future__ import annotations
@@ -124,6 +124,21 @@ class BM25:
         self._chunks.append(chunk)
         self._doc_len = np.concatenate([self._doc_len, lengths])
         self._alive = np.concatenate([self._alive, np.ones(len(token_lists), dtype=bool)])
+        self._invalidate()
+
+    def add_matrix(self, term_frequencies: sp.spmatrix) -> None:
+        """Append rows given as a term-frequency matrix ``(n, num_columns)`` (integer-token mode only)."""
+        if self.num_columns is None:
+            msg = "add_matrix needs integer tokens (num_columns); use add() for words"
+            raise ValueError(msg)
+        chunk = sp.csr_matrix(term_frequencies, dtype=np.float32)
+        if chunk.shape[1] != self.num_columns:
+            msg = f"term-frequency matrix has {chunk.shape[1]} columns, expected {self.num_columns}"
+            raise ValueError(msg)
+        self._chunks.append(chunk)
+        lengths = np.asarray(chunk.sum(axis=1), dtype=np.float64).ravel()
+        self._doc_len = np.concatenate([self._doc_len, lengths])
+        self._alive = np.concatenate([self._alive, np.ones(chunk.shape[0], dtype=bool)])
         self._invalidate()
 
     def set_alive(self, alive: np.ndarray) -> None:

@@ -331,17 +331,19 @@ class M3Index:
         *,
         ids: Sequence[str] | None = None,
         metadatas: Sequence[Mapping[str, Any] | None] | None = None,
-        bm25_tokens: Sequence[Sequence[Any]] | None = None,
+        bm25_tokens: Sequence[Sequence[Any]] | sp.spmatrix | None = None,
     ) -> list[str]:
         """Store documents whose representations are already computed (benchmarks, bulk loads).
 
         Args:
             output: the passages' :class:`~m3_integrations.M3Output` (dense; lexical weights when
-                ``lexical="m3"``; ColBERT vectors when ``store_colbert``).
+                ``lexical="m3"``, as dicts or as one CSR matrix ``(n, vocab_size)``; ColBERT vectors
+                when ``store_colbert``).
             texts: the documents' texts.
             ids: as in :meth:`add`.
             metadatas: as in :meth:`add`.
-            bm25_tokens: per document, its BM25 tokens; tokenised from ``texts`` when ``None``.
+            bm25_tokens: per document, its BM25 tokens, or (model tokenizer only) a term-frequency
+                matrix ``(n, vocab_size)``; tokenised from ``texts`` when ``None``.
 
         Returns:
             The ids, in input order.
@@ -350,10 +352,20 @@ class M3Index:
         if len(output) != len(texts) and (output.dense is None or len(output.dense) != len(texts)):
             msg = f"output holds {len(output)} documents but {len(texts)} texts were given"
             raise ValueError(msg)
-        if bm25_tokens is not None and len(bm25_tokens) != len(texts):
-            msg = f"bm25_tokens has {len(bm25_tokens)} entries but {len(texts)} texts were given"
+        n_tokens = (
+            None
+            if bm25_tokens is None
+            else bm25_tokens.shape[0]
+            if sp.issparse(bm25_tokens)
+            else len(bm25_tokens)
+        )
+        if n_tokens is not None and n_tokens != len(texts):
+            msg = f"bm25_tokens has {n_tokens} entries but {len(texts)} texts were given"
             raise ValueError(msg)
-        tokens = list(bm25_tokens) if bm25_tokens is not None else self._bm25_tokens(texts)
+        if bm25_tokens is None:
+            tokens: Any = self._bm25_tokens(texts)
+        else:
+            tokens = bm25_tokens if sp.issparse(bm25_tokens) else list(bm25_tokens)
         self._add_validated(output, texts, ids, metas, tokens)
         return ids
 
@@ -421,7 +433,7 @@ class M3Index:
         texts: list[str],
         ids: list[str],
         metas: list[dict[str, Any]],
-        bm25_tokens: list[Any],
+        bm25_tokens: list[Any] | sp.spmatrix,
     ) -> None:
         n_new = len(texts)
         dense = output.dense
@@ -431,10 +443,17 @@ class M3Index:
             raise ValueError(msg)
         lexical_chunk = None
         if self.lexical == "m3":
-            if output.lexical_weights is None or len(output.lexical_weights) != n_new:
+            weights = output.lexical_weights
+            if weights is None or (sp.issparse(weights) and weights.shape != (n_new, self.vocab_size)):
                 msg = "lexical weights are required (one dict per document) with lexical='m3'"
                 raise ValueError(msg)
-            lexical_chunk = scoring.lexical_weights_to_csr(output.lexical_weights, self.vocab_size)
+            if sp.issparse(weights):
+                lexical_chunk = sp.csr_matrix(weights, dtype=np.float32)
+            elif len(weights) != n_new:
+                msg = f"got lexical weights for {len(weights)} documents, expected {n_new}"
+                raise ValueError(msg)
+            else:
+                lexical_chunk = scoring.lexical_weights_to_csr(weights, self.vocab_size)
         colbert_flat = colbert_scale = colbert_lengths = None
         if self.store_colbert:
             vecs = output.colbert_vecs
@@ -476,9 +495,32 @@ class M3Index:
                 self._colbert_start = np.concatenate([self._colbert_start, starts.astype(np.int64)])
                 self._colbert_len = np.concatenate([self._colbert_len, colbert_lengths])
             self._alive = np.concatenate([self._alive, np.ones(n_new, dtype=bool)])
-            self._bm25.add(bm25_tokens)
+            if sp.issparse(bm25_tokens):
+                self._bm25.add_matrix(bm25_tokens)
+            else:
+                self._bm25.add(bm25_tokens)
             self._bm25.set_alive(self._alive)
             self._maybe_compact()
+
+    def reserve(self, documents: int, colbert_vectors: int = 0) -> None:
+        """Preallocate room for ``documents`` more rows and ``colbert_vectors`` more ColBERT vectors.
+
+        Bulk loads that know their size avoid the copies of geometric growth (and its 1.5x peak).
+        """
+        with self._lock:
+            n = len(self._alive)
+            if n + documents > len(self._dense):
+                grown = np.empty((n + documents, self.dense_dim), dtype=self._dense.dtype)
+                grown[:n] = self._dense[:n]
+                self._dense = grown
+            used = self._colbert_used
+            if self.store_colbert and used + colbert_vectors > len(self._colbert):
+                grown = np.empty((used + colbert_vectors, self.colbert_dim), dtype=self._colbert.dtype)
+                grown[:used] = self._colbert[:used]
+                self._colbert = grown
+                scale = np.empty(used + colbert_vectors, dtype=np.float32)
+                scale[:used] = self._colbert_scale[:used]
+                self._colbert_scale = scale
 
     # ------------------------------------------------------------------ reading and deleting
     def get(self, ids: Sequence[str]) -> list[SearchHit]:
@@ -843,14 +885,20 @@ class M3Index:
         lengths = self._colbert_len[rows]
         start = 0
         while start < len(rows):
-            # Chunks bound the float32 similarity matrix of an exhaustive search.
+            # Chunks bound the float32 copies and the similarity matrix of an exhaustive search.
             cum = np.cumsum(lengths[start:])
             stop = start + max(1, int(np.searchsorted(cum, _COLBERT_CHUNK_VECTORS, side="right")))
-            flat, scale, starts, lens = self._colbert_segments(rows[start:stop])
-            offsets = np.concatenate([starts, [int(lens.sum())]]) if len(lens) else np.zeros(1, np.int64)
-            out[start:stop] = scoring.colbert_scores(
-                query, flat, offsets, scales=scale if self.colbert_dtype == "int8" else None
-            )
+            chunk = rows[start:stop]
+            offsets = np.concatenate([[0], np.cumsum(self._colbert_len[chunk])])
+            # Gather and widen to float32 in one pass (no float16 intermediate copy).
+            flat = np.empty((int(offsets[-1]), self.colbert_dim), dtype=np.float32)
+            scales = np.empty(int(offsets[-1]), dtype=np.float32) if self.colbert_dtype == "int8" else None
+            for j, row in enumerate(chunk):
+                begin, size = int(self._colbert_start[row]), int(self._colbert_len[row])
+                flat[offsets[j] : offsets[j + 1]] = self._colbert[begin : begin + size]
+                if scales is not None:
+                    scales[offsets[j] : offsets[j + 1]] = self._colbert_scale[begin : begin + size]
+            out[start:stop] = scoring.colbert_scores(query, flat, offsets, scales=scales)
             start = stop
         return out
 

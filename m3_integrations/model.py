@@ -540,7 +540,7 @@ class M3Model:
     def _ids_to_tokens(self, weights: Mapping[int, float]) -> dict[str, float]:
         out: dict[str, float] = {}
         for token_id, weight in weights.items():
-            token = self.tokenizer.decode([int(token_id)])
+            token = str(self.tokenizer.decode([int(token_id)]))
             out[token] = max(out.get(token, 0.0), float(weight))
         return out
 
@@ -731,7 +731,7 @@ def _resolve_checkpoint(
         folder = snapshot_download(
             repo_id=name_or_path,
             revision=revision,
-            cache_dir=cache_dir,
+            cache_dir=str(cache_dir) if cache_dir is not None else None,
             local_files_only=bool(local_files_only) or offline,
             allow_patterns=[
                 "*.json",

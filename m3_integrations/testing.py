@@ -19,8 +19,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+    from transformers import XLMRobertaConfig
 
 __all__ = ["TRAINING_SENTENCES", "build_tiny_checkpoint", "build_tiny_reranker"]
 
@@ -47,8 +52,7 @@ TRAINING_SENTENCES = [
 _SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]
 
 
-def _train_tokenizer(vocab_size: int):
-    import json
+def _train_tokenizer(vocab_size: int) -> Tokenizer:
     import re
 
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -112,7 +116,7 @@ def _save_tokenizer(folder: Path, vocab_size: int, model_max_length: int) -> int
     return len(fast)
 
 
-def _xlmr_config(vocab_size: int, hidden_size: int, max_length: int, **extra: object):
+def _xlmr_config(vocab_size: int, hidden_size: int, max_length: int, **extra: Any) -> XLMRobertaConfig:
     from transformers import XLMRobertaConfig
 
     return XLMRobertaConfig(

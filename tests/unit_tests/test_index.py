@@ -278,3 +278,28 @@ def test_rerank_m3_puts_rerank_score(index: M3Index) -> None:
     hybrid = {h.id: h.score for h in index.search("capital of France", k=20, candidates=None)}
     for hit in hits:  # M3 rerank on stored vectors is the default hybrid fusion
         assert hit.score == pytest.approx(hybrid[hit.id], abs=1e-6)
+
+
+def test_add_encoded_bulk_inputs_equal_add(tiny_model: M3Model, index: M3Index) -> None:
+    import scipy.sparse as sp
+
+    from m3_integrations.scoring import lexical_weights_to_csr
+
+    texts = INDEX_TEXTS
+    output = tiny_model.encode_passages(texts, return_colbert=True)
+    output.lexical_weights = lexical_weights_to_csr(output.lexical_weights, tiny_model.vocab_size)
+    token_ids = index._bm25_tokens(texts)
+    rows = np.repeat(np.arange(len(texts)), [len(t) for t in token_ids])
+    tf = sp.csr_matrix(
+        (np.ones(len(rows)), (rows, np.concatenate(token_ids))), shape=(len(texts), tiny_model.vocab_size)
+    )
+    bulk = M3Index(tiny_model)
+    bulk.reserve(len(texts), 10_000)
+    bulk.add_encoded(output, texts, ids=[f"doc{i}" for i in range(len(texts))], bm25_tokens=tf)
+    (encoded,) = index.encode_queries(["capital of France"])
+    for kwargs in ({"mode": "hybrid"}, {"mode": "sparse"}, {"weights": {"bm25": 0.5}}):
+        expected = index.search_encoded(encoded, k=6, candidates=None, **kwargs)
+        got = bulk.search_encoded(encoded, k=6, candidates=None, **kwargs)
+        assert [(h.id, h.scores) for h in got] == [(h.id, h.scores) for h in expected]
+    with pytest.raises(ValueError, match="texts were given"):
+        bulk.add_encoded(output, texts[:2])

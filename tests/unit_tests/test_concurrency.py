@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import threading
+
+from m3_integrations import M3Index, M3Model
+from tests.common import INDEX_TEXTS
+
+
+def test_searches_during_adds_and_deletes_see_consistent_state(tiny_model: M3Model) -> None:
+    index = M3Index(tiny_model)
+    index.add(
+        INDEX_TEXTS,
+        ids=[f"base{i}" for i in range(len(INDEX_TEXTS))],
+        metadatas=[{"text": t} for t in INDEX_TEXTS],
+    )
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    (encoded,) = index.encode_queries(["capital of France"])
+    # Precomputed representations keep the writer fast, so mutations interleave with every search step.
+    pool = [f"capital number {i}" for i in range(3)]
+    output = tiny_model.encode_passages(pool, return_colbert=True)
+    replacement = tiny_model.encode_passages(["replaced"], return_colbert=True)
+    rounds = 300
+
+    def writer() -> None:
+        try:
+            for round_ in range(rounds):
+                ids = [f"w{round_}-{i}" for i in range(3)]
+                index.add_encoded(output, pool, ids=ids, metadatas=[{"text": t} for t in pool])
+                if round_ % 2:
+                    index.delete(ids[:2])
+                index.add_encoded(replacement, ["replaced"], ids=["base0"], metadatas=[{"text": "replaced"}])
+        except BaseException as err:  # pragma: no cover - reported below
+            errors.append(err)
+        finally:
+            stop.set()
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                for mode in ("hybrid", "dense+sparse", "colbert"):
+                    hits = index.search_encoded(encoded, k=8, mode=mode, candidates=5)
+                    assert len(hits) == 8
+                    assert len({h.id for h in hits}) == 8
+                    for hit in hits:
+                        assert hit.metadata["text"] == hit.text
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert index.get(["base0"])[0].text == "replaced"
+    assert len(index) == len(INDEX_TEXTS) + rounds * 3 - rounds // 2 * 2

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from m3_integrations.fusion import competition_ranks, effective_weights, fuse
+
+RNG = np.random.default_rng(0)
+SCORES = {
+    "dense": RNG.uniform(0.2, 0.9, 12).astype(np.float32),
+    "sparse": np.where(RNG.uniform(size=12) > 0.5, RNG.uniform(0, 0.4, 12), 0).astype(np.float32),
+    "colbert": RNG.uniform(0.3, 0.95, 12).astype(np.float32),
+    "bm25": np.where(RNG.uniform(size=12) > 0.4, RNG.uniform(0, 25, 12), 0).astype(np.float32),
+}
+WEIGHTS = {"dense": 0.4, "sparse": 0.2, "colbert": 0.4, "bm25": 0.3}
+
+
+def naive_ranks(values: list[float]) -> list[int]:
+    return [1 + sum(1 for other in values if other > v) for v in values]
+
+
+def test_weighted_matches_flagembedding_formula_with_bm25_max_normalised() -> None:
+    fused = fuse(SCORES, WEIGHTS, method="weighted")
+    bm25_max = max(SCORES["bm25"])
+    for i in range(12):
+        num = sum(WEIGHTS[s] * float(SCORES[s][i]) for s in ("dense", "sparse", "colbert"))
+        num += WEIGHTS["bm25"] * float(SCORES["bm25"][i]) / bm25_max
+        assert fused[i] == pytest.approx(num / sum(WEIGHTS.values()), rel=1e-5)
+
+
+def test_rrf_formula_k60_ranks_from_one_ties_share_rank() -> None:
+    scores = {"dense": np.array([0.9, 0.5, 0.5, 0.1]), "sparse": np.array([0.0, 2.0, 0.0, 1.0])}
+    fused = fuse(scores, {"dense": 1.0, "sparse": 1.0}, method="rrf")
+    expected = [
+        1 / 61 / 2,  # dense rank 1; sparse 0 = not retrieved
+        (1 / 62 + 1 / 61) / 2,
+        1 / 62 / 2,  # tie with row 1 on dense: same rank 2
+        (1 / 64 + 1 / 62) / 2,
+    ]
+    assert fused.tolist() == pytest.approx(expected, rel=1e-6)
+    values = [3.0, 1.0, 3.0, 2.0, 1.0]
+    assert competition_ranks(np.array(values)).tolist() == naive_ranks(values)
+
+
+def test_relative_score_is_min_max_then_weighted() -> None:
+    fused = fuse(SCORES, WEIGHTS, method="relative_score")
+    for i in range(12):
+        num = 0.0
+        for s, w in WEIGHTS.items():
+            lo, hi = min(SCORES[s]), max(SCORES[s])
+            num += w * (float(SCORES[s][i]) - lo) / (hi - lo)
+        assert fused[i] == pytest.approx(num / sum(WEIGHTS.values()), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("method", ["weighted", "rrf", "relative_score"])
+def test_signal_without_evidence_is_dropped(method: str) -> None:
+    dense_only = fuse({"dense": SCORES["dense"]}, {"dense": 0.4}, method=method)
+    with_empty = fuse(
+        {"dense": SCORES["dense"], "sparse": np.zeros(12), "bm25": np.zeros(12)},
+        {"dense": 0.4, "sparse": 0.2, "bm25": 0.5},
+        method=method,
+    )
+    assert with_empty.tolist() == pytest.approx(dense_only.tolist())
+    assert effective_weights({"a": np.zeros(3), "b": np.ones(3)}, {"a": 1, "b": 0}) == {}
+    assert fuse({"a": np.zeros(3)}, {"a": 1.0}, method=method).tolist() == [0, 0, 0]
+
+
+def test_bad_fusion_input() -> None:
+    with pytest.raises(ValueError, match="unknown fusion"):
+        fuse(SCORES, WEIGHTS, method="max")
+    with pytest.raises(ValueError, match="non-negative"):
+        fuse(SCORES, {"dense": -1.0}, method="weighted")
+    with pytest.raises(ValueError, match="one score per candidate"):
+        fuse({"dense": np.ones(3), "sparse": np.ones(4)}, {"dense": 1.0}, method="weighted")
