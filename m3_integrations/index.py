@@ -355,7 +355,7 @@ class M3Index:
         n_tokens = (
             None
             if bm25_tokens is None
-            else bm25_tokens.shape[0]
+            else bm25_tokens.shape[0]  # type: ignore[union-attr]
             if sp.issparse(bm25_tokens)
             else len(bm25_tokens)
         )
@@ -443,7 +443,7 @@ class M3Index:
             raise ValueError(msg)
         lexical_chunk = None
         if self.lexical == "m3":
-            weights = output.lexical_weights
+            weights: Any = output.lexical_weights  # dicts, or a CSR matrix from bulk loads
             if weights is None or (sp.issparse(weights) and weights.shape != (n_new, self.vocab_size)):
                 msg = "lexical weights are required (one dict per document) with lexical='m3'"
                 raise ValueError(msg)
@@ -1030,19 +1030,20 @@ class M3Index:
                 "bm25_tokenizer": self.bm25_tokenizer,
                 "bm25": {"k1": self._bm25.k1, "b": self._bm25.b, "epsilon": self._bm25.epsilon},
                 "colbert_vectors": int(self._colbert_used),
-                "files": {},
             }
+            files: dict[str, dict[str, Any]] = {}
             with atomic_dir(path) as tmp:
                 with open(tmp / "arrays.npz", "wb") as fh:
-                    np.savez(fh, **arrays)
+                    np.savez(fh, **arrays)  # type: ignore[arg-type]
                 (tmp / "documents.json").write_text(json.dumps(documents, ensure_ascii=False), "utf-8")
                 if vocab is not None:
                     (tmp / "bm25_vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), "utf-8")
                 for name in sorted(p.name for p in tmp.iterdir()):
-                    manifest["files"][name] = {
+                    files[name] = {
                         "sha256": _sha256(tmp / name),
                         "bytes": (tmp / name).stat().st_size,
                     }
+                manifest["files"] = files
                 (tmp / "manifest.json").write_text(
                     json.dumps(manifest, indent=2, ensure_ascii=False), "utf-8"
                 )

@@ -130,7 +130,7 @@ class CrossEncoderReranker(_Reranker):
         limit = max(1, (self.max_length - specials) // 2)
         if len(query_ids) > limit:
             logger.warning("query of %d tokens cut to %d for the cross-encoder", len(query_ids), limit)
-            query = self.tokenizer.decode(query_ids[:limit])
+            query = str(self.tokenizer.decode(query_ids[:limit]))
         encoded = self.tokenizer(
             [query] * len(passages),
             passages,
@@ -154,9 +154,9 @@ class CrossEncoderReranker(_Reranker):
         order = np.argsort([-len(p["input_ids"]) for p in pairs], kind="stable")
         for start in range(0, len(order), self.batch_size):
             batch_idx = order[start : start + self.batch_size]
-            batch = self.tokenizer.pad([pairs[i] for i in batch_idx], padding=True, return_tensors="pt")
-            batch = {key: value.to(self.device) for key, value in batch.items()}
-            logits = self.model(**batch).logits[:, 0].float()
+            padded = self.tokenizer.pad([pairs[i] for i in batch_idx], padding=True, return_tensors="pt")
+            inputs = {key: value.to(self.device) for key, value in padded.items()}
+            logits = self.model(**inputs).logits[:, 0].float()
             if self.normalize:
                 logits = torch.sigmoid(logits)
             out[batch_idx] = logits.cpu().numpy()
