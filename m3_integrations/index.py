@@ -916,11 +916,20 @@ class M3Index:
                 rows = allowed_rows
             else:
                 per_signal = max(options["candidates"], k, options["rerank_top_n"] if rerank else 0)
+                everything = allowed_rows.size == len(allowed)  # no filter, no tombstones: skip gathers
                 picked = []
                 for signal, values in full.items():
-                    pool = allowed_rows
                     if signal in fusion.LEXICAL_SIGNALS:
-                        pool = pool[values[pool] > 0]
+                        pool = (
+                            np.flatnonzero(values > 0)
+                            if everything
+                            else allowed_rows[values[allowed_rows] > 0]
+                        )
+                    elif everything:
+                        picked.append(_top_k_stable(values, per_signal))
+                        continue
+                    else:
+                        pool = allowed_rows
                     picked.append(pool[_top_k_stable(values[pool], per_signal)])
                 rows = np.unique(np.concatenate(picked))
                 wanted = min(max(k, options["rerank_top_n"] if rerank else 0), allowed_rows.size)
