@@ -19,10 +19,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import os
-import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -41,12 +37,14 @@ from m3_integrations import M3Model, M3ScoreReranker
 from m3_integrations.langchain import M3Retriever
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE / "data"
+# Run as a script, examples/ is already on the path; the tests load this file by its path instead.
+if str(HERE) not in sys.path:
+    sys.path.append(str(HERE))
+# Log by name too: callers of load_llm and build_chatbot (the tests among them) take it from here.
+import _chatbot_common as common  # noqa: E402
+from _chatbot_common import Log  # noqa: E402
+
 DEFAULT_INDEX_DIR = HERE / ".m3_index_langchain"
-SUFFIXES = (".md", ".txt")
-MANIFEST = "sources.json"
-# Sentence ends in Latin, CJK and Korean text (full-width punctuation included).
-SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|(?<=[。！？])")
 
 PROMPT = ChatPromptTemplate.from_messages(
     [
@@ -60,53 +58,12 @@ PROMPT = ChatPromptTemplate.from_messages(
 )
 
 
-class Log:
-    """Progress messages on stderr (silenced by --quiet); warnings and errors always show."""
-
-    def __init__(self, quiet: bool = False) -> None:
-        self.quiet = quiet
-
-    def info(self, message: str) -> None:
-        if not self.quiet:
-            print(message, file=sys.stderr)
-
-    def warning(self, message: str) -> None:
-        print(f"warning: {message}", file=sys.stderr)
-
-    def error(self, message: str) -> None:
-        print(f"error: {message}", file=sys.stderr)
-
-
 @dataclass
 class Chatbot:
     retriever: M3Retriever
     chain: Runnable
     reused_index: bool
     llm_name: str
-
-
-def source_files(folder: Path) -> list[Path]:
-    """The .md/.txt files under ``folder``, sorted, so ids and the manifest are stable."""
-    if not folder.is_dir():
-        msg = f"data folder {folder} does not exist"
-        raise FileNotFoundError(msg)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
-    if not files:
-        msg = f"no {' or '.join(SUFFIXES)} files in {folder}"
-        raise FileNotFoundError(msg)
-    return files
-
-
-def build_manifest(folder: Path, files: Sequence[Path], model: M3Model, args: argparse.Namespace) -> dict:
-    """Everything that, when changed, makes the saved index stale."""
-    return {
-        "files": {
-            p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files
-        },
-        "model": model.identity,
-        "chunk_size": args.chunk_size,
-        "chunk_overlap": args.chunk_overlap,
-    }
 
 
 def split_documents(folder: Path, files: Sequence[Path], args: argparse.Namespace) -> list[Document]:
@@ -129,16 +86,12 @@ def load_or_build_retriever(args: argparse.Namespace, model: M3Model, log: Log) 
     """Load the saved index when its manifest matches the files, else rebuild and save it."""
     folder = Path(args.data).resolve()
     index_dir = Path(args.index_dir)
-    files = source_files(folder)
-    manifest = build_manifest(folder, files, model, args)
-    manifest_path = index_dir / MANIFEST
+    files = common.source_files(folder)
+    manifest = common.build_manifest(folder, files, model.identity, args.chunk_size, args.chunk_overlap)
+    manifest_path = index_dir / common.MANIFEST
     search = {"k": args.k}
     if not args.rebuild and manifest_path.is_file():
-        try:
-            saved = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except ValueError:
-            saved = None
-        if saved == json.loads(json.dumps(manifest)):
+        if common.manifest_matches(manifest_path, manifest):
             try:
                 retriever = M3Retriever.load(index_dir / "index", model=model, **search)
             except (OSError, ValueError) as err:
@@ -153,11 +106,7 @@ def load_or_build_retriever(args: argparse.Namespace, model: M3Model, log: Log) 
     log.info(f"Indexing {len(chunks)} chunks from {len(files)} files in {folder} ...")
     retriever = M3Retriever.from_documents(chunks, model=model, **search)
     retriever.save(index_dir / "index")
-    # The manifest goes last (atomically): a crash before this line leaves a stale manifest, which
-    # only causes a rebuild next time.
-    tmp = manifest_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, manifest_path)
+    common.save_manifest(manifest_path, manifest)
     log.info(f"Saved the index to {index_dir}")
     return retriever, False
 
@@ -169,9 +118,8 @@ def format_docs(docs: Sequence[Document]) -> str:
     )
 
 
-def sources_block(docs: Sequence[Document]) -> str:
-    lines = [f"[{n}] {doc.metadata.get('source', '?')}" for n, doc in enumerate(docs, 1)]
-    return "Sources:\n" + "\n".join(lines)
+def doc_sources(docs: Sequence[Document]) -> str:
+    return common.sources_block(doc.metadata.get("source", "?") for doc in docs)
 
 
 def make_extractive_answer(model: M3Model, max_sentences: int = 3) -> RunnableLambda:
@@ -180,16 +128,11 @@ def make_extractive_answer(model: M3Model, max_sentences: int = 3) -> RunnableLa
 
     def answer(inputs: dict[str, Any]) -> str:
         docs: list[Document] = inputs["docs"]
-        sentences: list[tuple[int, str]] = []
-        for n, doc in enumerate(docs, 1):
-            for piece in SENTENCE_END.split(doc.page_content):
-                sentence = " ".join(piece.split()).lstrip("# ")
-                if len(sentence) > 1:
-                    sentences.append((n, sentence))
+        sentences = common.numbered_sentences(doc.page_content for doc in docs)
         if not sentences:
             return "I found nothing relevant in the indexed files."
         best = reranker.rerank(inputs["question"], [s for _, s in sentences], top_n=max_sentences)
-        return "\n".join(f"{sentences[i][1]} [{sentences[i][0]}]" for i, _ in best)
+        return common.cite(sentences[i] for i, _ in best)
 
     return RunnableLambda(answer, name="extractive_answer")
 
@@ -222,13 +165,13 @@ def build_chain(retriever: M3Retriever, model: M3Model, llm: BaseChatModel | Non
             lambda x: {"context": format_docs(x["docs"]), "question": x["question"]}, name="format_docs"
         )
         answer = to_prompt | PROMPT | llm | StrOutputParser()
-    render = RunnableLambda(lambda x: f"{x['answer']}\n\n{sources_block(x['docs'])}", name="render")
+    render = RunnableLambda(lambda x: f"{x['answer']}\n\n{doc_sources(x['docs'])}", name="render")
     retrieve = RunnableParallel(docs=retriever, question=RunnablePassthrough())
     return retrieve | RunnablePassthrough.assign(answer=answer) | render
 
 
 def build_chatbot(args: argparse.Namespace, log: Log) -> Chatbot:
-    source_files(Path(args.data))  # fail on a bad folder before loading the model
+    common.source_files(Path(args.data))  # fail on a bad folder before loading the model
     model = M3Model(args.model, device=args.device, show_progress=not args.quiet)
     retriever, reused = load_or_build_retriever(args, model, log)
     llm = load_llm(args.llm, log)
@@ -237,51 +180,29 @@ def build_chatbot(args: argparse.Namespace, log: Log) -> Chatbot:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder of .md/.txt files to index")
-    parser.add_argument("--index-dir", default=str(DEFAULT_INDEX_DIR), help="where the index is saved")
-    parser.add_argument("--model", default="BAAI/bge-m3", help="BGE-M3 checkpoint (hub id or folder)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when available)")
-    parser.add_argument("--llm", default=None, help="init_chat_model spec, e.g. openai:gpt-4o-mini")
-    parser.add_argument("--query", default=None, help="answer one question and exit")
-    parser.add_argument("-k", type=int, default=4, help="passages retrieved per question")
-    parser.add_argument("--chunk-size", type=int, default=600, help="characters per chunk")
-    parser.add_argument("--chunk-overlap", type=int, default=80, help="characters shared by neighbours")
-    parser.add_argument("--rebuild", action="store_true", help="rebuild the index even if it is current")
-    parser.add_argument("--quiet", action="store_true", help="print only the answers")
+    description = __doc__.split("\n\n")[0]
+    parser = common.build_parser(
+        description, llm_help="init_chat_model spec, e.g. openai:gpt-4o-mini", chunk_unit="characters"
+    )
+    parser.set_defaults(index_dir=str(DEFAULT_INDEX_DIR), chunk_size=600, chunk_overlap=80)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    log = Log(quiet=args.quiet)
-    if args.quiet:
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
+    log = common.open_log(args.quiet)
     try:
         bot = build_chatbot(args, log)
     except FileNotFoundError as err:
         log.error(str(err))
         return 2
     log.info(f"LLM: {bot.llm_name}")
-
-    if args.query is not None:
-        if not args.query.strip():
-            log.error("--query is empty")
-            return 2
-        print(bot.chain.invoke(args.query))
-        return 0
-    print("Ask a question about the indexed files (empty line or Ctrl-D to quit).")
-    while True:
-        try:
-            question = input("> ").strip()
-        except EOFError:
-            break
-        if not question or question.lower() in {"exit", "quit"}:
-            break
-        print(bot.chain.invoke(question), end="\n\n")
-    return 0
+    return common.answer_or_chat(
+        args.query,
+        bot.chain.invoke,
+        log,
+        greeting="Ask a question about the indexed files (empty line or Ctrl-D to quit).",
+    )
 
 
 if __name__ == "__main__":
