@@ -149,7 +149,14 @@ def node_sources(nodes: Sequence[NodeWithScore]) -> str:
 def extractive_answer(question: str, nodes: Sequence[NodeWithScore], reranker: M3Reranker) -> str:
     """The sentences of the retrieved nodes that M3 scores highest for the question, each cited [n]."""
     sentences = [
-        NodeWithScore(node=TextNode(text=sentence, metadata={"n": n}))
+        NodeWithScore(
+            node=TextNode(
+                text=sentence,
+                metadata={"n": n},
+                excluded_embed_metadata_keys=["n"],
+                excluded_llm_metadata_keys=["n"],
+            )
+        )
         for n, sentence in common.numbered_sentences(hit.node.get_content() for hit in nodes)
     ]
     if not sentences:
