@@ -178,6 +178,8 @@ def test_int8_and_float16_storage(tiny_model: M3Model, naive: dict) -> None:
         else:
             assert index._dense.dtype == np.float16
             assert index._colbert.dtype == np.float16
+            float32_bytes = sum(len(v) for v in output.colbert_vecs) * 32 * 4
+            assert index.memory_bytes()["colbert"] <= 0.5 * float32_bytes + 16 * len(INDEX_TEXTS)  # + offsets
 
 
 def test_store_colbert_false_recomputes(tiny_model: M3Model, index: M3Index) -> None:
