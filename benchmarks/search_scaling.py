@@ -263,12 +263,16 @@ def plot(rows: list[dict], colbert_dtype: str) -> None:
     for mode in dict.fromkeys(r["mode"] for r in rows):
         points = [(r["docs"], r["p50"]) for r in rows if r["mode"] == mode]
         ax.plot(*zip(*points, strict=True), marker="o", label=mode)
+        if "colbert" in mode or "hybrid" in mode:  # the ColBERT dimension differs between sizes
+            for r in rows:
+                if r["mode"] == mode:
+                    ax.annotate(f"d={r['colbert_d']}", (r["docs"], r["p50"]), fontsize=7)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("documents")
     ax.set_ylabel("p50 latency (ms, engine only)")
     ax.axhline(30, color="grey", linestyle="--", linewidth=0.8)
-    ax.set_title("M3Index search latency (synthetic, 2 CPU cores)")
+    ax.set_title("M3Index engine latency (synthetic; ColBERT d per point)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = OUT / f"search_scaling_{colbert_dtype}.png"

@@ -223,8 +223,7 @@ class BM25:
         tf = sub.data.astype(np.float64)
         norm = self.k1 * (1.0 - self.b + self.b * self._doc_len[rows] / avgdl)
         contribution = idf[uniq][col_of_entry] * counts[col_of_entry] * tf * (self.k1 + 1.0) / (tf + norm)
-        np.add.at(scores, rows, contribution)
-        return scores
+        return np.bincount(rows, weights=contribution, minlength=n_rows)
 
     # ------------------------------------------------------------------ persistence
     def to_arrays(self) -> dict[str, np.ndarray]:

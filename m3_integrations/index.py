@@ -489,7 +489,8 @@ class M3Index:
             if colbert_flat is not None and colbert_lengths is not None and colbert_scale is not None:
                 used = self._colbert_used
                 self._colbert = _append_rows(self._colbert, colbert_flat, used)
-                self._colbert_scale = _append_rows(self._colbert_scale, colbert_scale, used)
+                if self.colbert_dtype == "int8":  # float16 rows need no scale: store none
+                    self._colbert_scale = _append_rows(self._colbert_scale, colbert_scale, used)
                 self._colbert_used = used + len(colbert_flat)
                 starts = used + np.concatenate([[0], np.cumsum(colbert_lengths)[:-1]])
                 self._colbert_start = np.concatenate([self._colbert_start, starts.astype(np.int64)])
@@ -518,9 +519,10 @@ class M3Index:
                 grown = np.empty((used + colbert_vectors, self.colbert_dim), dtype=self._colbert.dtype)
                 grown[:used] = self._colbert[:used]
                 self._colbert = grown
-                scale = np.empty(used + colbert_vectors, dtype=np.float32)
-                scale[:used] = self._colbert_scale[:used]
-                self._colbert_scale = scale
+                if self.colbert_dtype == "int8":
+                    scale = np.empty(used + colbert_vectors, dtype=np.float32)
+                    scale[:used] = self._colbert_scale[:used]
+                    self._colbert_scale = scale
 
     # ------------------------------------------------------------------ reading and deleting
     def get(self, ids: Sequence[str]) -> list[SearchHit]:
@@ -916,11 +918,20 @@ class M3Index:
                 rows = allowed_rows
             else:
                 per_signal = max(options["candidates"], k, options["rerank_top_n"] if rerank else 0)
+                everything = allowed_rows.size == len(allowed)  # no filter, no tombstones: skip gathers
                 picked = []
                 for signal, values in full.items():
-                    pool = allowed_rows
                     if signal in fusion.LEXICAL_SIGNALS:
-                        pool = pool[values[pool] > 0]
+                        pool = (
+                            np.flatnonzero(values > 0)
+                            if everything
+                            else allowed_rows[values[allowed_rows] > 0]
+                        )
+                    elif everything:
+                        picked.append(_top_k_stable(values, per_signal))
+                        continue
+                    else:
+                        pool = allowed_rows
                     picked.append(pool[_top_k_stable(values[pool], per_signal)])
                 rows = np.unique(np.concatenate(picked))
                 wanted = min(max(k, options["rerank_top_n"] if rerank else 0), allowed_rows.size)
@@ -1154,7 +1165,7 @@ class M3Index:
             if (
                 colbert_len.shape != (n,)
                 or colbert.shape != (total, self.colbert_dim)
-                or scale.shape != (total,)
+                or scale.shape != ((total,) if self.colbert_dtype == "int8" else (0,))
                 or (colbert_len < 0).any()
             ):
                 msg = "ColBERT arrays are inconsistent with the document count"

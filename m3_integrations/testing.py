@@ -53,7 +53,9 @@ _SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]
 
 
 def _train_tokenizer(vocab_size: int) -> Tokenizer:
+    import math
     import re
+    import unicodedata
 
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -72,7 +74,17 @@ def _train_tokenizer(vocab_size: int) -> Tokenizer:
     # On a corpus this small the unigram EM keeps mostly characters; whole words as pieces (scored like
     # the best trained piece) make the tiny vocabulary behave like a real subword one.
     unigram = json.loads(trained.to_str())["model"]
-    vocab = [(piece, score) for piece, score in unigram["vocab"]]
+    # The trainer picks the pieces, but its scores carry float noise from hash-map order (rare pieces
+    # swap places between runs). Re-score each piece by its frequency in the corpus and order by text,
+    # so every build of the checkpoint gets the same ids and the same segmentation.
+    corpus = " ".join(
+        "\u2581" + word for s in TRAINING_SENTENCES for word in unicodedata.normalize("NFKC", s).split()
+    )
+    total = len(corpus)
+    pieces = sorted(piece for piece, _ in unigram["vocab"] if piece not in _SPECIAL_TOKENS)
+    vocab = [(piece, 0.0) for piece in _SPECIAL_TOKENS]
+    vocab += [(piece, round(math.log((corpus.count(piece) + 1) / total), 6)) for piece in pieces]
+    unk_id = _SPECIAL_TOKENS.index("<unk>")
     known = {piece for piece, _ in vocab}
     best = max(score for piece, score in vocab if piece not in _SPECIAL_TOKENS)
     words = sorted({w for s in TRAINING_SENTENCES for w in re.findall(r"[A-Za-z]{2,}", s)})
@@ -80,7 +92,7 @@ def _train_tokenizer(vocab_size: int) -> Tokenizer:
     vocab += [("\u2581" + w, best) for w in words if "\u2581" + w not in known][
         : max(0, vocab_size - len(vocab))
     ]
-    tokenizer = _blank(models.Unigram(vocab, unk_id=unigram["unk_id"], byte_fallback=False))
+    tokenizer = _blank(models.Unigram(vocab, unk_id=unk_id, byte_fallback=False))
     tokenizer.add_special_tokens(["<mask>"])
     cls_id, sep_id = tokenizer.token_to_id("<s>"), tokenizer.token_to_id("</s>")
     # XLM-R's template: <s> A </s> and <s> A </s></s> B </s>.

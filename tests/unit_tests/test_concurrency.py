@@ -20,7 +20,7 @@ def test_searches_during_adds_and_deletes_see_consistent_state(tiny_model: M3Mod
     pool = [f"capital number {i}" for i in range(3)]
     output = tiny_model.encode_passages(pool, return_colbert=True)
     replacement = tiny_model.encode_passages(["replaced"], return_colbert=True)
-    rounds = 300
+    rounds = 150
 
     def writer() -> None:
         try:

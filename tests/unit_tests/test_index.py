@@ -144,34 +144,42 @@ def test_add_replace_delete_get(tiny_model: M3Model) -> None:
 
 def test_compaction_keeps_order_and_results(tiny_model: M3Model) -> None:
     index = M3Index(tiny_model, colbert_dtype="int8")
-    texts = [f"document number {i} about capital cities" for i in range(140)]
-    ids = index.add(texts, ids=[f"d{i}" for i in range(140)])
-    before = index.search("capital 7", k=5, candidates=None)
-    index.delete([i for i in ids if int(i[1:]) % 2 == 1])  # 70 dead rows: compaction runs
+    texts = [f"document number {i} about capital cities" for i in range(70)]
+    output = tiny_model.encode_passages(texts, return_colbert=True)
+    for half in range(2):  # 140 rows from one encoding pass
+        index.add_encoded(output, texts, ids=[f"d{half * 70 + i}" for i in range(70)])
+    ids = index.ids
+    (encoded,) = index.encode_queries(["capital 7"])
+    before = index.search_encoded(encoded, k=140, candidates=None)
+    index.delete([i for i in ids if int(i[1:]) % 2 == 1])  # 70 dead rows of 140: compaction runs
     assert len(index._alive) == 70
     assert index.ids == [i for i in ids if int(i[1:]) % 2 == 0]
-    after = index.search("capital 7", k=5, candidates=None)
-    assert [h.id for h in after] == [h.id for h in before if int(h.id[1:]) % 2 == 0][: len(after)] or len(
-        after
-    ) == 5
-    full = index.search("capital 7", k=70, candidates=None)
-    assert {h.id for h in full} == set(index.ids)
+    after = index.search_encoded(encoded, k=70, candidates=None)
+    survivors = {h.id: h.scores for h in before if int(h.id[1:]) % 2 == 0}
+    assert {h.id for h in after} == set(survivors)
+    for hit in after:  # same stored vectors, so the same scores (up to BLAS blocking noise)
+        assert hit.scores == pytest.approx(survivors[hit.id], abs=1e-6)
+    assert [h.score for h in after] == sorted((h.score for h in after), reverse=True)
 
 
 def test_int8_and_float16_storage(tiny_model: M3Model, naive: dict) -> None:
     exact = naive["capital of France"]["colbert"]
+    output = tiny_model.encode_passages(INDEX_TEXTS, return_colbert=True)
+    ids = [f"doc{i}" for i in range(len(INDEX_TEXTS))]
     for kwargs in ({"colbert_dtype": "int8"}, {"dense_dtype": "float16"}):
         index = M3Index(tiny_model, **kwargs)
-        index.add(INDEX_TEXTS, ids=[f"doc{i}" for i in range(len(INDEX_TEXTS))])
+        index.add_encoded(output, INDEX_TEXTS, ids=ids)
         hits = index.search("capital of France", k=len(INDEX_TEXTS), mode="colbert", candidates=None)
         for hit in hits:
             assert hit.scores["colbert"] == pytest.approx(exact[int(hit.id[3:])], abs=2e-2)
-    assert index._dense.dtype == np.float16
-    mem = M3Index(tiny_model, colbert_dtype="int8")
-    mem.add(INDEX_TEXTS)
-    half = M3Index(tiny_model)
-    half.add(INDEX_TEXTS)
-    assert mem._colbert.dtype == np.int8 and half._colbert.dtype == np.float16
+        if "colbert_dtype" in kwargs:
+            assert index._colbert.dtype == np.int8
+            assert index.memory_bytes()["colbert"] < 0.3 * sum(len(v) for v in output.colbert_vecs) * 32 * 4
+        else:
+            assert index._dense.dtype == np.float16
+            assert index._colbert.dtype == np.float16
+            float32_bytes = sum(len(v) for v in output.colbert_vecs) * 32 * 4
+            assert index.memory_bytes()["colbert"] <= 0.5 * float32_bytes + 16 * len(INDEX_TEXTS)  # + offsets
 
 
 def test_store_colbert_false_recomputes(tiny_model: M3Model, index: M3Index) -> None:

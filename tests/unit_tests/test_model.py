@@ -313,3 +313,9 @@ def test_tokenization_follows_the_serialized_tokenizer(
     out = tiny_model.encode([text], max_length=512)
     assert out.num_tokens == [len(expected)]
     assert tiny_model.tokenizer(text)["input_ids"] == expected
+
+
+def test_tiny_checkpoint_builds_are_reproducible(tiny_checkpoint: str, tmp_path: Path) -> None:
+    again = Path(build_tiny_checkpoint(tmp_path / "again"))
+    for name in ("tokenizer.json", "config.json", "model.safetensors"):
+        assert (again / name).read_bytes() == (Path(tiny_checkpoint) / name).read_bytes(), name

@@ -120,3 +120,12 @@ def test_unserialisable_metadata_is_named(tiny_model: M3Model, tmp_path: Path) -
     with pytest.raises(TypeError, match="'bad'"):
         index.save(tmp_path / "idx")
     assert not (tmp_path / "idx").exists()
+
+
+def test_default_float16_roundtrip(tiny_model: M3Model, tmp_path: Path) -> None:
+    index = M3Index(tiny_model)
+    index.add(INDEX_TEXTS[:6], ids=[f"doc{i}" for i in range(6)])
+    index.save(tmp_path / "idx")
+    loaded = M3Index.load(tmp_path / "idx", model=tiny_model)
+    assert loaded.colbert_dtype == "float16"
+    assert _state(loaded.search(QUERY, k=4)) == _state(index.search(QUERY, k=4))

@@ -1,0 +1,165 @@
+"""What the LangChain and LlamaIndex example chatbots share, none of it tied to either framework.
+
+The source files and their manifest (when to reuse a saved index), the log, sentence splitting and
+citation formatting for the offline answer, the command line and the question loop. Each chatbot keeps
+its own chunking, retrieval and answering in its own script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE / "data"
+SUFFIXES = (".md", ".txt")
+MANIFEST = "sources.json"
+# Latin sentences end at punctuation followed by a space; Chinese and Japanese full-width punctuation
+# ends a sentence by itself, as those scripts put no space after it.
+SENTENCE_BOUNDARY = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])")
+
+
+class Log:
+    """Progress on stderr (silenced by --quiet); warnings and errors always show; answers go to stdout."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            print(message, file=sys.stderr)
+
+    def warning(self, message: str) -> None:
+        print(f"warning: {message}", file=sys.stderr)
+
+    def error(self, message: str) -> None:
+        print(f"error: {message}", file=sys.stderr)
+
+
+def source_files(folder: Path) -> list[Path]:
+    """The .md/.txt files under ``folder``, sorted, so ids and the manifest are stable."""
+    if not folder.is_dir():
+        msg = f"data folder {folder} does not exist"
+        raise FileNotFoundError(msg)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+    if not files:
+        msg = f"no {' or '.join(SUFFIXES)} files in {folder}"
+        raise FileNotFoundError(msg)
+    return files
+
+
+def build_manifest(
+    folder: Path, files: Sequence[Path], model_identity: dict[str, Any], chunk_size: int, chunk_overlap: int
+) -> dict[str, Any]:
+    """Everything that, when changed, makes the saved index stale: file hashes, model and chunking."""
+    return {
+        "files": {
+            p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files
+        },
+        "model": model_identity,
+        "chunk_size": chunk_size,
+        "chunk_overlap": chunk_overlap,
+    }
+
+
+def manifest_matches(manifest_path: Path, manifest: dict[str, Any]) -> bool:
+    """Whether the saved manifest equals ``manifest``; an unreadable one does not."""
+    try:
+        saved = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except ValueError:
+        return False
+    # Compared in the form it was saved in: JSON turns tuples into lists and keys into strings.
+    return saved == json.loads(json.dumps(manifest))
+
+
+def save_manifest(manifest_path: Path, manifest: dict[str, Any]) -> None:
+    """Write the manifest atomically; call it after the index is saved.
+
+    Written last, a crash leaves the manifest missing or stale, which only costs a rebuild next time.
+    """
+    staging = manifest_path.with_name(manifest_path.name + ".tmp")
+    staging.write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(staging, manifest_path)
+
+
+def numbered_sentences(passages: Iterable[str]) -> list[tuple[int, str]]:
+    """The sentences of the passages, each with the 1-based number its passage is cited by."""
+    sentences: list[tuple[int, str]] = []
+    for n, passage in enumerate(passages, 1):
+        for piece in SENTENCE_BOUNDARY.split(passage):
+            # A chunk may open with a Markdown heading, whose "#" marks are not worth quoting.
+            sentence = " ".join(piece.split()).lstrip("# ")
+            if len(sentence) > 1:
+                sentences.append((n, sentence))
+    return sentences
+
+
+def cite(sentences: Iterable[tuple[int, str]]) -> str:
+    """One line per sentence, ending with the [n] of its passage."""
+    return "\n".join(f"{sentence} [{n}]" for n, sentence in sentences)
+
+
+def sources_block(sources: Iterable[str]) -> str:
+    """The ``Sources:`` list that maps each [n] to its file."""
+    return "Sources:\n" + "\n".join(f"[{n}] {source}" for n, source in enumerate(sources, 1))
+
+
+def build_parser(description: str, *, llm_help: str, chunk_unit: str) -> argparse.ArgumentParser:
+    """The options both chatbots take.
+
+    Each script sets its own ``index_dir``, ``chunk_size`` and ``chunk_overlap`` defaults with
+    ``set_defaults``, as its splitter measures chunks in its own ``chunk_unit``.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder of .md/.txt files to index")
+    parser.add_argument("--index-dir", help="where the index is saved")
+    parser.add_argument("--model", default="BAAI/bge-m3", help="BGE-M3 checkpoint (hub id or folder)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when available)")
+    parser.add_argument("--llm", default=None, help=llm_help)
+    parser.add_argument("--query", default=None, help="answer one question and exit")
+    parser.add_argument("-k", type=int, default=4, help="passages retrieved per question")
+    parser.add_argument("--chunk-size", type=int, help=f"{chunk_unit} per chunk")
+    parser.add_argument("--chunk-overlap", type=int, help=f"{chunk_unit} shared by neighbours")
+    parser.add_argument("--rebuild", action="store_true", help="rebuild the index even if it is current")
+    parser.add_argument("--quiet", action="store_true", help="print only the answers")
+    return parser
+
+
+def open_log(quiet: bool) -> Log:
+    """The run's Log; a quiet run also hides transformers' progress bars, as --quiet prints only answers."""
+    if quiet:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    return Log(quiet=quiet)
+
+
+def answer_or_chat(query: str | None, ask: Callable[[str], str], log: Log, greeting: str) -> int:
+    """Answer ``query`` and return, or, without one, answer questions from stdin until an empty line.
+
+    Returns:
+        The exit status: 2 for an empty ``query``, else 0.
+    """
+    if query is not None:
+        if not query.strip():
+            log.error("--query is empty")
+            return 2
+        print(ask(query))
+        return 0
+    print(greeting)
+    while True:
+        try:
+            question = input("> ").strip()
+        except EOFError:
+            break
+        if not question or question.lower() in {"exit", "quit"}:
+            break
+        print(ask(question), end="\n\n")
+    return 0

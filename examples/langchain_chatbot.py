@@ -1,0 +1,209 @@
+"""A retrieval-augmented chatbot over a folder of .txt/.md files, with BGE-M3 hybrid search and LangChain.
+
+The first run splits the files into chunks, indexes them with :class:`M3Retriever` (dense + lexical +
+ColBERT) and saves the index next to a manifest of the files' hashes; later runs load it again and
+rebuild only when a file, the model or the chunking changed.
+
+Answers come from an LCEL chain ``retriever | format_docs | prompt | llm``. ``--llm`` names any LangChain
+chat model that ``init_chat_model`` knows (``openai:gpt-4o-mini``, ``ollama:llama3.1``...), used when its
+package and credentials are present. Without one, the chatbot answers offline: it picks the sentences of
+the retrieved passages that BGE-M3 itself scores highest and cites them as [n].
+
+Usage::
+
+    python examples/langchain_chatbot.py --query "What does the lexical score capture?"
+    python examples/langchain_chatbot.py --llm openai:gpt-4o-mini          # interactive
+    python examples/langchain_chatbot.py --data my_notes/ --index-dir /tmp/my_index --quiet
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from langchain_core.documents import Document
+from langchain_core.language_models import BaseChatModel
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import Runnable, RunnableLambda, RunnableParallel, RunnablePassthrough
+from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+from m3_integrations import M3Model, M3ScoreReranker
+from m3_integrations.langchain import M3Retriever
+
+HERE = Path(__file__).resolve().parent
+# Run as a script, examples/ is already on the path; the tests load this file by its path instead.
+if str(HERE) not in sys.path:
+    sys.path.append(str(HERE))
+# Log by name too: callers of load_llm and build_chatbot (the tests among them) take it from here.
+import _chatbot_common as common  # noqa: E402
+from _chatbot_common import Log  # noqa: E402
+
+DEFAULT_INDEX_DIR = HERE / ".m3_index_langchain"
+
+PROMPT = ChatPromptTemplate.from_messages(
+    [
+        (
+            "system",
+            "Answer the question using only the numbered context passages. Cite the passages you use as "
+            "[n]. If the context does not contain the answer, say so.",
+        ),
+        ("human", "Context:\n{context}\n\nQuestion: {question}"),
+    ]
+)
+
+
+@dataclass
+class Chatbot:
+    retriever: M3Retriever
+    chain: Runnable
+    reused_index: bool
+    llm_name: str
+
+
+def split_documents(folder: Path, files: Sequence[Path], args: argparse.Namespace) -> list[Document]:
+    splitter = RecursiveCharacterTextSplitter(
+        chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap, add_start_index=True
+    )
+    chunks: list[Document] = []
+    for path in files:
+        source = path.relative_to(folder).as_posix()
+        parts = splitter.split_documents(
+            [Document(page_content=path.read_text(encoding="utf-8"), metadata={"source": source})]
+        )
+        for i, part in enumerate(parts):
+            part.id = f"{source}#{i}"
+            chunks.append(part)
+    return chunks
+
+
+def load_or_build_retriever(args: argparse.Namespace, model: M3Model, log: Log) -> tuple[M3Retriever, bool]:
+    """Load the saved index when its manifest matches the files, else rebuild and save it."""
+    folder = Path(args.data).resolve()
+    index_dir = Path(args.index_dir)
+    files = common.source_files(folder)
+    manifest = common.build_manifest(folder, files, model.identity, args.chunk_size, args.chunk_overlap)
+    manifest_path = index_dir / common.MANIFEST
+    search = {"k": args.k}
+    if not args.rebuild and manifest_path.is_file():
+        if common.manifest_matches(manifest_path, manifest):
+            try:
+                retriever = M3Retriever.load(index_dir / "index", model=model, **search)
+            except (OSError, ValueError) as err:
+                log.warning(f"could not load the saved index ({err}); rebuilding")
+            else:
+                log.info(f"Reusing the index in {index_dir} ({len(retriever.index)} chunks)")
+                return retriever, True
+        else:
+            log.info("Files, model or chunking changed since the index was built: rebuilding")
+
+    chunks = split_documents(folder, files, args)
+    log.info(f"Indexing {len(chunks)} chunks from {len(files)} files in {folder} ...")
+    retriever = M3Retriever.from_documents(chunks, model=model, **search)
+    retriever.save(index_dir / "index")
+    common.save_manifest(manifest_path, manifest)
+    log.info(f"Saved the index to {index_dir}")
+    return retriever, False
+
+
+def format_docs(docs: Sequence[Document]) -> str:
+    """Number the passages so that the answer can cite them as [n]."""
+    return "\n\n".join(
+        f"[{n}] ({doc.metadata.get('source', '?')}) {doc.page_content}" for n, doc in enumerate(docs, 1)
+    )
+
+
+def doc_sources(docs: Sequence[Document]) -> str:
+    return common.sources_block(doc.metadata.get("source", "?") for doc in docs)
+
+
+def make_extractive_answer(model: M3Model, max_sentences: int = 3) -> RunnableLambda:
+    """An offline 'LLM': the retrieved sentences that M3 scores highest for the question, with [n]."""
+    reranker = M3ScoreReranker(model)
+
+    def answer(inputs: dict[str, Any]) -> str:
+        docs: list[Document] = inputs["docs"]
+        sentences = common.numbered_sentences(doc.page_content for doc in docs)
+        if not sentences:
+            return "I found nothing relevant in the indexed files."
+        best = reranker.rerank(inputs["question"], [s for _, s in sentences], top_n=max_sentences)
+        return common.cite(sentences[i] for i, _ in best)
+
+    return RunnableLambda(answer, name="extractive_answer")
+
+
+def load_llm(spec: str | None, log: Log) -> BaseChatModel | None:
+    """The chat model named by ``spec``, or ``None`` when its package or credentials are missing."""
+    if not spec:
+        return None
+    try:
+        try:
+            from langchain.chat_models import init_chat_model
+        except ImportError:  # langchain-classic keeps the same function (with a deprecation warning)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                from langchain_classic.chat_models import init_chat_model
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return init_chat_model(spec)
+    except Exception as err:  # missing provider package, missing API key, unknown provider...
+        log.warning(f"cannot use --llm {spec} ({err}); answering offline (extractive)")
+        return None
+
+
+def build_chain(retriever: M3Retriever, model: M3Model, llm: BaseChatModel | None) -> Runnable:
+    """``question -> answer with sources`` as one LCEL chain."""
+    if llm is None:
+        answer: Runnable = make_extractive_answer(model)
+    else:
+        to_prompt = RunnableLambda(
+            lambda x: {"context": format_docs(x["docs"]), "question": x["question"]}, name="format_docs"
+        )
+        answer = to_prompt | PROMPT | llm | StrOutputParser()
+    render = RunnableLambda(lambda x: f"{x['answer']}\n\n{doc_sources(x['docs'])}", name="render")
+    retrieve = RunnableParallel(docs=retriever, question=RunnablePassthrough())
+    return retrieve | RunnablePassthrough.assign(answer=answer) | render
+
+
+def build_chatbot(args: argparse.Namespace, log: Log) -> Chatbot:
+    common.source_files(Path(args.data))  # fail on a bad folder before loading the model
+    model = M3Model(args.model, device=args.device, show_progress=not args.quiet)
+    retriever, reused = load_or_build_retriever(args, model, log)
+    llm = load_llm(args.llm, log)
+    chain = build_chain(retriever, model, llm)
+    return Chatbot(retriever, chain, reused, args.llm if llm is not None else "extractive (offline)")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    description = __doc__.split("\n\n")[0]
+    parser = common.build_parser(
+        description, llm_help="init_chat_model spec, e.g. openai:gpt-4o-mini", chunk_unit="characters"
+    )
+    parser.set_defaults(index_dir=str(DEFAULT_INDEX_DIR), chunk_size=600, chunk_overlap=80)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    log = common.open_log(args.quiet)
+    try:
+        bot = build_chatbot(args, log)
+    except FileNotFoundError as err:
+        log.error(str(err))
+        return 2
+    log.info(f"LLM: {bot.llm_name}")
+    return common.answer_or_chat(
+        args.query,
+        bot.chain.invoke,
+        log,
+        greeting="Ask a question about the indexed files (empty line or Ctrl-D to quit).",
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""The example chatbot end to end on the tiny checkpoint: index, persist, reuse, rebuild, answer."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+DATA_FILES = {
+    "bge_m3_overview.md",
+    "hybrid_search.txt",
+    "korean_notes.md",
+    "chinese_notes.txt",
+    "german_notes.md",
+}
+
+
+@pytest.fixture(scope="module")
+def chatbot():
+    spec = importlib.util.spec_from_file_location("langchain_chatbot", EXAMPLES / "langchain_chatbot.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def test_sample_data_is_shipped() -> None:
+    assert {p.name for p in (EXAMPLES / "data").iterdir()} == DATA_FILES
+
+
+def test_chatbot_indexes_reuses_and_rebuilds(chatbot, tiny_checkpoint: str, tmp_path: Path, capsys) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(EXAMPLES / "data", data)
+    index_dir = tmp_path / "index"
+    argv = ["--model", tiny_checkpoint, "--device", "cpu", "--data", str(data), "--index-dir", str(index_dir)]
+    argv += ["--chunk-size", "300", "-k", "3", "--query", "What does the lexical score capture?"]
+
+    assert chatbot.main(argv) == 0
+    first = capsys.readouterr()
+    assert "Indexing" in first.err and "Reusing" not in first.err
+    assert "extractive" in first.err
+    answer = first.out
+    citations = {int(n) for n in re.findall(r"\[(\d)\]", answer.split("Sources:")[0])}
+    assert citations and citations <= {1, 2, 3}
+    sources = re.findall(r"^\[(\d)\] (\S+)$", answer.split("Sources:")[1], flags=re.MULTILINE)
+    assert [int(n) for n, _ in sources] == [1, 2, 3]
+    assert {name for _, name in sources} <= DATA_FILES
+    saved = sorted((p.name, p.stat().st_mtime_ns) for p in (index_dir / "index").iterdir())
+
+    assert chatbot.main(argv) == 0
+    second = capsys.readouterr()
+    assert "Reusing the index" in second.err and "Indexing" not in second.err
+    assert second.out == answer
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (index_dir / "index").iterdir()) == saved
+
+    (data / "german_notes.md").write_text("# Neu\n\nEin ganz neuer Absatz über Suche.\n", encoding="utf-8")
+    assert chatbot.main([*argv, "--quiet"]) == 0
+    third = capsys.readouterr()
+    assert third.err == ""  # --quiet: only the answer
+    assert "Sources:" in third.out
+    assert chatbot.main(argv) == 0
+    assert "Reusing the index" in capsys.readouterr().err
+
+
+def test_chatbot_bad_inputs(chatbot, tiny_checkpoint: str, tmp_path: Path, capsys) -> None:
+    argv = ["--model", tiny_checkpoint, "--device", "cpu", "--index-dir", str(tmp_path / "i")]
+    assert chatbot.main([*argv, "--data", str(tmp_path / "missing"), "--query", "x"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert chatbot.main([*argv, "--data", str(tmp_path / "empty"), "--query", "x"]) == 2
+    assert "no .md or .txt files" in capsys.readouterr().err
+
+
+def test_unknown_llm_falls_back_to_extractive(chatbot, capsys) -> None:
+    log = chatbot.Log()
+    assert chatbot.load_llm(None, log) is None
+    assert chatbot.load_llm("no-such-provider:model-x", log) is None
+
+
+def test_chain_with_a_chat_model(chatbot, tiny_model, tmp_path: Path) -> None:
+    from langchain_core.documents import Document
+    from langchain_core.language_models import FakeListChatModel
+
+    from m3_integrations.langchain import M3Retriever
+
+    retriever = M3Retriever.from_documents(
+        [Document(page_content="BGE-M3 is multilingual.", metadata={"source": "a.md"})], model=tiny_model, k=1
+    )
+    chain = chatbot.build_chain(
+        retriever, tiny_model, FakeListChatModel(responses=["It is multilingual [1]."])
+    )
+    assert chain.invoke("Is BGE-M3 multilingual?") == "It is multilingual [1].\n\nSources:\n[1] a.md"

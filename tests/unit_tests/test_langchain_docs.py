@@ -1,0 +1,31 @@
+"""The recipes in docs/langchain.md run as written (on the tiny checkpoints, in a temp folder)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from m3_integrations import M3Model
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "langchain.md"
+
+
+def test_recipes_run(
+    tiny_model: M3Model, tiny_reranker_checkpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.DOTALL)
+    assert len(blocks) >= 8
+    code = "\n".join(blocks)
+    assert code.count('M3Model("BAAI/bge-m3")') == 1
+    code = code.replace('M3Model("BAAI/bge-m3")', "_tiny_model")
+    code = code.replace(
+        'CrossEncoderReranker("BAAI/bge-reranker-v2-m3")', "CrossEncoderReranker(_tiny_reranker)"
+    )
+    monkeypatch.chdir(tmp_path)
+    namespace = {"_tiny_model": tiny_model, "_tiny_reranker": tiny_reranker_checkpoint}
+    exec(compile(code, str(DOC), "exec"), namespace)
+    assert (tmp_path / "m3_index").is_dir()
+    assert len(namespace["docs"]) == 2
+    assert namespace["chain"].invoke("again?") == "BGE-M3 [1]."
