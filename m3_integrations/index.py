@@ -56,7 +56,14 @@ MODES: dict[str, tuple[str, ...]] = {
     "hybrid": ("dense", "lexical", "colbert"),
     "dense+sparse": ("dense", "lexical"),
 }
+# The paper's settings for a real BGE-M3 (trained sparse and ColBERT heads).
 DEFAULT_WEIGHTS = {"dense": 0.4, "lexical": 0.2, "colbert": 0.4}
+DEFAULT_FUSION = "weighted"
+# Encoders without M3's heads (BM25 lexical signal, identity ColBERT): measured in benchmarks/REPORT.md
+# over two encoders and several collections. Min-max scaling puts compressed cosines and unbounded BM25
+# on one scale; weighted sums let BM25 decide the order and collapse on cross-lingual queries.
+NO_HEADS_WEIGHTS = {"dense": 0.2, "lexical": 0.2, "colbert": 0.6}
+NO_HEADS_FUSION = "relative_score"
 WEIGHT_KEYS = ("dense", "sparse", "colbert", "bm25")
 _DENSE_CHUNK_ROWS = 65536
 _COLBERT_CHUNK_VECTORS = 262144
@@ -656,7 +663,7 @@ class M3Index:
         *,
         mode: str = "hybrid",
         weights: Sequence[float] | Mapping[str, float] | None = None,
-        fusion: str = "weighted",
+        fusion: str | None = None,
         candidates: int | None = 100,
         filter: FilterType | None = None,
         rerank: str | Reranker | None = None,
@@ -668,11 +675,14 @@ class M3Index:
             query: the query text (not empty).
             k: how many hits to return (fewer only if fewer documents match the filter).
             mode: ``"dense"``, ``"sparse"``, ``"colbert"``, ``"hybrid"`` (all three) or ``"dense+sparse"``.
-            weights: ``None`` for (0.4, 0.2, 0.4); a tuple ``(dense, sparse, colbert)`` or
-                ``(dense, sparse, colbert, bm25)``; or a dict by signal name (``dense``, ``sparse``,
-                ``colbert``, ``bm25``) overriding those defaults — ``{"bm25": 0.2}`` adds BM25 as a
-                fourth signal. Only the mode's signals (and ``bm25`` when weighted) are used.
-            fusion: ``"weighted"``, ``"rrf"`` or ``"relative_score"`` (see :mod:`m3_integrations.fusion`).
+            weights: ``None`` for the defaults (:attr:`default_weights`: the paper's (0.4, 0.2, 0.4)
+                for a real BGE-M3, (0.2, 0.2, 0.6) for an encoder without M3's heads); a tuple
+                ``(dense, sparse, colbert)`` or ``(dense, sparse, colbert, bm25)``; or a dict by signal
+                name (``dense``, ``sparse``, ``colbert``, ``bm25``) overriding those defaults —
+                ``{"bm25": 0.2}`` adds BM25 as a fourth signal. Only the mode's signals (and ``bm25``
+                when weighted) are used.
+            fusion: ``"weighted"``, ``"rrf"`` or ``"relative_score"`` (see :mod:`m3_integrations.fusion`);
+                ``None`` for :attr:`default_fusion` (weighted for BGE-M3, relative_score without its heads).
             candidates: first-stage size per cheap signal; ``None`` scores every document.
             filter: a dict of exact metadata matches, or a callable on the metadata; applied before
                 the top-k, so ``k`` hits come back whenever ``k`` documents match.
@@ -706,7 +716,7 @@ class M3Index:
             k,
             mode=kwargs.pop("mode", "hybrid"),
             weights=kwargs.pop("weights", None),
-            fusion_method=kwargs.pop("fusion", "weighted"),
+            fusion_method=kwargs.pop("fusion", None),
             candidates=kwargs.pop("candidates", 100),
             filter_=kwargs.pop("filter", None),
             rerank=kwargs.pop("rerank", None),
@@ -727,7 +737,7 @@ class M3Index:
         *,
         mode: str = "hybrid",
         weights: Sequence[float] | Mapping[str, float] | None = None,
-        fusion: str = "weighted",
+        fusion: str | None = None,
         candidates: int | None = 100,
         filter: FilterType | None = None,
     ) -> list[SearchHit]:
@@ -750,7 +760,7 @@ class M3Index:
         *,
         mode: str,
         weights: Sequence[float] | Mapping[str, float] | None,
-        fusion_method: str,
+        fusion_method: str | None,
         candidates: int | None,
         filter_: FilterType | None,
         rerank: str | Reranker | None,
@@ -762,6 +772,8 @@ class M3Index:
         if mode not in MODES:
             msg = f"unknown mode {mode!r}; expected one of {', '.join(MODES)}"
             raise ValueError(msg)
+        if fusion_method is None:
+            fusion_method = self.default_fusion
         if fusion_method not in fusion.FUSION_METHODS:
             msg = f"unknown fusion {fusion_method!r}; expected one of {', '.join(fusion.FUSION_METHODS)}"
             raise ValueError(msg)
@@ -790,12 +802,28 @@ class M3Index:
             "rerank_top_n": top_n,
         }
 
+    @property
+    def _has_trained_heads(self) -> bool:
+        return self._lexical_signal == "sparse" and bool(getattr(self.model, "has_colbert_head", False))
+
+    @property
+    def default_fusion(self) -> str:
+        """``"weighted"`` for a real BGE-M3 (the paper's setting), ``"relative_score"`` without its heads."""
+        return DEFAULT_FUSION if self._has_trained_heads else NO_HEADS_FUSION
+
+    @property
+    def default_weights(self) -> dict[str, float]:
+        """Weights used when ``search`` gets none: 0.4/0.2/0.4 for BGE-M3, 0.2/0.2/0.6 without its heads."""
+        defaults = DEFAULT_WEIGHTS if self._has_trained_heads else NO_HEADS_WEIGHTS
+        return {("sparse" if k == "lexical" else k): v for k, v in defaults.items()}
+
     def _resolve_weights(
         self, mode: str, weights: Sequence[float] | Mapping[str, float] | None
     ) -> dict[str, float]:
         lexical = self._lexical_signal
         names = {"dense": "dense", "lexical": lexical, "colbert": "colbert"}
-        resolved = {names[s]: DEFAULT_WEIGHTS[s] for s in MODES[mode]}
+        defaults = DEFAULT_WEIGHTS if self._has_trained_heads else NO_HEADS_WEIGHTS
+        resolved = {names[s]: defaults[s] for s in MODES[mode]}
         if weights is None:
             pass
         elif isinstance(weights, Mapping):

@@ -21,17 +21,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from m3_integrations import index as _index
+
 __all__ = ["BGE_M3_DEFAULTS", "NO_HEADS_DEFAULTS", "recommended_search_defaults"]
 
+# The values live in the core (M3Index applies them when search gets no fusion/weights); they are
+# restated here with the sparse-key spelling that search accepts.
 BGE_M3_DEFAULTS: dict[str, Any] = {
-    "fusion": "weighted",
-    "weights": {"dense": 0.4, "sparse": 0.2, "colbert": 0.4},
+    "fusion": _index.DEFAULT_FUSION,
+    "weights": {("sparse" if k == "lexical" else k): v for k, v in _index.DEFAULT_WEIGHTS.items()},
 }
-# Min-max normalisation puts the compressed cosines of e5/MiniLM and unbounded BM25 on one scale, and a
-# signal with no evidence (BM25 on cross-lingual queries) is dropped by the fusion; see REPORT.md.
 NO_HEADS_DEFAULTS: dict[str, Any] = {
-    "fusion": "relative_score",
-    "weights": {"dense": 0.2, "sparse": 0.2, "colbert": 0.6},
+    "fusion": _index.NO_HEADS_FUSION,
+    "weights": {("sparse" if k == "lexical" else k): v for k, v in _index.NO_HEADS_WEIGHTS.items()},
 }
 
 

@@ -151,7 +151,7 @@ class M3Retriever(BaseRetriever):
         similarity_top_k: int = DEFAULT_SIMILARITY_TOP_K,
         mode: str = "hybrid",
         weights: Sequence[float] | Mapping[str, float] | None = None,
-        fusion: str = "weighted",
+        fusion: str | None = None,
         candidates: int | None = 100,
         filters: MetadataFilters | Callable[[Mapping[str, Any]], bool] | None = None,
         rerank: Any = None,

@@ -311,3 +311,32 @@ def test_add_encoded_bulk_inputs_equal_add(tiny_model: M3Model, index: M3Index) 
         assert [(h.id, h.scores) for h in got] == [(h.id, h.scores) for h in expected]
     with pytest.raises(ValueError, match="texts were given"):
         bulk.add_encoded(output, texts[:2])
+
+
+def _scored(hits: list[SearchHit]) -> list[tuple[str, float]]:
+    return [(h.id, round(h.score, 6)) for h in hits]
+
+
+def test_defaults_follow_the_model_heads(tiny_checkpoint: str, index: M3Index) -> None:
+    # real BGE-M3 layout: the paper's weighted 0.4 / 0.2 / 0.4
+    assert index.default_fusion == "weighted"
+    assert index.default_weights == {"dense": 0.4, "sparse": 0.2, "colbert": 0.4}
+    explicit = index.search("capital of France", k=5, fusion="weighted", weights=(0.4, 0.2, 0.4))
+    assert _scored(index.search("capital of France", k=5)) == _scored(explicit)
+    # no heads: BM25 lexical, identity ColBERT, the measured relative-score 0.2 / 0.2 / 0.6
+    plain = M3Model(tiny_checkpoint, device="cpu", allow_missing_heads=True)
+    plain.sparse_linear = None
+    plain.colbert_linear = None
+    bare = M3Index(plain)
+    bare.add(INDEX_TEXTS)
+    assert bare.default_fusion == "relative_score"
+    assert bare.default_weights == {"dense": 0.2, "sparse": 0.2, "colbert": 0.6}
+    explicit = bare.search(
+        "capital of France",
+        k=5,
+        fusion="relative_score",
+        weights={"dense": 0.2, "sparse": 0.2, "colbert": 0.6},
+    )
+    assert _scored(bare.search("capital of France", k=5)) == _scored(explicit)
+    weighted = bare.search("capital of France", k=5, fusion="weighted")
+    assert _scored(weighted) != _scored(explicit)
