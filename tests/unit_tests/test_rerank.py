@@ -72,3 +72,12 @@ def test_search_with_cross_encoder_rerank(tiny_model: M3Model, cross_encoder: Cr
     for hit, i in zip(hits, order, strict=True):
         assert hit.score == hit.scores["rerank"] == pytest.approx(float(expected[i]))
         assert hit.scores["dense"] == fused[i].scores["dense"]
+
+
+def test_cross_encoder_bad_input_is_named(tiny_reranker_checkpoint: str, tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        CrossEncoderReranker(str(tmp_path / "no-reranker"), device="cpu")
+    reranker = CrossEncoderReranker(tiny_reranker_checkpoint, device="cpu")
+    with pytest.raises(TypeError, match=r"passages\[1\] must be a string, got NoneType"):
+        reranker.score("query", ["fine", None])
+    assert reranker.score("query", []).shape == (0,)
