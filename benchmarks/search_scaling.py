@@ -100,13 +100,20 @@ class Synthetic:
 
 
 def build(
-    n: int, colbert_dim: int, store_colbert: bool, batch: int, colbert_dtype: str = "float16"
+    n: int,
+    colbert_dim: int,
+    store_colbert: bool,
+    batch: int,
+    *,
+    colbert_dtype: str = "float16",
+    dense_dtype: str = "float32",
 ) -> tuple[M3Index, float, Synthetic]:
     synth = Synthetic(colbert_dim)
     index = M3Index(
         fake_model(colbert_dim),  # type: ignore[arg-type]
         store_colbert=store_colbert,
         colbert_dtype=colbert_dtype,  # type: ignore[arg-type]
+        dense_dtype=dense_dtype,  # type: ignore[arg-type]
     )
     index.reserve(n, n * 288 + 4096 if store_colbert else 0)
     elapsed = 0.0
@@ -164,6 +171,7 @@ def main() -> None:
     parser.add_argument("--colbert-dim-large", type=int, default=128, help="ColBERT d above 10k docs")
     parser.add_argument("--no-million", action="store_true", help="skip the 1M dense+sparse run")
     parser.add_argument("--colbert-dtype", default="float16", choices=["float16", "int8"])
+    parser.add_argument("--dense-dtype", default="float32", choices=["float32", "float16"])
     parser.add_argument(
         "--sizes", default=None, help="explicit runs, e.g. '10000:1024,100000:128' (docs:ColBERT d; 0 = none)"
     )
@@ -192,6 +200,7 @@ def main() -> None:
             store_colbert,
             batch=1000 if store_colbert else 50_000,
             colbert_dtype=args.colbert_dtype,
+            dense_dtype=args.dense_dtype,
         )
         memory = index.memory_bytes()
         per_doc = {k: v / n for k, v in memory.items()}
@@ -232,7 +241,7 @@ def main() -> None:
         gc.collect()
 
     print()
-    print(f"ColBERT dtype: {args.colbert_dtype}")
+    print(f"ColBERT dtype: {args.colbert_dtype}; dense dtype: {args.dense_dtype}")
     print("| docs | ColBERT d | mode | p50 ms | p95 ms |")
     print("|---:|---:|---|---:|---:|")
     for r in rows:
@@ -249,10 +258,10 @@ def main() -> None:
             f"| {r['docs']:,} | {r['build_s']:.1f} | {r['B/doc dense']:,.0f} | {r['B/doc sparse']:,.0f} | "
             f"{r['B/doc colbert']:,.0f} | {r['B/doc bm25']:,.0f} |"
         )
-    plot(rows, args.colbert_dtype)
+    plot(rows, f"{args.colbert_dtype}_dense_{args.dense_dtype}")
 
 
-def plot(rows: list[dict], colbert_dtype: str) -> None:
+def plot(rows: list[dict], label: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -275,7 +284,7 @@ def plot(rows: list[dict], colbert_dtype: str) -> None:
     ax.set_title("M3Index engine latency (synthetic; ColBERT d per point)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = OUT / f"search_scaling_{colbert_dtype}.png"
+    path = OUT / f"search_scaling_{label}.png"
     fig.savefig(path, dpi=120)
     print(f"\nplot: {path}")
 

@@ -65,8 +65,6 @@ DEFAULT_FUSION = "weighted"
 NO_HEADS_WEIGHTS = {"dense": 0.2, "lexical": 0.2, "colbert": 0.6}
 NO_HEADS_FUSION = "relative_score"
 WEIGHT_KEYS = ("dense", "sparse", "colbert", "bm25")
-_DENSE_CHUNK_ROWS = 65536
-_COLBERT_CHUNK_VECTORS = 262144
 
 
 @dataclass
@@ -214,6 +212,7 @@ class M3Index:
         self.colbert_dim = int(model.colbert_dim)
         self.vocab_size = int(model.vocab_size)
         self._lock = threading.RLock()
+        self._workspace = scoring.StagingBuffer()  # used under the lock
         self._reset_storage()
 
     # ------------------------------------------------------------------ storage
@@ -873,21 +872,15 @@ class M3Index:
                 allowed[row] = bool(filter_(dict(self._metadatas[row])))
         return allowed
 
-    def _full_scores(self, signal: str, encoded: EncodedQuery) -> np.ndarray:
-        """A cheap signal's score for every row (dead rows too; the caller masks them)."""
+    def _full_scores(self, signal: str, encoded: EncodedQuery, *, exact: bool = True) -> np.ndarray:
+        """A cheap signal's score for every row (dead rows too; the caller masks them).
+
+        ``exact=False`` lets a float16 dense store use the faster float16 kernel (candidate picking).
+        """
         n = len(self._alive)
         if signal == "dense":
-            query = np.asarray(encoded.dense, dtype=np.float32)
-            if self._dense.dtype == np.float32:
-                return scoring.dense_scores(query, self._dense[:n])
-            return np.concatenate(
-                [
-                    scoring.dense_scores(
-                        query, self._dense[i : min(i + _DENSE_CHUNK_ROWS, n)].astype(np.float32)
-                    )
-                    for i in range(0, n, _DENSE_CHUNK_ROWS)
-                ]
-                or [np.zeros(0, dtype=np.float32)]
+            return scoring.dense_scores_stored(
+                encoded.dense, self._dense[:n], workspace=self._workspace, exact=exact
             )
         if signal == "sparse":
             return _lexical_scores_inverted(self._lexical_inverted(), encoded.lexical_weights)
@@ -911,26 +904,14 @@ class M3Index:
                 batch_size=self.batch_size,
             ).colbert_vecs
             return scoring.colbert_scores(query, vecs or [])
-        out = np.zeros(len(rows), dtype=np.float32)
-        lengths = self._colbert_len[rows]
-        start = 0
-        while start < len(rows):
-            # Chunks bound the float32 copies and the similarity matrix of an exhaustive search.
-            cum = np.cumsum(lengths[start:])
-            stop = start + max(1, int(np.searchsorted(cum, _COLBERT_CHUNK_VECTORS, side="right")))
-            chunk = rows[start:stop]
-            offsets = np.concatenate([[0], np.cumsum(self._colbert_len[chunk])])
-            # Gather and widen to float32 in one pass (no float16 intermediate copy).
-            flat = np.empty((int(offsets[-1]), self.colbert_dim), dtype=np.float32)
-            scales = np.empty(int(offsets[-1]), dtype=np.float32) if self.colbert_dtype == "int8" else None
-            for j, row in enumerate(chunk):
-                begin, size = int(self._colbert_start[row]), int(self._colbert_len[row])
-                flat[offsets[j] : offsets[j + 1]] = self._colbert[begin : begin + size]
-                if scales is not None:
-                    scales[offsets[j] : offsets[j + 1]] = self._colbert_scale[begin : begin + size]
-            out[start:stop] = scoring.colbert_scores(query, flat, offsets, scales=scales)
-            start = stop
-        return out
+        return scoring.colbert_scores_stored(
+            query,
+            self._colbert[: self._colbert_used],
+            self._colbert_start[rows],
+            self._colbert_len[rows],
+            scales=self._colbert_scale[: self._colbert_used] if self.colbert_dtype == "int8" else None,
+            workspace=self._workspace,
+        )
 
     def _search(self, query: str | None, encoded: EncodedQuery, options: dict[str, Any]) -> list[SearchHit]:
         k, weights = options["k"], options["weights"]
@@ -941,7 +922,9 @@ class M3Index:
             if allowed_rows.size == 0:
                 return []
             first_stage = [s for s in weights if s != "colbert"] or ["dense", self._lexical_signal]
-            full = {s: self._full_scores(s, encoded) for s in first_stage}
+            # Candidates may be picked with float16 dense scores; the dense signal is then rescored.
+            approximate = options["candidates"] is not None and self._dense.dtype == np.float16
+            full = {s: self._full_scores(s, encoded, exact=not approximate) for s in first_stage}
             if options["candidates"] is None:
                 rows = allowed_rows
             else:
@@ -968,6 +951,10 @@ class M3Index:
                     extra = np.setdiff1d(allowed_rows, rows, assume_unique=True)[: wanted - rows.size]
                     rows = np.union1d(rows, extra)
             signals = {s: full[s][rows].astype(np.float32) for s in weights if s in full}
+            if approximate and "dense" in signals:
+                signals["dense"] = scoring.dense_scores_stored(
+                    encoded.dense, self._dense[rows], workspace=self._workspace
+                )
             if "colbert" in weights:
                 signals["colbert"] = self._colbert_scores(rows, encoded)
             if len(weights) == 1:
@@ -1006,7 +993,7 @@ class M3Index:
         """M3's own rerank: dense, M3 lexical (when available) and ColBERT on stored rows, fused."""
         weights = {"dense": 0.4, "colbert": 0.4}
         signals = {
-            "dense": self._full_scores("dense", encoded)[rows].astype(np.float32),
+            "dense": scoring.dense_scores_stored(encoded.dense, self._dense[rows], workspace=self._workspace),
             "colbert": self._colbert_scores(rows, encoded),
         }
         if self.lexical == "m3":

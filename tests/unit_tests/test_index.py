@@ -182,6 +182,26 @@ def test_int8_and_float16_storage(tiny_model: M3Model, naive: dict) -> None:
             assert index.memory_bytes()["colbert"] <= 0.5 * float32_bytes + 16 * len(INDEX_TEXTS)  # + offsets
 
 
+def test_float16_dense_picks_candidates_fast_and_rescores_exactly(tiny_model: M3Model) -> None:
+    output = tiny_model.encode_passages(INDEX_TEXTS, return_colbert=True)
+    ids = [f"doc{i}" for i in range(len(INDEX_TEXTS))]
+    index = M3Index(tiny_model, dense_dtype="float16")
+    index.add_encoded(output, INDEX_TEXTS, ids=ids)
+    stored = index._dense[: len(INDEX_TEXTS)].astype(np.float64)
+    for query in QUERIES:
+        (encoded,) = index.encode_queries([query])
+        exact = stored @ encoded.dense.astype(np.float64)
+        for candidates in (None, len(INDEX_TEXTS), 3):
+            hits = index.search(query, k=3, mode="hybrid", candidates=candidates)
+            # Whatever picked the candidates, the reported dense score is the exact float32 product.
+            for hit in hits:
+                assert hit.scores["dense"] == pytest.approx(exact[int(hit.id[3:])], abs=1e-6)
+        dense_hits = index.search(query, k=len(INDEX_TEXTS), mode="dense", candidates=len(INDEX_TEXTS))
+        assert _ids(dense_hits) == _ids(
+            index.search(query, k=len(INDEX_TEXTS), mode="dense", candidates=None)
+        )
+
+
 def test_store_colbert_false_recomputes(tiny_model: M3Model, index: M3Index) -> None:
     light = M3Index(tiny_model, store_colbert=False)
     light.add(INDEX_TEXTS, ids=[f"doc{i}" for i in range(len(INDEX_TEXTS))])

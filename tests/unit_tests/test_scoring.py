@@ -85,3 +85,53 @@ def test_combine_scores() -> None:
     np.testing.assert_allclose(got, [(0.2 + 0.04 + 0.12), (0.4 + 0.16)], atol=1e-6)
     with pytest.raises(ValueError, match="positive"):
         scoring.combine_scores(s, {"dense": 0.0})
+
+
+@pytest.mark.parametrize("block_elements", [16, 1 << 20])
+def test_colbert_scores_stored_matches_naive(monkeypatch: pytest.MonkeyPatch, block_elements: int) -> None:
+    # A tiny block forces many blocks and passages longer than a block (the buffer must grow).
+    monkeypatch.setattr(scoring, "_BLOCK_ELEMENTS", block_elements)
+    dim = 8
+    lengths = [3, 0, 5, 1, 7, 0, 2]
+    passages = [_unit(rng.normal(size=(n, dim))).astype(np.float16) for n in lengths]
+    store = np.concatenate([p for p in passages if len(p)])
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    q = _unit(rng.normal(size=(4, dim)))
+    # Adjacent rows (one copied run), a scattered order, and a repeated row.
+    order = np.array([6, 0, 2, 3, 1, 4, 5, 2])
+    workspace = scoring.StagingBuffer()
+    for rows in (np.arange(len(lengths)), order):
+        got = scoring.colbert_scores_stored(
+            q, store, starts[rows], np.asarray(lengths)[rows], workspace=workspace
+        )
+        ref = [naive_colbert_score(q, passages[r].astype(np.float32)) if lengths[r] else 0.0 for r in rows]
+        np.testing.assert_allclose(got, ref, atol=1e-6)
+
+
+def test_colbert_scores_stored_int8_matches_dequantized() -> None:
+    dim = 6
+    p = _unit(rng.normal(size=(9, dim)))
+    scale = (np.abs(p).max(axis=1) / 127.0).astype(np.float32)
+    quant = np.round(p / scale[:, None]).astype(np.int8)
+    q = _unit(rng.normal(size=(3, dim)))
+    got = scoring.colbert_scores_stored(q, quant, np.array([4, 0]), np.array([5, 4]), scales=scale)
+    dequant = quant.astype(np.float32) * scale[:, None]
+    ref = [naive_colbert_score(q, dequant[4:9]), naive_colbert_score(q, dequant[0:4])]
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+
+
+def test_colbert_scores_stored_rejects_wrong_dimension() -> None:
+    store = np.zeros((3, 4), dtype=np.float16)
+    with pytest.raises(ValueError, match="dimension mismatch"):
+        scoring.colbert_scores_stored(np.ones((2, 5)), store, np.array([0]), np.array([3]))
+
+
+def test_dense_scores_stored_float16_matches_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scoring, "_BLOCK_ELEMENTS", 32)  # several blocks, last one partial
+    passages = _unit(rng.normal(size=(21, 8))).astype(np.float16)
+    q = _unit(rng.normal(size=(8,)))
+    got = scoring.dense_scores_stored(q, passages)
+    ref = [float(np.dot(q.astype(np.float64), row.astype(np.float64))) for row in passages]
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+    with pytest.raises(ValueError, match="dimension mismatch"):
+        scoring.dense_scores_stored(np.ones(7), passages)
