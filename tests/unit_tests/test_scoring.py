@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 
 from m3_integrations import scoring
 from tests.common import naive_colbert_score, naive_lexical_score
@@ -135,3 +136,22 @@ def test_dense_scores_stored_float16_matches_float32(monkeypatch: pytest.MonkeyP
     np.testing.assert_allclose(got, ref, atol=1e-6)
     with pytest.raises(ValueError, match="dimension mismatch"):
         scoring.dense_scores_stored(np.ones(7), passages)
+
+
+def test_stored_scorers_fall_back_without_onednn(monkeypatch: pytest.MonkeyPatch) -> None:
+    passages = _unit(rng.normal(size=(7, 8))).astype(np.float32)
+    q = _unit(rng.normal(size=(3, 8)))
+    starts, lengths = np.array([0, 3]), np.array([3, 4])
+    dense = scoring.dense_scores_stored(q[0], passages)
+    colbert = scoring.colbert_scores_stored(q, passages, starts, lengths)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("no oneDNN in this build")
+
+    monkeypatch.setitem(scoring._ONEDNN, "linear", True)
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", broken, raising=False)
+    np.testing.assert_allclose(scoring.dense_scores_stored(q[0], passages), dense, atol=1e-6)
+    assert scoring._ONEDNN["linear"] is False  # the first failure switches to torch.mm for good
+    fallback = scoring.colbert_scores_stored(q, passages, starts, lengths)
+    np.testing.assert_allclose(fallback, colbert, atol=1e-6)
+    np.testing.assert_allclose(dense, passages @ q[0], atol=1e-6)
