@@ -343,7 +343,8 @@ def colbert_scores_stored(
         if size:
             torch.index_select(source, 0, vector_rows[begin:end], out=torch.from_numpy(gathered[:size]))
             widened[:size].copy_(torch.from_numpy(gathered[:size]))
-            sim = _linear(widened[:size], query_t).numpy()  # (size, N_q)
+            # torch.mm, not oneDNN: block sizes vary per query and oneDNN compiles a kernel per shape.
+            sim = torch.mm(widened[:size], query_t.T).numpy()  # (size, N_q)
             if scales is not None:
                 sim *= np.asarray(scales, dtype=np.float32)[vector_rows[begin:end].numpy(), None]
             nonempty = lengths[i:j] > 0
