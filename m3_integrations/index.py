@@ -128,7 +128,8 @@ class M3Index:
         model: the :class:`~m3_integrations.M3Model` that encodes documents and queries.
         store_colbert: keep ColBERT vectors (needed for fast ``colbert``/``hybrid`` modes).
         colbert_dtype: ``"float16"`` (half of float32) or ``"int8"`` (a quarter, per-vector scale).
-        dense_dtype: ``"float32"`` or ``"float16"``.
+        dense_dtype: ``"float32"`` or ``"float16"`` (half the memory and the fastest first stage on
+            large indexes: candidates are picked with float16 products, then rescored exactly).
         lexical: ``"m3"`` (the model's lexical weights), ``"bm25"``, or ``"auto"`` (m3 when the model
             has a sparse head, else BM25). With BM25 as the lexical signal, the ``sparse`` weight and
             mode use BM25 and hits report it under ``"bm25"``.
@@ -708,6 +709,37 @@ class M3Index:
         needs_colbert = "colbert" in options["weights"] or options["rerank"] == "m3"
         (encoded,) = self.encode_queries([query], colbert=needs_colbert)
         return self._search(query, encoded, options)
+
+    def check_search_options(
+        self,
+        k: int = 10,
+        *,
+        mode: str = "hybrid",
+        weights: Sequence[float] | Mapping[str, float] | None = None,
+        fusion: str | None = None,
+        candidates: int | None = 100,
+        filter: FilterType | None = None,
+        rerank: str | Reranker | None = None,
+        rerank_top_n: int | None = None,
+    ) -> None:
+        """Raise the error :meth:`search` would raise for these options, without encoding or searching.
+
+        The framework retrievers call it when they are built, so a bad mode, weights or fusion fails
+        at construction rather than at the first query.
+
+        Example:
+            >>> index.check_search_options(5, mode="dense+sparse", weights=(1.0, 1.0, 0.0))  # doctest: +SKIP
+        """
+        self._search_options(
+            k,
+            mode=mode,
+            weights=weights,
+            fusion_method=fusion,
+            candidates=candidates,
+            filter_=filter,
+            rerank=rerank,
+            rerank_top_n=rerank_top_n,
+        )
 
     def search_batch(self, queries: Sequence[str], k: int = 10, **kwargs: Any) -> list[list[SearchHit]]:
         """:meth:`search` for many queries, encoded in one batch; same keyword arguments."""

@@ -11,7 +11,7 @@ from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, Callba
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables.config import run_in_executor
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from m3_integrations.index import M3Index, SearchHit
 from m3_integrations.langchain._utils import resolve_model
@@ -126,6 +126,13 @@ class M3Retriever(BaseRetriever):
     """How many fused hits the reranker sees (at least ``k``)."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
+
+    @model_validator(mode="after")
+    def _check_search_options(self) -> M3Retriever:
+        # Bad weights (wrong length, all zero) or rerank_top_n < k fail here, not at the first query.
+        options = {name: getattr(self, name) for name in SEARCH_OPTIONS}
+        self.index.check_search_options(options.pop("k"), **options)
+        return self
 
     # ------------------------------------------------------------------ construction
     @classmethod

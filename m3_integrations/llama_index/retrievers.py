@@ -187,6 +187,16 @@ class M3Retriever(BaseRetriever):
         self.rerank = rerank
         self.rerank_top_n = rerank_top_n
         self.metadata_mode = MetadataMode(metadata_mode)
+        # Fail at construction, not at the first query (filters are converted per query).
+        self._index.check_search_options(
+            similarity_top_k,
+            mode=mode,
+            weights=weights,
+            fusion=fusion,
+            candidates=candidates,
+            rerank=rerank,
+            rerank_top_n=rerank_top_n,
+        )
         self._docstore: BaseDocumentStore = node_store if node_store is not None else SimpleDocumentStore()
         unknown = [node_id for node_id in self._index.ids if not self._docstore.document_exists(node_id)]
         if unknown:

@@ -201,6 +201,11 @@ def test_bad_input_errors(retriever: M3Retriever, tiny_model: M3Model) -> None:
         M3Retriever(index=retriever.index, mode="bm42")
     with pytest.raises(ValidationError):
         M3Retriever(index=retriever.index, unknown=1)
+    # Options only the index can judge fail at construction too, naming the problem.
+    with pytest.raises(ValidationError, match="weights"):
+        M3Retriever(index=retriever.index, weights=(0.5, 0.5))
+    with pytest.raises(ValidationError, match="rerank_top_n"):
+        M3Retriever(index=retriever.index, k=5, rerank="m3", rerank_top_n=2)
 
     fresh = _fresh(tiny_model)
     with pytest.raises(KeyError, match="nope"):

@@ -235,6 +235,14 @@ def test_bad_queries_and_arguments(retriever: M3Retriever, tiny_model: M3Model) 
         M3Retriever(m3_index="index")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="exactly one"):
         M3Retriever.from_defaults(model=tiny_model)
+    # Mode, fusion and weights fail when the retriever is built, not at the first query.
+    for bad, match in (
+        ({"mode": "bm42"}, "unknown mode"),
+        ({"fusion": "max"}, "unknown fusion"),
+        ({"weights": (0.0, 0.0, 0.0)}, "weights"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            M3Retriever(m3_index=retriever._index, **bad)
 
 
 def test_insert_replace_delete_and_ref_docs(tiny_model: M3Model) -> None:
