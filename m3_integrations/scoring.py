@@ -261,21 +261,23 @@ class StagingBuffer:
     """
 
     def __init__(self) -> None:
-        self._buffer: torch.Tensor | None = None
-        self._arrays: dict[np.dtype[Any], np.ndarray] = {}
+        # One buffer per (dtype, width): dense and ColBERT widths may differ and alternate per query.
+        self._tensors: dict[int, torch.Tensor] = {}
+        self._arrays: dict[tuple[np.dtype[Any], int], np.ndarray] = {}
 
     def get(self, rows: int, dim: int) -> torch.Tensor:
         """A ``(rows, dim)`` float32 tensor (contents undefined)."""
-        buffer = self._buffer
-        if buffer is None or buffer.shape[1] != dim or buffer.shape[0] < rows:
-            buffer = self._buffer = torch.empty((rows, dim), dtype=torch.float32)
+        buffer = self._tensors.get(dim)
+        if buffer is None or buffer.shape[0] < rows:
+            buffer = self._tensors[dim] = torch.empty((rows, dim), dtype=torch.float32)
         return buffer[:rows]
 
     def get_numpy(self, rows: int, dim: int, dtype: np.dtype[Any]) -> np.ndarray:
         """A ``(rows, dim)`` array of ``dtype`` (contents undefined), for gathering stored rows."""
-        array = self._arrays.get(np.dtype(dtype))
-        if array is None or array.shape[1] != dim or array.shape[0] < rows:
-            array = self._arrays[np.dtype(dtype)] = np.empty((rows, dim), dtype=dtype)
+        key = (np.dtype(dtype), dim)
+        array = self._arrays.get(key)
+        if array is None or array.shape[0] < rows:
+            array = self._arrays[key] = np.empty((rows, dim), dtype=dtype)
         return array[:rows]
 
 

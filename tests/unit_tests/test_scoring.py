@@ -155,3 +155,16 @@ def test_stored_scorers_fall_back_without_onednn(monkeypatch: pytest.MonkeyPatch
     fallback = scoring.colbert_scores_stored(q, passages, starts, lengths)
     np.testing.assert_allclose(fallback, colbert, atol=1e-6)
     np.testing.assert_allclose(dense, passages @ q[0], atol=1e-6)
+
+
+def test_staging_buffer_reuses_one_buffer_per_width() -> None:
+    workspace = scoring.StagingBuffer()
+    first = workspace.get(10, 4)
+    other_width = workspace.get(5, 8)
+    again = workspace.get(8, 4)
+    assert again.data_ptr() == first.data_ptr()  # reused although another width came in between
+    assert other_width.shape == (5, 8)
+    assert workspace.get(20, 4).shape == (20, 4)  # grows when a larger block is needed
+    gathered = workspace.get_numpy(3, 4, np.float16)
+    assert gathered.dtype == np.float16
+    assert workspace.get_numpy(2, 4, np.float16).ctypes.data == gathered.ctypes.data
