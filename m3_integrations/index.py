@@ -221,6 +221,7 @@ class M3Index:
         self._row_ids: list[str] = []
         self._texts: list[str] = []
         self._metadatas: list[dict[str, Any]] = []
+        self._metadata_indexes: dict[str, _MetadataIndex] = {}  # dict filters; rows only appended
         self._row_of: dict[str, int] = {}
         self._alive = np.zeros(0, dtype=bool)
         self._dense = np.zeros((0, self.dense_dim), dtype=self.dense_dtype)
@@ -592,6 +593,7 @@ class M3Index:
             self._row_ids = [self._row_ids[r] for r in keep]
             self._texts = [self._texts[r] for r in keep]
             self._metadatas = [self._metadatas[r] for r in keep]
+            self._metadata_indexes = {}  # rows were renumbered
             self._row_of = {doc_id: i for i, doc_id in enumerate(self._row_ids)}
             self._dense = self._dense[keep].copy()
             if self.lexical == "m3":
@@ -893,15 +895,26 @@ class M3Index:
         alive = self._alive
         if filter_ is None:
             return alive
-        allowed = np.zeros_like(alive)
         if isinstance(filter_, Mapping):
-            conditions = list(filter_.items())
-            for row in np.flatnonzero(alive):
-                meta = self._metadatas[row]
-                allowed[row] = all(key in meta and meta[key] == value for key, value in conditions)
-        else:
-            for row in np.flatnonzero(alive):
-                allowed[row] = bool(filter_(dict(self._metadatas[row])))
+            allowed = alive.copy()
+            for key, value in filter_.items():
+                matches = np.zeros_like(alive)
+                try:
+                    hash(value)
+                except TypeError:  # a list or dict to match: compare row by row
+                    for row in np.flatnonzero(allowed):
+                        meta = self._metadatas[row]
+                        matches[row] = key in meta and bool(meta[key] == value)
+                else:
+                    index = self._metadata_indexes.get(key)
+                    if index is None:
+                        index = self._metadata_indexes[key] = _MetadataIndex(key)
+                    matches[index.rows_equal(self._metadatas, value)] = True
+                allowed &= matches
+            return allowed
+        allowed = np.zeros_like(alive)
+        for row in np.flatnonzero(alive):
+            allowed[row] = bool(filter_(dict(self._metadatas[row])))
         return allowed
 
     def _full_scores(self, signal: str, encoded: EncodedQuery, *, exact: bool = True) -> np.ndarray:
@@ -1221,12 +1234,41 @@ class M3Index:
             self._colbert, self._colbert_scale, self._colbert_used = colbert, scale, total
         self._row_ids, self._texts = list(ids), list(texts)
         self._metadatas = [dict(m) for m in metas]
+        self._metadata_indexes = {}
         self._row_of = {doc_id: i for i, doc_id in enumerate(self._row_ids)}
         self._alive = np.ones(n, dtype=bool)
         self._dense = dense
         self._lex_chunks, self._lex_csr, self._lex_csc = lex_chunks, None, None
         self._colbert_start, self._colbert_len = colbert_start, colbert_len.astype(np.int64)
         self._bm25 = bm25
+
+
+class _MetadataIndex:
+    """Rows by metadata value for one key, for dict filters: a lookup instead of a loop over all rows.
+
+    Rows are only ever appended between compactions (deletes are tombstones, the caller masks them), so
+    the index catches up with new rows on each lookup and is dropped when rows are renumbered.
+    """
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.rows_by_value: dict[Any, list[int]] = {}
+        self.unhashable_rows: list[int] = []  # stored lists/dicts: compared one by one
+        self.covered = 0
+
+    def rows_equal(self, metadatas: Sequence[Mapping[str, Any]], value: Any) -> np.ndarray:
+        """Rows whose metadata has ``key`` with a value ``== value`` (``value`` must be hashable)."""
+        for row in range(self.covered, len(metadatas)):
+            meta = metadatas[row]
+            if self.key in meta:
+                try:
+                    self.rows_by_value.setdefault(meta[self.key], []).append(row)
+                except TypeError:
+                    self.unhashable_rows.append(row)
+        self.covered = len(metadatas)
+        candidates = self.rows_by_value.get(value, []) + self.unhashable_rows
+        # A dict lookup also matches by identity (NaN) and relies on hashes: confirm with ``==``.
+        return np.asarray([r for r in candidates if bool(metadatas[r][self.key] == value)], dtype=np.int64)
 
 
 def _check_weight(name: str, value: Any) -> float:

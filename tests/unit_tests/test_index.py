@@ -360,3 +360,40 @@ def test_defaults_follow_the_model_heads(tiny_checkpoint: str, index: M3Index) -
     assert _scored(bare.search("capital of France", k=5)) == _scored(explicit)
     weighted = bare.search("capital of France", k=5, fusion="weighted")
     assert _scored(weighted) != _scored(explicit)
+
+
+def test_dict_filters_match_the_same_predicate_through_updates(tiny_model: M3Model, tmp_path) -> None:
+    # Dict filters use a per-key value index; a callable takes the row-by-row path. They must agree.
+    nan = float("nan")
+    values = [1, True, 1.0, 2, "a", None, [1, 2], nan, {"x": 1}, "b"]
+    texts = [f"document number {i}" for i in range(len(values) * 2)]
+    metas = [{"v": values[i % len(values)], "even": i % 2 == 0} if i % 7 else {} for i in range(len(texts))]
+    index = M3Index(tiny_model)
+    index.add(texts, ids=[f"d{i}" for i in range(len(texts))], metadatas=metas)
+
+    def check(index: M3Index) -> None:
+        for value in [1, 2.0, "a", None, [1, 2], nan, {"x": 1}, "missing"]:
+            for extra in ({}, {"even": True}):
+                conditions = {"v": value, **extra}
+                got = index.search("document", k=len(index), mode="dense", filter=conditions)
+                expected = index.search(
+                    "document",
+                    k=len(index),
+                    mode="dense",
+                    filter=lambda m, c=conditions: all(key in m and m[key] == v for key, v in c.items()),
+                )
+                assert _ids(got) == _ids(expected), conditions
+
+    check(index)
+    # Appended rows, a replaced document, a deleted one, then compaction renumbering the rows.
+    index.add(["a late document"], ids=["late"], metadatas=[{"v": 1}])
+    index.add(["replaced"], ids=["d2"], metadatas=[{"v": "a"}])
+    index.delete(["d3"])
+    check(index)
+    assert "late" in _ids(index.search("document", k=50, mode="dense", filter={"v": 1}))
+    assert "d2" not in _ids(index.search("document", k=50, mode="dense", filter={"v": 1.0}))
+    index.compact()
+    check(index)
+    index.save(tmp_path / "idx")
+    loaded = M3Index.load(tmp_path / "idx", model=tiny_model)
+    check(loaded)
