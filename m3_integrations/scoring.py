@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 # Passage vectors widened per block: about 4 MB of float32, so a block stays in cache between the
 # conversion and the matrix product.
 _BLOCK_ELEMENTS = 1 << 20
+_NARROW_DIM = 128
 
 __all__ = [
     "StagingBuffer",
@@ -335,7 +336,10 @@ def colbert_scores_stored(
     query_t = torch.from_numpy(query)
     # Row of every vector of every passage, in passage order: one vectorised gather per block.
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    vector_rows = torch.from_numpy(np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1]))
+    vector_rows_np = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+    vector_rows = torch.from_numpy(vector_rows_np)
+    # Passages stored back to back in this order (an exhaustive search without tombstones) need no gather.
+    in_order = bool(np.all(np.diff(vector_rows_np) == 1))
     i = 0
     while i < n:
         # Passages i..j-1 fill this block (a passage is never split across blocks).
@@ -343,16 +347,27 @@ def colbert_scores_stored(
         begin, end = int(offsets[i]), int(offsets[j])
         size = end - begin
         if size:
-            torch.index_select(source, 0, vector_rows[begin:end], out=torch.from_numpy(gathered[:size]))
-            widened[:size].copy_(torch.from_numpy(gathered[:size]))
+            if in_order:
+                first = int(vector_rows_np[begin])
+                widened[:size].copy_(source[first : first + size])
+            else:
+                torch.index_select(source, 0, vector_rows[begin:end], out=torch.from_numpy(gathered[:size]))
+                widened[:size].copy_(torch.from_numpy(gathered[:size]))
             # torch.mm, not oneDNN: block sizes vary per query and oneDNN compiles a kernel per shape.
-            sim = torch.mm(widened[:size], query_t.T).numpy()  # (size, N_q)
+            # Layout by width (measured): narrow vectors multiply and reduce faster as (N_q, size).
+            axis = 1 if dim < _NARROW_DIM else 0
+            if axis:
+                sim = torch.mm(query_t, widened[:size].T).numpy()  # (N_q, size)
+            else:
+                sim = torch.mm(widened[:size], query_t.T).numpy()  # (size, N_q)
             if scales is not None:
-                sim *= np.asarray(scales, dtype=np.float32)[vector_rows[begin:end].numpy(), None]
+                row_scales = np.asarray(scales, dtype=np.float32)[vector_rows[begin:end].numpy()]
+                sim *= row_scales[None, :] if axis else row_scales[:, None]
             nonempty = lengths[i:j] > 0
             # reduceat needs valid starts; empty passages would take a neighbour's value.
             block_starts = offsets[i:j][nonempty] - begin
-            out[i:j][nonempty] = np.maximum.reduceat(sim, block_starts, axis=0).sum(axis=1) / len(query)
+            maxes = np.maximum.reduceat(sim, block_starts, axis=axis)
+            out[i:j][nonempty] = maxes.sum(axis=1 - axis) / len(query)
         i = j
     return out
 

@@ -88,10 +88,14 @@ def test_combine_scores() -> None:
         scoring.combine_scores(s, {"dense": 0.0})
 
 
+@pytest.mark.parametrize("narrow_dim", [0, 1 << 20])  # both product layouts
 @pytest.mark.parametrize("block_elements", [16, 1 << 20])
-def test_colbert_scores_stored_matches_naive(monkeypatch: pytest.MonkeyPatch, block_elements: int) -> None:
+def test_colbert_scores_stored_matches_naive(
+    monkeypatch: pytest.MonkeyPatch, block_elements: int, narrow_dim: int
+) -> None:
     # A tiny block forces many blocks and passages longer than a block (the buffer must grow).
     monkeypatch.setattr(scoring, "_BLOCK_ELEMENTS", block_elements)
+    monkeypatch.setattr(scoring, "_NARROW_DIM", narrow_dim)
     dim = 8
     lengths = [3, 0, 5, 1, 7, 0, 2]
     passages = [_unit(rng.normal(size=(n, dim))).astype(np.float16) for n in lengths]
@@ -109,7 +113,11 @@ def test_colbert_scores_stored_matches_naive(monkeypatch: pytest.MonkeyPatch, bl
         np.testing.assert_allclose(got, ref, atol=1e-6)
 
 
-def test_colbert_scores_stored_int8_matches_dequantized() -> None:
+@pytest.mark.parametrize("narrow_dim", [0, 1 << 20])
+def test_colbert_scores_stored_int8_matches_dequantized(
+    monkeypatch: pytest.MonkeyPatch, narrow_dim: int
+) -> None:
+    monkeypatch.setattr(scoring, "_NARROW_DIM", narrow_dim)
     dim = 6
     p = _unit(rng.normal(size=(9, dim)))
     scale = (np.abs(p).max(axis=1) / 127.0).astype(np.float32)
