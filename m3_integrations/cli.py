@@ -105,6 +105,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="lexical signal (auto: m3 if the model has it)",
     )
     p_index.add_argument("--no-colbert", action="store_true", help="do not store ColBERT vectors")
+    _add_bm25_tokenizer(p_index)
 
     p_search = sub.add_parser("search", parents=[common, model], help="search an index folder")
     p_search.add_argument("index", help="index folder written by `m3-integrations index`")
@@ -127,6 +128,7 @@ def _build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="lexical signal (auto: m3 if the model has it)",
     )
+    _add_bm25_tokenizer(p_eval)
     p_eval.add_argument("-k", type=int, default=100, help="hits per query (default 100, for recall@100)")
     p_eval.add_argument("--max-queries", type=int, default=None, help="evaluate a seeded sample of queries")
     p_eval.add_argument(
@@ -135,6 +137,16 @@ def _build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--json", dest="json_out", default=None, help="write results as JSON to this file")
     p_eval.add_argument("--report", default=None, help="write a Markdown report to this file")
     return parser
+
+
+def _add_bm25_tokenizer(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bm25-tokenizer",
+        choices=("model", "word"),
+        default="model",
+        help="BM25 tokens: the model's subword ids (default) or lower-cased words (for an encoder whose "
+        "vocabulary does not cover the language)",
+    )
 
 
 def _add_search_options(parser: argparse.ArgumentParser, *, multiple: bool) -> None:
@@ -308,7 +320,11 @@ def _cmd_index(args: argparse.Namespace) -> int:
         raise CliError(msg, EXIT_MODE)
     start = time.perf_counter()
     index = M3Index(
-        model, lexical=args.lexical, store_colbert=not args.no_colbert, show_progress=not args.quiet
+        model,
+        lexical=args.lexical,
+        bm25_tokenizer=args.bm25_tokenizer,
+        store_colbert=not args.no_colbert,
+        show_progress=not args.quiet,
     )
     index.add(texts, ids=ids, metadatas=metadatas)
     index.save(args.out)
@@ -406,7 +422,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     model = _load_model(args.model, _model_kwargs(args), quiet=args.quiet)
     _check_modes(model, args.mode, lexical=args.lexical, store_colbert=True)
 
-    index, build_seconds = build_index(model, dataset, show_progress=not args.quiet, lexical=args.lexical)
+    index, build_seconds = build_index(
+        model,
+        dataset,
+        show_progress=not args.quiet,
+        lexical=args.lexical,
+        bm25_tokenizer=args.bm25_tokenizer,
+    )
     fusions = args.fusion or [None]
     results = []
     for mode in dict.fromkeys(args.mode):

@@ -103,6 +103,22 @@ def test_index_reads_beir_jsonl(beir_dir: Path, tmp_path: Path, tiny_checkpoint:
     assert next(h for h in hits if h["id"] == "d1")["text"] == "France\nParis is the capital of France."
 
 
+def test_index_with_word_bm25_tokens(docs_dir: Path, tmp_path: Path, tiny_checkpoint: str, capsys) -> None:
+    out = tmp_path / "word.index"
+    args = ["index", str(docs_dir), "--out", str(out), "--model", tiny_checkpoint, "-q"]
+    assert main([*args, "--lexical", "bm25", "--bm25-tokenizer", "word"]) == EXIT_OK
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["bm25_tokenizer"] == "word"
+    assert (out / "bm25_vocab.json").is_file()  # word columns are persisted with the index
+    capsys.readouterr()
+    assert (
+        main(["search", str(out), "quick brown fox", "-k", "1", "--json", "--mode", "sparse", "-q"])
+        == EXIT_OK
+    )
+    assert json.loads(capsys.readouterr().out)[0]["id"] == "fox.md"
+    assert main([*args, "--bm25-tokenizer", "bpe"]) == EXIT_USAGE
+
+
 def test_missing_paths_exit_3(tmp_path: Path, tiny_checkpoint: str, capsys) -> None:
     assert (
         main(["index", str(tmp_path / "nope"), "--out", str(tmp_path / "i"), "--model", tiny_checkpoint]) == 3
