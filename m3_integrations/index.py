@@ -729,8 +729,15 @@ class M3Index:
         The framework retrievers call it when they are built, so a bad mode, weights or fusion fails
         at construction rather than at the first query.
 
+        Raises:
+            ValueError: what :meth:`search` raises for ``k``, mode, weights, fusion, candidates or
+                rerank options; ``TypeError`` for a filter that is neither a dict nor a callable.
+
         Example:
-            >>> index.check_search_options(5, mode="dense+sparse", weights=(1.0, 1.0, 0.0))  # doctest: +SKIP
+            .. code-block:: python
+
+                index.check_search_options(5, mode="dense+sparse", weights=(1.0, 1.0, 0.0))  # passes
+                index.check_search_options(5, fusion="max")  # ValueError: unknown fusion 'max'...
         """
         self._search_options(
             k,

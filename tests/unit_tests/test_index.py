@@ -397,3 +397,22 @@ def test_dict_filters_match_the_same_predicate_through_updates(tiny_model: M3Mod
     index.save(tmp_path / "idx")
     loaded = M3Index.load(tmp_path / "idx", model=tiny_model)
     check(loaded)
+
+
+def test_check_search_options_raises_what_search_raises(index: M3Index) -> None:
+    index.check_search_options(5, mode="dense+sparse", weights=(1.0, 1.0, 0.0), fusion="rrf")
+    index.check_search_options(3, filter={"even": True}, rerank="m3", rerank_top_n=3)
+    bad = [
+        ({"k": 0}, ValueError, "k must be a positive integer"),
+        ({"mode": "bm42"}, ValueError, "unknown mode"),
+        ({"fusion": "max"}, ValueError, "unknown fusion"),
+        ({"weights": (0.0, 0.0, 0.0)}, ValueError, "weights"),
+        ({"candidates": -1}, ValueError, "candidates"),
+        ({"filter": "lang=ko"}, TypeError, "filter must be a dict or a callable"),
+        ({"k": 5, "rerank": "m3", "rerank_top_n": 2}, ValueError, "rerank_top_n"),
+    ]
+    for kwargs, error, match in bad:
+        with pytest.raises(error, match=match):
+            index.check_search_options(**kwargs)
+        with pytest.raises(error, match=match):  # the same error search() gives
+            index.search("capital of France", **kwargs)
