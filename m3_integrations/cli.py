@@ -147,6 +147,40 @@ def _add_bm25_tokenizer(parser: argparse.ArgumentParser) -> None:
         help="BM25 tokens: the model's subword ids (default) or lower-cased words (for an encoder whose "
         "vocabulary does not cover the language)",
     )
+    parser.add_argument(
+        "--bm25-stemmer",
+        default=None,
+        metavar="LANGUAGE",
+        help="with --bm25-tokenizer word: Snowball-stem words (english, german, ...; needs PyStemmer)",
+    )
+    parser.add_argument(
+        "--bm25-stopwords",
+        choices=("english",),
+        default=None,
+        help="with --bm25-tokenizer word: leave this language's stop words out of BM25",
+    )
+
+
+def _bm25_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The BM25 tokenizer options of ``index``/``eval``, checked before any model is loaded."""
+    if args.bm25_tokenizer != "word" and (args.bm25_stemmer or args.bm25_stopwords):
+        msg = "--bm25-stemmer and --bm25-stopwords need --bm25-tokenizer word"
+        raise CliError(msg, EXIT_USAGE)
+    if args.bm25_stemmer is not None:
+        from m3_integrations.bm25 import stemmer_languages
+
+        try:
+            languages = stemmer_languages()
+        except ImportError as err:
+            raise CliError(str(err), EXIT_USAGE) from err
+        if args.bm25_stemmer not in languages:
+            msg = f"unknown --bm25-stemmer {args.bm25_stemmer!r}; available: {', '.join(languages)}"
+            raise CliError(msg, EXIT_USAGE)
+    return {
+        "bm25_tokenizer": args.bm25_tokenizer,
+        "bm25_stemmer": args.bm25_stemmer,
+        "bm25_stopwords": args.bm25_stopwords,
+    }
 
 
 def _add_search_options(parser: argparse.ArgumentParser, *, multiple: bool) -> None:
@@ -313,6 +347,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
         kinds = ", ".join((*TEXT_SUFFIXES, ".jsonl"))
         msg = f"no documents with text found in {', '.join(args.paths)} (looked for {kinds} files)"
         raise CliError(msg, EXIT_INPUT)
+    bm25_kwargs = _bm25_kwargs(args)
     model_kwargs = _model_kwargs(args)
     model = _load_model(args.model, model_kwargs, quiet=args.quiet)
     if args.lexical == "m3" and not model.has_sparse:
@@ -322,7 +357,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
     index = M3Index(
         model,
         lexical=args.lexical,
-        bm25_tokenizer=args.bm25_tokenizer,
+        **bm25_kwargs,
         store_colbert=not args.no_colbert,
         show_progress=not args.quiet,
     )
@@ -408,6 +443,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.k <= 0:
         msg = f"-k must be a positive integer, got {args.k}"
         raise CliError(msg, EXIT_USAGE)
+    bm25_kwargs = _bm25_kwargs(args)
     try:
         dataset = load_beir(args.data, split=args.split, queries_folder=args.queries)
     except FileNotFoundError as err:
@@ -427,7 +463,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         dataset,
         show_progress=not args.quiet,
         lexical=args.lexical,
-        bm25_tokenizer=args.bm25_tokenizer,
+        **bm25_kwargs,
     )
     fusions = args.fusion or [None]
     results = []

@@ -36,7 +36,7 @@ import scipy.sparse as sp
 
 from m3_integrations import fusion, scoring
 from m3_integrations._utils import atomic_dir, validate_texts
-from m3_integrations.bm25 import BM25, word_tokenize
+from m3_integrations.bm25 import BM25, WordTokenizer
 
 if TYPE_CHECKING:
     import os
@@ -134,6 +134,11 @@ class M3Index:
             has a sparse head, else BM25). With BM25 as the lexical signal, the ``sparse`` weight and
             mode use BM25 and hits report it under ``"bm25"``.
         bm25_tokenizer: ``"model"`` (subword ids, language-agnostic) or ``"word"``.
+        bm25_stemmer: with ``bm25_tokenizer="word"``, a Snowball language (``"english"``, ``"german"``,
+            …) to stem words with (needs ``pip install "m3-integrations[stemming]"``); ``None`` keeps
+            words as they are.
+        bm25_stopwords: with ``bm25_tokenizer="word"``, ``"english"`` (built-in list) or your own words
+            to leave out of BM25; ``None`` keeps every word.
 
     Instantiate:
         .. code-block:: python
@@ -180,6 +185,8 @@ class M3Index:
         dense_dtype: Literal["float32", "float16"] = "float32",
         lexical: Literal["auto", "m3", "bm25"] = "auto",
         bm25_tokenizer: Literal["model", "word"] = "model",
+        bm25_stemmer: str | None = None,
+        bm25_stopwords: str | Sequence[str] | None = None,
         show_progress: bool = False,
         batch_size: int | None = None,
     ) -> None:
@@ -198,6 +205,9 @@ class M3Index:
         if bm25_tokenizer not in ("model", "word"):
             msg = f"bm25_tokenizer must be 'model' or 'word', got {bm25_tokenizer!r}"
             raise ValueError(msg)
+        if bm25_tokenizer != "word" and (bm25_stemmer is not None or bm25_stopwords is not None):
+            msg = "bm25_stemmer and bm25_stopwords apply to words: use them with bm25_tokenizer='word'"
+            raise ValueError(msg)
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
             msg = f"batch_size must be a positive integer, got {batch_size!r}"
             raise ValueError(msg)
@@ -207,6 +217,9 @@ class M3Index:
         self.dense_dtype = dense_dtype
         self.lexical = "m3" if lexical == "m3" or (lexical == "auto" and model.has_sparse) else "bm25"
         self.bm25_tokenizer = bm25_tokenizer
+        self._word_tokenizer = None
+        if bm25_tokenizer == "word":
+            self._word_tokenizer = WordTokenizer(stemmer=bm25_stemmer, stopwords=bm25_stopwords)
         self.show_progress = show_progress
         self.batch_size = batch_size
         self.dense_dim = int(model.dense_dim)
@@ -421,8 +434,8 @@ class M3Index:
         return texts, ids, metas
 
     def _bm25_tokens(self, texts: Sequence[str]) -> list[list[Any]]:
-        if self.bm25_tokenizer == "word":
-            return [word_tokenize(t) for t in texts]
+        if self._word_tokenizer is not None:
+            return [self._word_tokenizer(t) for t in texts]
         if not texts:
             return []
         encoded = self.model.tokenizer(
@@ -1106,6 +1119,7 @@ class M3Index:
                 "store_colbert": self.store_colbert,
                 "lexical": self.lexical,
                 "bm25_tokenizer": self.bm25_tokenizer,
+                "bm25_words": self._word_tokenizer.config() if self._word_tokenizer is not None else None,
                 "bm25": {"k1": self._bm25.k1, "b": self._bm25.b, "epsilon": self._bm25.epsilon},
                 "colbert_vectors": int(self._colbert_used),
             }
@@ -1169,6 +1183,10 @@ class M3Index:
             if file.stat().st_size != info["bytes"] or _sha256(file) != info["sha256"]:
                 msg = f"corrupted index at {folder}: {name} is truncated or modified (checksum mismatch)"
                 raise ValueError(msg)
+        words = manifest.get("bm25_words") or {}  # absent from indexes saved before stemming existed
+        if not isinstance(words, dict) or set(words) - {"stemmer", "stopwords"}:
+            msg = f"corrupted index at {folder}: bm25_words in manifest.json is {words!r}"
+            raise ValueError(msg)
         index = cls(
             model,
             store_colbert=manifest["store_colbert"],
@@ -1176,6 +1194,8 @@ class M3Index:
             dense_dtype=manifest["dense_dtype"],
             lexical=manifest["lexical"],
             bm25_tokenizer=manifest["bm25_tokenizer"],
+            bm25_stemmer=words.get("stemmer"),
+            bm25_stopwords=words.get("stopwords"),
             **kwargs,
         )
         try:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from rank_bm25 import BM25Okapi
 
-from m3_integrations.bm25 import BM25, word_tokenize
+from m3_integrations.bm25 import BM25, WordTokenizer, stemmer_languages, word_tokenize
 from tests.common import INDEX_TEXTS
 
 CORPUS = [word_tokenize(t) for t in INDEX_TEXTS] + [["capital"] * 5, [], ["a"]]
@@ -50,3 +50,58 @@ def test_roundtrip_arrays() -> None:
     bm25.add(CORPUS)
     again = BM25.from_arrays(bm25.to_arrays(), vocab=list(bm25.vocab), num_columns=None)
     np.testing.assert_allclose(again.get_scores(QUERIES[0]), bm25.get_scores(QUERIES[0]))
+
+
+def test_stemmed_word_tokens_match_rank_bm25_on_the_same_tokens() -> None:
+    pytest.importorskip("Stemmer")
+    tokenizer = WordTokenizer(stemmer="english", stopwords="english")
+    texts = [*INDEX_TEXTS, "Flowing rivers flow; the river flowed.", "Pressure distributions over wings"]
+    corpus = [tokenizer(t) for t in texts]
+    assert corpus[-2] == ["flow", "river", "flow", "river", "flow"]  # stop word gone, inflections merged
+    bm25 = BM25()
+    bm25.add(corpus)
+    reference = BM25Okapi(corpus)
+    for query in ("the flows of a river", "pressure distribution on a wing", "the of and"):
+        tokens = tokenizer(query)
+        np.testing.assert_allclose(bm25.get_scores(tokens), reference.get_scores(tokens), rtol=1e-9)
+    assert tokenizer("the of and") == []  # a query of stop words only has no BM25 evidence
+
+
+def test_word_tokenizer_options_and_errors() -> None:
+    assert WordTokenizer()("The Flows") == ["the", "flows"]
+    assert WordTokenizer(stopwords=["THE", "of"])("the flows of") == ["flows"]  # own words, lower-cased
+    assert WordTokenizer(stopwords="english")("the flows of") == ["flows"]
+    config = WordTokenizer(stopwords=["b", "a"]).config()
+    assert config == {"stemmer": None, "stopwords": ["a", "b"]}
+    assert WordTokenizer(**config)("a b c") == ["c"]
+    with pytest.raises(ValueError, match="unknown stop-word list 'klingon'"):
+        WordTokenizer(stopwords="klingon")
+    with pytest.raises(TypeError, match="stopwords must be strings"):
+        WordTokenizer(stopwords=[1, 2])  # type: ignore[list-item]
+    pytest.importorskip("Stemmer")
+    assert "english" in stemmer_languages()
+    with pytest.raises(ValueError, match=r"unknown stemmer language 'klingon'; available: .*english"):
+        WordTokenizer(stemmer="klingon")
+    with pytest.raises(TypeError, match="Snowball language name"):
+        WordTokenizer(stemmer=3)  # type: ignore[arg-type]
+
+
+def test_missing_stemmer_package_is_a_helpful_import_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "Stemmer", None)  # None in sys.modules makes the import fail
+    monkeypatch.setitem(sys.modules, "snowballstemmer", None)
+    with pytest.raises(ImportError, match=r"m3-integrations\[stemming\]"):
+        WordTokenizer(stemmer="english")
+    assert WordTokenizer(stopwords="english")("the cat") == ["cat"]  # no stemmer needed without stemming
+
+
+def test_stemmer_is_safe_across_threads() -> None:
+    pytest.importorskip("Stemmer")
+    from concurrent.futures import ThreadPoolExecutor
+
+    tokenizer = WordTokenizer(stemmer="english")
+    texts = [f"running flows {i} connections generalizations" for i in range(400)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(tokenizer, texts))
+    assert results == [["run", "flow", str(i), "connect", "general"] for i in range(400)]

@@ -119,6 +119,24 @@ def test_index_with_word_bm25_tokens(docs_dir: Path, tmp_path: Path, tiny_checkp
     assert main([*args, "--bm25-tokenizer", "bpe"]) == EXIT_USAGE
 
 
+def test_index_with_stemmed_bm25_words(docs_dir: Path, tmp_path: Path, tiny_checkpoint: str, capsys) -> None:
+    pytest.importorskip("Stemmer")
+    out = tmp_path / "stemmed.index"
+    args = ["index", str(docs_dir), "--out", str(out), "--model", tiny_checkpoint, "-q", "--lexical", "bm25"]
+    word = ["--bm25-tokenizer", "word"]
+    assert main([*args, *word, "--bm25-stemmer", "english", "--bm25-stopwords", "english"]) == EXIT_OK
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["bm25_words"]["stemmer"] == "english" and "the" in manifest["bm25_words"]["stopwords"]
+    capsys.readouterr()
+    assert main(["search", str(out), "foxes", "-k", "1", "--json", "--mode", "sparse", "-q"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)[0]["id"] == "fox.md"  # "foxes" found through stemming
+    # Word options without word tokens, or an unknown language: usage errors before any model loads.
+    assert main([*args, "--bm25-stemmer", "english"]) == EXIT_USAGE
+    assert "need --bm25-tokenizer word" in capsys.readouterr().err
+    assert main([*args, *word, "--bm25-stemmer", "klingon"]) == EXIT_USAGE
+    assert "unknown --bm25-stemmer 'klingon'" in capsys.readouterr().err
+
+
 def test_missing_paths_exit_3(tmp_path: Path, tiny_checkpoint: str, capsys) -> None:
     assert (
         main(["index", str(tmp_path / "nope"), "--out", str(tmp_path / "i"), "--model", tiny_checkpoint]) == 3

@@ -129,3 +129,42 @@ def test_default_float16_roundtrip(tiny_model: M3Model, tmp_path: Path) -> None:
     loaded = M3Index.load(tmp_path / "idx", model=tiny_model)
     assert loaded.colbert_dtype == "float16"
     assert _state(loaded.search(QUERY, k=4)) == _state(index.search(QUERY, k=4))
+
+
+def test_stemmed_word_bm25_roundtrip_and_manifest(tiny_model: M3Model, tmp_path: Path) -> None:
+    pytest.importorskip("Stemmer")
+    texts = ["Rivers flowing into the sea", "The river flows", "Wings and pressure", "of the and"]
+    texts += ["Heat transfer", "Boundary layers", "Shock waves"]
+    index = M3Index(
+        tiny_model, lexical="bm25", bm25_tokenizer="word", bm25_stemmer="english", bm25_stopwords="english"
+    )
+    index.add(texts, ids=["a", "b", "c", "d", "e", "f", "g"])
+    hits = index.search("river flow", k=2, mode="sparse")
+    assert [h.id for h in hits] == ["b", "a"]  # matched only through stemming ("rivers", "flowing")
+    # A query of stop words has no lexical evidence: every BM25 score is zero.
+    assert {h.scores["bm25"] for h in index.search("the of", k=4, mode="sparse")} == {0.0}
+    path = tmp_path / "stemmed"
+    index.save(path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["bm25_words"]["stemmer"] == "english"
+    assert "the" in manifest["bm25_words"]["stopwords"]
+    loaded = M3Index.load(path, model=tiny_model)
+    assert _state(loaded.search("river flow", k=2, mode="sparse")) == _state(hits)
+    loaded.add(["A flowing stream"], ids=["new"])  # new documents use the saved tokenizer
+    assert "new" in {h.id for h in loaded.search("flows", k=5, mode="sparse")}
+
+    # An index saved before stemming existed has no bm25_words entry: plain words.
+    del manifest["bm25_words"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    assert M3Index.load(path, model=tiny_model).search("rivers", k=1, mode="sparse")[0].id == "a"
+    manifest["bm25_words"] = ["english"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="bm25_words"):
+        M3Index.load(path, model=tiny_model)
+
+
+def test_word_options_need_the_word_tokenizer(tiny_model: M3Model) -> None:
+    with pytest.raises(ValueError, match="bm25_tokenizer='word'"):
+        M3Index(tiny_model, bm25_stemmer="english")
+    with pytest.raises(ValueError, match="bm25_tokenizer='word'"):
+        M3Index(tiny_model, bm25_stopwords="english")

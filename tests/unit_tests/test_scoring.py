@@ -111,6 +111,12 @@ def test_colbert_scores_stored_matches_naive(
         )
         ref = [naive_colbert_score(q, passages[r].astype(np.float32)) if lengths[r] else 0.0 for r in rows]
         np.testing.assert_allclose(got, ref, atol=1e-6)
+    # Passages back to back (the copy path) whose empty passages point anywhere: they still score 0.
+    odd_starts = starts.copy()
+    odd_starts[np.asarray(lengths) == 0] = 10_000
+    got = scoring.colbert_scores_stored(q, store, odd_starts, np.asarray(lengths), workspace=workspace)
+    ref = [naive_colbert_score(q, p.astype(np.float32)) if len(p) else 0.0 for p in passages]
+    np.testing.assert_allclose(got, ref, atol=1e-6)
 
 
 @pytest.mark.parametrize("narrow_dim", [0, 1 << 20])
@@ -127,6 +133,8 @@ def test_colbert_scores_stored_int8_matches_dequantized(
     dequant = quant.astype(np.float32) * scale[:, None]
     ref = [naive_colbert_score(q, dequant[4:9]), naive_colbert_score(q, dequant[0:4])]
     np.testing.assert_allclose(got, ref, atol=1e-6)
+    in_order = scoring.colbert_scores_stored(q, quant, np.array([0, 4]), np.array([4, 5]), scales=scale)
+    np.testing.assert_allclose(in_order, ref[::-1], atol=1e-6)
 
 
 def test_colbert_scores_stored_rejects_wrong_dimension() -> None:
