@@ -68,11 +68,17 @@ class Config:
     name: str
     family: str  # single | dense+lexical | hybrid | rerank | peer
     kwargs: dict[str, Any]
-    words: bool = False  # BM25 over words (stemmed for English) instead of the model's subword ids
+    bm25: str = "subword"  # the BM25 tokens: "subword" (model ids), "words" or "stemmed" (see BM25_VARIANTS)
 
 
-# Suffix of the configurations whose lexical signal is BM25 over words (see word_bm25_options).
-WORDS = " · word BM25"
+# BM25 over words, as the peers' BM25 retrievers use: plain lower-cased words (no language needed), and
+# for English corpora Snowball-stemmed words without stop words (what LlamaIndex's bm25s does).
+BM25_VARIANTS = {"words": " · word BM25", "stemmed": " · stemmed BM25"}
+BM25_SINGLES = {
+    "subword": "lexical (BM25, subword)",
+    "words": "lexical (BM25, words)",
+    "stemmed": "lexical (BM25, stemmed words)",
+}
 
 
 def our_configs(quick: bool) -> list[Config]:
@@ -106,23 +112,28 @@ def our_configs(quick: bool) -> list[Config]:
                     {"mode": "hybrid", "fusion": fusion, "weights": weights},
                 )
             )
-    # The same fusions with BM25 over words: what LangChain's and LlamaIndex's BM25 retrievers use.
-    word_configs = [Config("lexical (BM25, words)", "single", {"mode": "sparse"}, words=True)]
-    word_configs += [
-        Config(c.name + WORDS, c.family, c.kwargs, words=True)
-        for c in configs
-        if c.family in ("dense+lexical", "hybrid") and c.kwargs["fusion"] != "weighted"
-    ]
+    # The same fusions (not `weighted`: see the report) with BM25 over words.
+    word_configs = []
+    for variant, suffix in BM25_VARIANTS.items():
+        word_configs.append(Config(BM25_SINGLES[variant], "single", {"mode": "sparse"}, bm25=variant))
+        word_configs += [
+            Config(c.name + suffix, c.family, c.kwargs, bm25=variant)
+            for c in configs
+            if c.family in ("dense+lexical", "hybrid") and c.kwargs["fusion"] != "weighted"
+        ]
     return configs + word_configs
 
 
-def word_bm25_options(language: str | None) -> dict[str, Any]:
-    """``M3Index`` options of the word-BM25 configurations: Snowball-stemmed without stop words for
-    English (as LlamaIndex's bm25s retriever does), plain lower-cased words otherwise (Korean has no
-    Snowball stemmer)."""
+def bm25_options(variant: str, language: str | None) -> dict[str, Any] | None:
+    """``M3Index`` options of a BM25 variant on a corpus in ``language``; None where it does not apply
+    (stemming needs a Snowball language: Korean has none)."""
+    if variant == "subword":
+        return {"bm25_tokenizer": "model"}
+    if variant == "words":
+        return {"bm25_tokenizer": "word"}
     if language == "english":
         return {"bm25_tokenizer": "word", "bm25_stemmer": "english", "bm25_stopwords": "english"}
-    return {"bm25_tokenizer": "word"}
+    return None
 
 
 # Most informative first, so that a run cut short still answers the main questions; MiniLM is an
@@ -435,8 +446,9 @@ LATENCY_CONFIGS = (
     "hybrid relative_score equal 1/1/1",
     "hybrid relative_score colbert .2/.2/.6",
     "lexical (BM25, words)",
-    "hybrid relative_score paper .4/.2/.4" + WORDS,
-    "hybrid relative_score colbert .2/.2/.6" + WORDS,
+    "hybrid relative_score paper .4/.2/.4" + BM25_VARIANTS["words"],
+    "hybrid relative_score colbert .2/.2/.6" + BM25_VARIANTS["words"],
+    "hybrid relative_score lexical .3/.4/.3" + BM25_VARIANTS["words"],
 )
 
 
@@ -460,10 +472,16 @@ def run_collection(
         "[%s] %s: encoded in %.1fs, indexed in %.1fs", encoder.name, collection.name, encode_s, index_s
     )
     signal_cache = SignalCache(index, output.colbert_vecs or [])
-    word_index = M3Index(model, lexical="bm25", **word_bm25_options(collection.language))
-    word_index.add_encoded(output, texts, ids=ids)
-    word_cache = copy.copy(signal_cache)  # the same ColBERT vectors, another BM25
-    word_cache.index = word_index
+    # One more index per BM25 variant over the same encodings; the signal caches share the ColBERT vectors.
+    engines: dict[str, tuple[Any, SignalCache]] = {"subword": (index, signal_cache)}
+    for variant in BM25_VARIANTS:
+        options = bm25_options(variant, collection.language)
+        if options is not None:
+            other = M3Index(model, lexical="bm25", **options)
+            other.add_encoded(output, texts, ids=ids)
+            other_cache = copy.copy(signal_cache)
+            other_cache.index = other
+            engines[variant] = (other, other_cache)
     cache = DenseCache(model)
     cache.passages.update(zip(texts, output.dense, strict=True))
     del output
@@ -480,7 +498,7 @@ def run_collection(
         peer_searches["LlamaIndex QueryFusion relative_score"] = (li["relative_score"], li_s)
 
     rows: list[dict[str, Any]] = []
-    configs = our_configs(quick)
+    configs = [c for c in our_configs(quick) if c.bm25 in engines]
     for dataset in collection.query_sets:
         qtexts = list(dataset.queries.values())
         start = time.perf_counter()
@@ -500,19 +518,18 @@ def run_collection(
         }
         start = time.perf_counter()
         ranked: dict[str, list[list[str]]] = {c.name: [] for c in configs}
-        word_tokens = word_index._bm25_tokens(qtexts)  # the same queries, tokenised into words
-        for e, tokens in zip(encoded, word_tokens, strict=True):
-            variants = {False: (index, signal_cache, e)}
-            e_words = dataclasses.replace(e, bm25_tokens=tokens)
-            variants[True] = (word_index, word_cache, e_words)
-            fused = {words: cache_.signals(e_) for words, (_, cache_, e_) in variants.items()}
+        # The same encoded queries with each variant's BM25 tokens (only the tokens differ).
+        variant_tokens = {v: engine._bm25_tokens(qtexts) for v, (engine, _) in engines.items()}
+        for qi, e in enumerate(encoded):
+            per_variant = {v: dataclasses.replace(e, bm25_tokens=variant_tokens[v][qi]) for v in engines}
+            fused = {v: engines[v][1].signals(per_variant[v]) for v in engines}
             for config in configs:
-                engine, _, e_ = variants[config.words]
+                engine, e_ = engines[config.bm25][0], per_variant[config.bm25]
                 if config.kwargs["mode"] in ("dense", "sparse"):
                     hits = engine.search_encoded(e_, k=K, **config.kwargs)
                     ranked[config.name].append([h.id for h in hits])
                 else:
-                    cand_rows, signals = fused[config.words]
+                    cand_rows, signals = fused[config.bm25]
                     ranked[config.name].append(rank_config(cand_rows, signals, config.kwargs, ids))
         logger.info(
             "[%s] %s: %d configs scored in %.1fs",
@@ -527,7 +544,7 @@ def run_collection(
             by_name[config.name] = metrics
             latency = None
             if config.name in LATENCY_CONFIGS:
-                engine = word_index if config.words else index
+                engine = engines[config.bm25][0]
                 latency = p50_ms(lambda q, c=config, e=engine: e.search(q, k=K, **c.kwargs), latency_queries)
             rows.append(
                 {
@@ -608,6 +625,7 @@ KEY_COLUMNS = (
     ("dense", "dense"),
     ("lexical (BM25, subword)", "BM25"),
     ("lexical (BM25, words)", "BM25 words"),
+    ("lexical (BM25, stemmed words)", "BM25 stemmed"),
     ("colbert (identity)", "ColBERT"),
 )
 PEERS = (
@@ -634,7 +652,14 @@ def choose_default(rows: list[dict[str, Any]]) -> tuple[str, list[tuple[str, flo
     than 0.01 on a cross-lingual set (no lexical evidence) is not eligible.
     """
     table = _rows_by(rows)
-    names = sorted({r["config"] for r in rows if r["family"] in DEFAULT_FAMILIES})
+    # Stemming needs the corpus language, so a stemmed configuration cannot be a default.
+    names = sorted(
+        {
+            r["config"]
+            for r in rows
+            if r["family"] in DEFAULT_FAMILIES and not r["config"].endswith(BM25_VARIANTS["stemmed"])
+        }
+    )
     stats = []
     for name in names:
         values, margins, beats = [], [], 0
@@ -743,12 +768,22 @@ def write_report(saved: dict[str, Any], path: Path) -> None:
     if saved.get("quick"):
         lines += ["**Quick run** (`--quick`): a subset of collections and queries; not the full report.", ""]
     lines += ["## Main result (nDCG@10)", ""]
+    # The default's fusion and weights with the other BM25 tokens, where the run has them.
+    base = default
+    for suffix in BM25_VARIANTS.values():
+        base = base.removesuffix(suffix)
+    variants = [
+        (base + suffix, "default · " + suffix.split(" · ")[1])
+        for suffix in ("", *BM25_VARIANTS.values())
+        if base + suffix != default and any(base + suffix in c for c in table.values())
+    ]
     header = [
         "encoder",
         "collection",
         "queries",
         *(label for _, label in KEY_COLUMNS),
         "**default**",
+        *(label for _, label in variants),
         *(label for _, label in PEERS),
     ]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -757,11 +792,38 @@ def write_report(saved: dict[str, Any], path: Path) -> None:
         cells = [encoder, dataset, str(any_row["num_queries"])]
         cells += [_fmt(configs.get(c, {}).get("ndcg@10")) for c, _ in KEY_COLUMNS]
         cells.append("**" + _fmt(configs.get(default, {}).get("ndcg@10")) + "**")
+        cells += [_fmt(configs.get(c, {}).get("ndcg@10")) for c, _ in variants]
         cells += [_fmt(configs.get(c, {}).get("ndcg@10")) for c, _ in PEERS]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"**default** = `{default}` (chosen by the rule below).",
+        f"**default** = `{default}` (chosen by the rule below). `default · word BM25` and",
+        "`default · stemmed BM25` are the same fusion and weights with BM25 over lower-cased words, and",
+        "(English corpora only) over Snowball-stemmed words without stop words.",
+        "",
+        "How often each matches or beats (nDCG@10, over the pairs where both exist):",
+        "",
+        "| ours | >= best single signal | >= LC ensemble | >= LI rrf | >= LI rel |",
+        "|---|---|---|---|---|",
+    ]
+    for name, label in [(default, "**default**"), *variants]:
+        counts = []
+        for target in ("best single", *(p for p, _ in PEERS)):
+            wins = total = 0
+            for configs in table.values():
+                if name not in configs:
+                    continue
+                if target == "best single":
+                    value = max(configs[c]["ndcg@10"] for c, _ in KEY_COLUMNS if c in configs)
+                elif target in configs:
+                    value = configs[target]["ndcg@10"]
+                else:
+                    continue
+                wins += configs[name]["ndcg@10"] >= value - 1e-9
+                total += 1
+            counts.append(f"{wins}/{total}")
+        lines.append(f"| {label} | " + " | ".join(counts) + " |")
+    lines += [
         "",
         "## Choosing the default fusion for encoders without M3 heads",
         "",
