@@ -753,9 +753,12 @@ def write_report(saved: dict[str, Any], path: Path) -> None:
         "",
         "BAAI/bge-m3 cannot be downloaded on the machines that produced this report. Two real pretrained",
         "encoders stand in for it, and **neither has BGE-M3's sparse or ColBERT heads**: the lexical",
-        "signal is BM25 over the model's own subword token ids",
-        '(`M3Index(lexical="bm25", bm25_tokenizer="model")`) and ColBERT uses the identity projection of',
-        "the last hidden states. The multilingual-e5-small weights are",
+        "signal is BM25 and ColBERT uses the identity projection of the last hidden states. BM25 is run",
+        'over three kinds of tokens: the model\'s subword ids (`M3Index(lexical="bm25",',
+        'bm25_tokenizer="model")`, configurations without suffix), lower-cased words',
+        '(`bm25_tokenizer="word"`, `· word BM25`; what `bm25_tokenizer="auto"` picks for these models), and',
+        'for English corpora Snowball-stemmed words without stop words (`bm25_stemmer="english",',
+        'bm25_stopwords="english"`, `· stemmed BM25`). The multilingual-e5-small weights are',
         "a dequantized 4-bit copy: fine for comparing methods on one model, not for quoting the model's",
         "scores. Every corpus is encoded once per encoder and shared by all rows; the peers use the same",
         "dense vectors through caching embedding wrappers.",
@@ -773,7 +776,7 @@ def write_report(saved: dict[str, Any], path: Path) -> None:
     for suffix in BM25_VARIANTS.values():
         base = base.removesuffix(suffix)
     variants = [
-        (base + suffix, "default · " + suffix.split(" · ")[1])
+        (base + suffix, "default · " + (suffix.split(" · ")[1] if suffix else "subword BM25"))
         for suffix in ("", *BM25_VARIANTS.values())
         if base + suffix != default and any(base + suffix in c for c in table.values())
     ]
@@ -797,9 +800,9 @@ def write_report(saved: dict[str, Any], path: Path) -> None:
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"**default** = `{default}` (chosen by the rule below). `default · word BM25` and",
-        "`default · stemmed BM25` are the same fusion and weights with BM25 over lower-cased words, and",
-        "(English corpora only) over Snowball-stemmed words without stop words.",
+        f"**default** = `{default}` (chosen by the rule below). The `default · …` columns are the same",
+        "fusion and weights with BM25 over other tokens: the model's subword ids, lower-cased words, or",
+        "(English corpora only) Snowball-stemmed words without stop words.",
         "",
         "How often each matches or beats (nDCG@10, over the pairs where both exist):",
         "",
@@ -927,11 +930,13 @@ def write_report(saved: dict[str, Any], path: Path) -> None:
         "for e5.",
         'Documents are `title + "\\n" + text` (title skipped when the text starts with it); passages longer',
         "than 512 tokens (autorag-ko/longdoc, many autorag-ko pages) are truncated: the encoders' limit.",
-        "KorQuAD paragraphs are converted in memory (licence: no derivatives); 1,000 seeded questions.",
+        "KorQuAD paragraphs are converted in memory (licence: no derivatives); 500 seeded questions.",
+        "The e5 build script needs a Python with `safetensors`: run with the project's `.venv/bin` first",
+        "on `PATH`, or point `M3_MULTILINGUAL_E5_SMALL_PATH` at the built folder.",
         "",
         "## Machine and versions",
         "",
-        f"- {env.get('cpu', '?')}, {env.get('cpu_count', '?')} CPUs (shared with other jobs while this ran: "
+        f"- {env.get('cpu', '?')}, {env.get('cpu_count', '?')} CPUs (a VM whose neighbours vary: "
         "latencies are indicative), torch threads "
         f"{env.get('torch_threads', '?')}; Python {env.get('python', '?')}; {env.get('platform', '?')}",
         "- " + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()),

@@ -142,10 +142,10 @@ def _build_parser() -> argparse.ArgumentParser:
 def _add_bm25_tokenizer(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bm25-tokenizer",
-        choices=("model", "word"),
-        default="model",
-        help="BM25 tokens: the model's subword ids (default) or lower-cased words (for an encoder whose "
-        "vocabulary does not cover the language)",
+        choices=("auto", "model", "word"),
+        default="auto",
+        help="BM25 tokens: lower-cased words, the model's subword ids, or auto (words when BM25 is the "
+        "lexical signal, i.e. the model has no sparse head; the model's ids otherwise)",
     )
     parser.add_argument(
         "--bm25-stemmer",
@@ -163,8 +163,8 @@ def _add_bm25_tokenizer(parser: argparse.ArgumentParser) -> None:
 
 def _bm25_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The BM25 tokenizer options of ``index``/``eval``, checked before any model is loaded."""
-    if args.bm25_tokenizer != "word" and (args.bm25_stemmer or args.bm25_stopwords):
-        msg = "--bm25-stemmer and --bm25-stopwords need --bm25-tokenizer word"
+    if args.bm25_tokenizer == "model" and (args.bm25_stemmer or args.bm25_stopwords):
+        msg = "--bm25-stemmer and --bm25-stopwords apply to words, not --bm25-tokenizer model"
         raise CliError(msg, EXIT_USAGE)
     if args.bm25_stemmer is not None:
         from m3_integrations.bm25 import stemmer_languages

@@ -59,9 +59,10 @@ MODES: dict[str, tuple[str, ...]] = {
 # The paper's settings for a real BGE-M3 (trained sparse and ColBERT heads).
 DEFAULT_WEIGHTS = {"dense": 0.4, "lexical": 0.2, "colbert": 0.4}
 DEFAULT_FUSION = "weighted"
-# Encoders without M3's heads (BM25 lexical signal, identity ColBERT): measured in benchmarks/REPORT.md
-# over two encoders and several collections. Min-max scaling puts compressed cosines and unbounded BM25
-# on one scale; weighted sums let BM25 decide the order and collapse on cross-lingual queries.
+# Encoders without M3's heads (BM25 over words as the lexical signal, identity ColBERT): measured in
+# benchmarks/REPORT.md over two encoders and 16 encoder x collection pairs. Min-max scaling puts
+# compressed cosines and unbounded BM25 on one scale; weighted sums let BM25 decide the order and
+# collapse on cross-lingual queries.
 NO_HEADS_WEIGHTS = {"dense": 0.2, "lexical": 0.2, "colbert": 0.6}
 NO_HEADS_FUSION = "relative_score"
 WEIGHT_KEYS = ("dense", "sparse", "colbert", "bm25")
@@ -133,7 +134,11 @@ class M3Index:
         lexical: ``"m3"`` (the model's lexical weights), ``"bm25"``, or ``"auto"`` (m3 when the model
             has a sparse head, else BM25). With BM25 as the lexical signal, the ``sparse`` weight and
             mode use BM25 and hits report it under ``"bm25"``.
-        bm25_tokenizer: ``"model"`` (subword ids, language-agnostic) or ``"word"``.
+        bm25_tokenizer: ``"word"`` (lower-cased words; CJK ideographs and kana one per token),
+            ``"model"`` (the model's subword ids), or ``"auto"``: words when BM25 is the lexical signal
+            (a model without sparse head; words beat subword ids there in benchmarks/REPORT.md) or when
+            a stemmer or stop words are given, the model's ids otherwise (BM25 as a fourth signal
+            beside BGE-M3's own lexical weights).
         bm25_stemmer: with ``bm25_tokenizer="word"``, a Snowball language (``"english"``, ``"german"``,
             …) to stem words with (needs ``pip install "m3-integrations[stemming]"``); ``None`` keeps
             words as they are.
@@ -184,7 +189,7 @@ class M3Index:
         colbert_dtype: Literal["float16", "int8"] = "float16",
         dense_dtype: Literal["float32", "float16"] = "float32",
         lexical: Literal["auto", "m3", "bm25"] = "auto",
-        bm25_tokenizer: Literal["model", "word"] = "model",
+        bm25_tokenizer: Literal["auto", "model", "word"] = "auto",
         bm25_stemmer: str | None = None,
         bm25_stopwords: str | Sequence[str] | None = None,
         show_progress: bool = False,
@@ -202,10 +207,11 @@ class M3Index:
         if lexical == "m3" and not model.has_sparse:
             msg = "lexical='m3' needs a checkpoint with sparse_linear.pt; use lexical='bm25' or 'auto'"
             raise ValueError(msg)
-        if bm25_tokenizer not in ("model", "word"):
-            msg = f"bm25_tokenizer must be 'model' or 'word', got {bm25_tokenizer!r}"
+        if bm25_tokenizer not in ("auto", "model", "word"):
+            msg = f"bm25_tokenizer must be 'auto', 'model' or 'word', got {bm25_tokenizer!r}"
             raise ValueError(msg)
-        if bm25_tokenizer != "word" and (bm25_stemmer is not None or bm25_stopwords is not None):
+        word_options = bm25_stemmer is not None or bm25_stopwords is not None
+        if bm25_tokenizer == "model" and word_options:
             msg = "bm25_stemmer and bm25_stopwords apply to words: use them with bm25_tokenizer='word'"
             raise ValueError(msg)
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
@@ -216,7 +222,9 @@ class M3Index:
         self.colbert_dtype = colbert_dtype
         self.dense_dtype = dense_dtype
         self.lexical = "m3" if lexical == "m3" or (lexical == "auto" and model.has_sparse) else "bm25"
-        self.bm25_tokenizer = bm25_tokenizer
+        if bm25_tokenizer == "auto":
+            bm25_tokenizer = "word" if self.lexical == "bm25" or word_options else "model"
+        self.bm25_tokenizer: Literal["model", "word"] = bm25_tokenizer
         self._word_tokenizer = None
         if bm25_tokenizer == "word":
             self._word_tokenizer = WordTokenizer(stemmer=bm25_stemmer, stopwords=bm25_stopwords)

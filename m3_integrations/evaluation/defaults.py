@@ -6,8 +6,9 @@ so the index (or a user) can pick them per model:
 - a real BGE-M3 checkpoint (trained sparse and ColBERT heads): the paper's weighted fusion with
   ``dense 0.4, sparse 0.2, colbert 0.4`` (not re-tuned here: BAAI/bge-m3 cannot be loaded on the machines
   that made the report);
-- an encoder without M3's heads (BM25 as the lexical signal, identity-projection ColBERT): the choice below,
-  made by the rule in the report over several collections and two encoders, not tuned on one.
+- an encoder without M3's heads (BM25 over words as the lexical signal, which ``M3Index``'s
+  ``bm25_tokenizer="auto"`` picks for such a model; identity-projection ColBERT): the choice below, made
+  by the rule in the report over several collections and two encoders, not tuned on one.
 
 Example:
     >>> from types import SimpleNamespace

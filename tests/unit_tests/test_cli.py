@@ -131,8 +131,8 @@ def test_index_with_stemmed_bm25_words(docs_dir: Path, tmp_path: Path, tiny_chec
     assert main(["search", str(out), "foxes", "-k", "1", "--json", "--mode", "sparse", "-q"]) == EXIT_OK
     assert json.loads(capsys.readouterr().out)[0]["id"] == "fox.md"  # "foxes" found through stemming
     # Word options without word tokens, or an unknown language: usage errors before any model loads.
-    assert main([*args, "--bm25-stemmer", "english"]) == EXIT_USAGE
-    assert "need --bm25-tokenizer word" in capsys.readouterr().err
+    assert main([*args, "--bm25-tokenizer", "model", "--bm25-stemmer", "english"]) == EXIT_USAGE
+    assert "apply to words, not --bm25-tokenizer model" in capsys.readouterr().err
     assert main([*args, *word, "--bm25-stemmer", "klingon"]) == EXIT_USAGE
     assert "unknown --bm25-stemmer 'klingon'" in capsys.readouterr().err
 

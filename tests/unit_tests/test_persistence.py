@@ -163,8 +163,16 @@ def test_stemmed_word_bm25_roundtrip_and_manifest(tiny_model: M3Model, tmp_path:
         M3Index.load(path, model=tiny_model)
 
 
-def test_word_options_need_the_word_tokenizer(tiny_model: M3Model) -> None:
+def test_bm25_tokenizer_auto_and_word_options(tiny_model: M3Model) -> None:
+    # auto: the model's ids beside M3's own lexical weights; words when BM25 is the lexical signal or
+    # when word options are given.
+    assert M3Index(tiny_model).bm25_tokenizer == "model"
+    assert M3Index(tiny_model, lexical="bm25").bm25_tokenizer == "word"
+    assert M3Index(tiny_model, bm25_stopwords="english").bm25_tokenizer == "word"
+    assert M3Index(tiny_model, lexical="bm25", bm25_tokenizer="model").bm25_tokenizer == "model"
     with pytest.raises(ValueError, match="bm25_tokenizer='word'"):
-        M3Index(tiny_model, bm25_stemmer="english")
+        M3Index(tiny_model, bm25_tokenizer="model", bm25_stemmer="english")
     with pytest.raises(ValueError, match="bm25_tokenizer='word'"):
-        M3Index(tiny_model, bm25_stopwords="english")
+        M3Index(tiny_model, bm25_tokenizer="model", bm25_stopwords="english")
+    with pytest.raises(ValueError, match="'auto', 'model' or 'word'"):
+        M3Index(tiny_model, bm25_tokenizer="bpe")  # type: ignore[arg-type]
