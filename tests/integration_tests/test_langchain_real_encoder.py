@@ -39,7 +39,8 @@ def test_sample_questions_find_their_notes() -> None:
         passage_instruction="passage: ",
     )
     args = bot.parse_args([])
-    chunks = bot.split_documents(bot.DEFAULT_DATA, bot.source_files(bot.DEFAULT_DATA), args)
+    data = bot.common.DEFAULT_DATA
+    chunks = bot.split_documents(data, bot.common.source_files(data), args)
     retriever = M3Retriever.from_documents(chunks, model=model, k=3, mode="dense+sparse")
     questions = {
         "서울의 인구를 검색하면 어떤 문단이 나오나?": "korean_notes.md",
