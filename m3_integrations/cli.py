@@ -151,13 +151,13 @@ def _add_bm25_tokenizer(parser: argparse.ArgumentParser) -> None:
         "--bm25-stemmer",
         default=None,
         metavar="LANGUAGE",
-        help="with --bm25-tokenizer word: Snowball-stem words (english, german, ...; needs PyStemmer)",
+        help="Snowball-stem BM25 words (english, german, ...; needs PyStemmer; implies word tokens)",
     )
     parser.add_argument(
         "--bm25-stopwords",
         choices=("english",),
         default=None,
-        help="with --bm25-tokenizer word: leave this language's stop words out of BM25",
+        help="leave this language's stop words out of BM25 (implies word tokens)",
     )
 
 
