@@ -148,7 +148,7 @@ class WordTokenizer:
                 raise ValueError(msg)
             self.stopwords = _STOPWORD_LISTS[stopwords]
         else:
-            words = list(stopwords)
+            words = list(stopwords) if isinstance(stopwords, Iterable) else [stopwords]
             if not all(isinstance(w, str) for w in words):
                 msg = "stopwords must be strings"
                 raise TypeError(msg)

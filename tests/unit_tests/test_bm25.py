@@ -78,6 +78,8 @@ def test_word_tokenizer_options_and_errors() -> None:
         WordTokenizer(stopwords="klingon")
     with pytest.raises(TypeError, match="stopwords must be strings"):
         WordTokenizer(stopwords=[1, 2])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="stopwords must be strings"):
+        WordTokenizer(stopwords=3)  # type: ignore[arg-type]
     pytest.importorskip("Stemmer")
     assert "english" in stemmer_languages()
     with pytest.raises(ValueError, match=r"unknown stemmer language 'klingon'; available: .*english"):

@@ -137,6 +137,19 @@ def test_index_with_stemmed_bm25_words(docs_dir: Path, tmp_path: Path, tiny_chec
     assert "unknown --bm25-stemmer 'klingon'" in capsys.readouterr().err
 
 
+def test_stemmer_without_its_package_is_a_usage_error(
+    docs_dir: Path, tmp_path: Path, tiny_checkpoint: str, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "Stemmer", None)  # None in sys.modules makes the import fail
+    monkeypatch.setitem(sys.modules, "snowballstemmer", None)
+    args = ["index", str(docs_dir), "--out", str(tmp_path / "i"), "--model", tiny_checkpoint, "-q"]
+    assert main([*args, "--bm25-stemmer", "english"]) == EXIT_USAGE
+    assert "m3-integrations[stemming]" in capsys.readouterr().err
+    assert not (tmp_path / "i").exists()  # nothing written
+
+
 def test_missing_paths_exit_3(tmp_path: Path, tiny_checkpoint: str, capsys) -> None:
     assert (
         main(["index", str(tmp_path / "nope"), "--out", str(tmp_path / "i"), "--model", tiny_checkpoint]) == 3
