@@ -60,7 +60,7 @@ WEIGHT_GRID = {
     "lexical .3/.4/.3": {"dense": 0.3, "sparse": 0.4, "colbert": 0.3},
     "colbert .2/.2/.6": {"dense": 0.2, "sparse": 0.2, "colbert": 0.6},
 }
-FUSIONS = ("weighted", "rrf", "relative_score")
+FUSIONS = ("weighted", "rrf", "relative_score", "confidence")
 
 
 @dataclass(frozen=True)
@@ -449,6 +449,8 @@ LATENCY_CONFIGS = (
     "hybrid relative_score paper .4/.2/.4" + BM25_VARIANTS["words"],
     "hybrid relative_score colbert .2/.2/.6" + BM25_VARIANTS["words"],
     "hybrid relative_score lexical .3/.4/.3" + BM25_VARIANTS["words"],
+    "hybrid confidence paper .4/.2/.4" + BM25_VARIANTS["words"],
+    "hybrid confidence colbert .2/.2/.6" + BM25_VARIANTS["words"],
 )
 
 
@@ -853,6 +855,12 @@ def write_report(saved: dict[str, Any], path: Path) -> None:
         "drops a signal with no evidence, so the strong identity-ColBERT signal keeps its lead; a larger",
         "ColBERT weight protects cross-lingual queries at a small cost where BM25 is strong.",
         "",
+        "`confidence` is `relative_score` with each weight multiplied, per query, by the square of the",
+        "signal's peak z-score over the candidates (how far its best candidate stands above the rest, in",
+        "standard deviations). Fixed weights cannot tell a signal that is noise for this query (an",
+        "English-only encoder reading Korean, a long document cut at 512 tokens) from one that works;",
+        "the shape of the scores can.",
+        "",
     ]
     done = {(r["encoder"], r["dataset"].split(" ")[0]) for r in rows}
     missing = [
@@ -904,7 +912,8 @@ def write_report(saved: dict[str, Any], path: Path) -> None:
         "",
         "- Weights are `(dense, lexical, colbert)`; `fusion` is `M3Index.search(fusion=...)`: `weighted`",
         "  (BM25 max-normalised over the candidates, then the weighted average), `rrf` (k = 60),",
-        "  `relative_score` (min-max per signal over the candidates, then the weighted average).",
+        "  `relative_score` (min-max per signal over the candidates, then the weighted average),",
+        "  `confidence` (`relative_score` with each weight times the signal's squared peak z-score).",
         '- `+ M3 rerank`: `rerank="m3"` re-scores the top 100 fused hits with dense and ColBERT (0.4/0.4;',
         "  no M3 lexical weights without the sparse head).",
         "- LangChain: `EnsembleRetriever([BM25Retriever (rank_bm25, whitespace tokens), InMemoryVectorStore",

@@ -42,7 +42,7 @@ EXIT_INPUT = 3
 EXIT_MODE = 4
 
 MODES = ("dense", "sparse", "colbert", "dense+sparse", "hybrid")
-FUSIONS = ("weighted", "rrf", "relative_score")
+FUSIONS = ("weighted", "rrf", "relative_score", "confidence")  # fusion.FUSION_METHODS, imported lazily
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst")
 MODEL_CONFIG_FILE = "cli_model.json"
 

@@ -1,6 +1,6 @@
 """Fusion of per-signal relevance scores into one ranking score — every fusion formula lives here.
 
-Three methods, all over the same candidate set (the rows scored in the second stage):
+Four methods, all over the same candidate set (the rows scored in the second stage):
 
 - ``weighted`` — FlagEmbedding's ``compute_score`` semantics, ``Σ w_i s_i / Σ w_i`` on raw scores.
   Unbounded signals (BM25) are first divided by their maximum over the candidates, so they live on
@@ -10,11 +10,16 @@ Three methods, all over the same candidate set (the rows scored in the second st
   not inject insertion order; a candidate scoring exactly 0 on a lexical signal (no shared term) is
   not retrieved by it and gets no contribution from it.
 - ``relative_score`` — min-max normalise every signal over the candidates, then ``Σ w_i n_i / Σ w_i``.
+- ``confidence`` — ``relative_score`` with per-query weights ``w_i z_i²``, where ``z_i`` is the signal's
+  peak z-score over the candidates, ``(max - mean) / std``: how far its best candidate stands out from
+  the rest, a signal-to-noise estimate. Squared, as inverse-variance weighting squares the precision of
+  independent estimates. A signal whose scores are flat noise (an English-only encoder reading Korean
+  text, say) then gives way to one with a clear winner; the same weights fixed per query cannot.
 
 A signal with no evidence for the query — every candidate scores 0, as when no query token is known to
 the lexical index (cross-lingual queries) — is dropped and the remaining weights are renormalised
-(:func:`effective_weights`). Under ``relative_score`` a constant signal carries no information either
-and is dropped too. If no signal is left, every fused score is 0.
+(:func:`effective_weights`). Under ``relative_score`` and ``confidence`` a constant signal carries no
+information either and is dropped too. If no signal is left, every fused score is 0.
 
 Example:
     >>> import numpy as np
@@ -38,16 +43,18 @@ __all__ = [
     "RRF_K",
     "UNBOUNDED_SIGNALS",
     "competition_ranks",
+    "confidence_fusion",
     "effective_weights",
     "fuse",
     "max_normalize",
     "min_max_normalize",
+    "peak_zscore",
     "reciprocal_rank_fusion",
     "relative_score_fusion",
     "weighted_fusion",
 ]
 
-FUSION_METHODS = ("weighted", "rrf", "relative_score")
+FUSION_METHODS = ("weighted", "rrf", "relative_score", "confidence")
 RRF_K = 60
 # Signals whose scores are not bounded by 1 and need rescaling before a weighted sum.
 UNBOUNDED_SIGNALS = frozenset({"bm25"})
@@ -160,6 +167,45 @@ def relative_score_fusion(scores: Mapping[str, np.ndarray], weights: Mapping[str
     return np.asarray(scoring.combine_scores(used, kept), dtype=np.float32)
 
 
+def peak_zscore(values: np.ndarray) -> float:
+    """``(max - mean) / std`` of ``values`` (population std), or 0 for a constant or empty array.
+
+    Example:
+        >>> round(peak_zscore(np.array([0.0, 0.0, 0.0, 3.0])), 3)
+        1.732
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return 0.0
+    spread = float(values.std())
+    return float((values.max() - values.mean()) / spread) if spread > 0 else 0.0
+
+
+def confidence_fusion(scores: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
+    """``relative_score`` with each weight scaled per query by the square of the signal's peak z-score.
+
+    Example: a flat dense signal and a BM25 signal with one clear match; the weights favour dense.
+
+        >>> import numpy as np
+        >>> scores = {"dense": np.array([0.80, 0.81, 0.79, 0.80, 0.81, 0.79]),
+        ...           "bm25": np.array([9.0, 0.0, 0.0, 0.0, 0.0, 0.0])}
+        >>> weights = {"dense": 0.8, "bm25": 0.2}
+        >>> int(relative_score_fusion(scores, weights).argmax())  # dense's top row, by a hair
+        1
+        >>> int(confidence_fusion(scores, weights).argmax())  # BM25's clear match
+        0
+    """
+    arrays = _as_arrays(scores)
+    kept = effective_weights(arrays, weights, drop_constant=True)
+    n = len(next(iter(arrays.values()))) if arrays else 0
+    scaled = {name: weight * peak_zscore(arrays[name]) ** 2 for name, weight in kept.items()}
+    scaled = {name: weight for name, weight in scaled.items() if weight > 0}
+    if not scaled:
+        return np.zeros(n, dtype=np.float32)
+    used = {name: min_max_normalize(arrays[name]) for name in scaled}
+    return np.asarray(scoring.combine_scores(used, scaled), dtype=np.float32)
+
+
 def fuse(
     scores: Mapping[str, np.ndarray], weights: Mapping[str, float], *, method: str = "weighted"
 ) -> np.ndarray:
@@ -168,7 +214,7 @@ def fuse(
     Args:
         scores: signal name → ``(n,)`` scores; every name in ``weights`` must be present.
         weights: signal name → non-negative weight.
-        method: ``"weighted"``, ``"rrf"`` or ``"relative_score"``.
+        method: ``"weighted"``, ``"rrf"``, ``"relative_score"`` or ``"confidence"``.
 
     Returns:
         ``(n,)`` float32 fused scores (higher is better).
@@ -186,5 +232,7 @@ def fuse(
         return reciprocal_rank_fusion(scores, weights)
     if method == "relative_score":
         return relative_score_fusion(scores, weights)
+    if method == "confidence":
+        return confidence_fusion(scores, weights)
     msg = f"unknown fusion {method!r}; expected one of {', '.join(FUSION_METHODS)}"
     raise ValueError(msg)

@@ -704,7 +704,8 @@ class M3Index:
                 name (``dense``, ``sparse``, ``colbert``, ``bm25``) overriding those defaults —
                 ``{"bm25": 0.2}`` adds BM25 as a fourth signal. Only the mode's signals (and ``bm25``
                 when weighted) are used.
-            fusion: ``"weighted"``, ``"rrf"`` or ``"relative_score"`` (see :mod:`m3_integrations.fusion`);
+            fusion: ``"weighted"``, ``"rrf"``, ``"relative_score"`` or ``"confidence"`` (see
+                :mod:`m3_integrations.fusion`);
                 ``None`` for :attr:`default_fusion` (weighted for BGE-M3, relative_score without its heads).
             candidates: first-stage size per cheap signal; ``None`` scores every document.
             filter: a dict of exact metadata matches, or a callable on the metadata; applied before

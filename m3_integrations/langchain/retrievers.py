@@ -42,7 +42,8 @@ class M3Retriever(BaseRetriever):
         mode: ``"hybrid"`` (dense + sparse + ColBERT), ``"dense+sparse"``, ``"dense"``, ``"sparse"`` or
             ``"colbert"``.
         weights: per-signal weights, a ``(dense, sparse, colbert)`` tuple or a dict by signal name.
-        fusion: ``"weighted"``, ``"rrf"`` or ``"relative_score"``; ``None`` (default) lets the index choose.
+        fusion: ``"weighted"``, ``"rrf"``, ``"relative_score"`` or ``"confidence"``; ``None`` (default)
+            lets the index choose.
         candidates: first-stage candidates per signal (``None``: score every document).
         filter: a dict of exact metadata matches or a callable on the metadata.
         rerank: ``"m3"`` or a core reranker (e.g. ``CrossEncoderReranker``) applied by the index.
@@ -114,7 +115,7 @@ class M3Retriever(BaseRetriever):
     """Which signals rank the documents."""
     weights: tuple[float, ...] | dict[str, float] | None = None
     """Per-signal weights; ``None`` uses the index defaults (0.4, 0.2, 0.4 for BGE-M3)."""
-    fusion: Literal["weighted", "rrf", "relative_score"] | None = None
+    fusion: Literal["weighted", "rrf", "relative_score", "confidence"] | None = None
     """How the signals' scores are fused; ``None`` uses the index default (weighted for BGE-M3)."""
     candidates: int | None = Field(default=100, gt=0)
     """First-stage candidates per signal; ``None`` scores every document."""

@@ -220,6 +220,12 @@ def test_mode_the_model_cannot_give_exits_4(
     assert "ColBERT" in capsys.readouterr().err
 
 
+def test_cli_offers_every_fusion_of_the_core() -> None:
+    from m3_integrations import cli, fusion
+
+    assert cli.FUSIONS == fusion.FUSION_METHODS
+
+
 def test_usage_errors_exit_2(built_index: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == EXIT_USAGE
     assert main(["search", str(built_index), "q", "--mode", "nonsense"]) == EXIT_USAGE

@@ -52,7 +52,47 @@ def test_relative_score_is_min_max_then_weighted() -> None:
         assert fused[i] == pytest.approx(num / sum(WEIGHTS.values()), rel=1e-5, abs=1e-6)
 
 
-@pytest.mark.parametrize("method", ["weighted", "rrf", "relative_score"])
+def naive_peak_z(values: list[float]) -> float:
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+    return (max(values) - mean) / std
+
+
+def test_confidence_is_min_max_with_weights_scaled_by_squared_peak_z() -> None:
+    fused = fuse(SCORES, WEIGHTS, method="confidence")
+    scaled = {s: w * naive_peak_z([float(v) for v in SCORES[s]]) ** 2 for s, w in WEIGHTS.items()}
+    for i in range(12):
+        num = 0.0
+        for s, w in scaled.items():
+            lo, hi = min(SCORES[s]), max(SCORES[s])
+            num += w * (float(SCORES[s][i]) - lo) / (hi - lo)
+        assert fused[i] == pytest.approx(num / sum(scaled.values()), rel=1e-5, abs=1e-6)
+    # Unlike relative_score, the result depends on each signal's shape, not only its order.
+    assert not np.allclose(fused, fuse(SCORES, WEIGHTS, method="relative_score"))
+
+
+def test_confidence_lets_a_peaked_signal_overrule_flat_noise() -> None:
+    flat = np.array([0.80, 0.81, 0.79, 0.80, 0.81, 0.79, 0.80, 0.80])  # top row 1 by a hair
+    peaked = np.array([12.0, 0.0, 0.5, 0.0, 0.0, 1.0, 0.0, 0.0])  # one clear match: row 0
+    weights = {"dense": 0.8, "bm25": 0.2}
+    scores = {"dense": flat, "bm25": peaked}
+    assert int(np.argmax(fuse(scores, weights, method="relative_score"))) == 1
+    assert int(np.argmax(fuse(scores, weights, method="confidence"))) == 0
+    # Invariant to an affine rescaling of a signal (BM25 scores have no fixed scale).
+    rescaled = fuse({"dense": flat, "bm25": 3 * peaked + 2}, weights, method="confidence")
+    assert rescaled.tolist() == pytest.approx(fuse(scores, weights, method="confidence").tolist(), abs=1e-6)
+
+
+@pytest.mark.parametrize("method", ["weighted", "rrf", "relative_score", "confidence"])
+def test_constant_signal_is_dropped_or_harmless(method: str) -> None:
+    alone = fuse({"dense": SCORES["dense"]}, {"dense": 1.0}, method=method)
+    with_constant = fuse(
+        {"dense": SCORES["dense"], "colbert": np.full(12, 0.5)}, {"dense": 1.0, "colbert": 1.0}, method=method
+    )
+    assert np.argsort(-with_constant, kind="stable").tolist() == np.argsort(-alone, kind="stable").tolist()
+
+
+@pytest.mark.parametrize("method", ["weighted", "rrf", "relative_score", "confidence"])
 def test_signal_without_evidence_is_dropped(method: str) -> None:
     dense_only = fuse({"dense": SCORES["dense"]}, {"dense": 0.4}, method=method)
     with_empty = fuse(

@@ -106,11 +106,33 @@ def test_no_lexical_evidence_leaves_dense_ranking_unchanged(tiny_model: M3Model,
     (encoded,) = index.encode_queries([query])
     encoded.lexical_weights = {}  # no query token known to the lexical index
     dense = index.search_encoded(encoded, k=8, mode="dense")
-    for fusion_method in ("weighted", "rrf", "relative_score"):
+    for fusion_method in ("weighted", "rrf", "relative_score", "confidence"):
         fused = index.search_encoded(encoded, k=8, mode="dense+sparse", fusion=fusion_method)
         assert _ids(fused) == _ids(dense)
         if fusion_method == "weighted":
             assert [h.score for h in fused] == pytest.approx([h.score for h in dense])
+
+
+def test_confidence_fusion_scores_every_document_by_the_formula(index: M3Index) -> None:
+    weights = {"dense": 0.4, "sparse": 0.2, "colbert": 0.4}
+    hits = index.search("hello world", k=len(index), candidates=None, fusion="confidence", weights=weights)
+    assert len(hits) == len(index)
+    columns = {name: [h.scores[name] for h in hits] for name in weights}
+
+    def peak_z(values: list[float]) -> float:
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+        return (max(values) - mean) / std
+
+    scaled = {n: w * peak_z(columns[n]) ** 2 for n, w in weights.items() if max(columns[n]) > min(columns[n])}
+    assert scaled, "the tiny index should give at least one non-constant signal"
+    for i, hit in enumerate(hits):
+        expected = sum(
+            w * (columns[n][i] - min(columns[n])) / (max(columns[n]) - min(columns[n]))
+            for n, w in scaled.items()
+        ) / sum(scaled.values())
+        assert hit.score == pytest.approx(expected, abs=1e-5)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
 def test_empty_document_stored_and_retrievable(index: M3Index) -> None:
