@@ -90,6 +90,24 @@ def test_search_json_matches_the_index(built_index: Path, capsys: pytest.Capture
     assert {h["metadata"]["source"].rsplit("/", 1)[-1] for h in hits} >= {"fox.md"}
 
 
+@pytest.mark.parametrize("fusion_method", ["relative_score", "confidence"])
+def test_search_fusion_option_reaches_the_index(
+    built_index: Path, fusion_method: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from m3_integrations import M3Index, M3Model
+    from m3_integrations.cli import MODEL_CONFIG_FILE
+
+    capsys.readouterr()
+    argv = ["search", str(built_index), "quick brown fox", "-k", "5", "--json", "--fusion", fusion_method]
+    assert main(argv) == 0
+    hits = json.loads(capsys.readouterr().out)
+    saved = json.loads((built_index / MODEL_CONFIG_FILE).read_text(encoding="utf-8"))
+    index = M3Index.load(built_index, model=M3Model(saved["model"], **saved.get("model_kwargs", {})))
+    expected = index.search("quick brown fox", k=5, fusion=fusion_method)
+    assert [h["id"] for h in hits] == [h.id for h in expected]
+    assert [h["score"] for h in hits] == pytest.approx([h.score for h in expected], abs=1e-6)
+
+
 def test_index_reads_beir_jsonl(beir_dir: Path, tmp_path: Path, tiny_checkpoint: str, capsys) -> None:
     out = tmp_path / "beir.index"
     code = main(

@@ -62,6 +62,7 @@ def test_documents_mirror_index_hits(retriever: M3Retriever) -> None:
         {"k": 3, "mode": "dense+sparse", "fusion": "rrf"},
         {"k": 3, "weights": (1.0, 0.0, 0.0)},
         {"k": 3, "weights": {"dense": 0.2, "colbert": 0.8}, "fusion": "relative_score"},
+        {"k": 4, "fusion": "confidence"},
         {"k": 4, "candidates": None},
         {"k": 6, "filter": {"lang": "en"}},
         {"k": 6, "filter": lambda meta: meta["n"] % 2 == 0},
