@@ -116,3 +116,23 @@ def naive_weighted_ranking(
     total = sum(used.values())
     fused = [sum(w * scores[name][i] for name, w in used.items()) / total if total else 0.0 for i in range(n)]
     return sorted(range(n), key=lambda i: (-fused[i], i)), fused
+
+
+def naive_peak_z(values: list[float]) -> float:
+    """``(max - mean) / std`` (population std) in plain Python: the confidence fusion's signal-to-noise."""
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+    return (max(values) - mean) / std
+
+
+def naive_min_max_average(scores: Mapping[str, list[float]], weights: Mapping[str, float]) -> list[float]:
+    """``Σ w_s (x_s - min_s) / (max_s - min_s) / Σ w_s`` per candidate (``relative_score`` fusion)."""
+    n = len(next(iter(scores.values())))
+    fused = []
+    for i in range(n):
+        total = 0.0
+        for name, weight in weights.items():
+            low, high = min(scores[name]), max(scores[name])
+            total += weight * (scores[name][i] - low) / (high - low)
+        fused.append(total / sum(weights.values()))
+    return fused

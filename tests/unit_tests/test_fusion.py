@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from m3_integrations.fusion import competition_ranks, effective_weights, fuse
+from tests.common import naive_min_max_average, naive_peak_z
 
 RNG = np.random.default_rng(0)
 SCORES = {
@@ -13,6 +14,7 @@ SCORES = {
     "bm25": np.where(RNG.uniform(size=12) > 0.4, RNG.uniform(0, 25, 12), 0).astype(np.float32),
 }
 WEIGHTS = {"dense": 0.4, "sparse": 0.2, "colbert": 0.4, "bm25": 0.3}
+PLAIN_SCORES = {name: [float(v) for v in values] for name, values in SCORES.items()}
 
 
 def naive_ranks(values: list[float]) -> list[int]:
@@ -44,29 +46,14 @@ def test_rrf_formula_k60_ranks_from_one_ties_share_rank() -> None:
 
 def test_relative_score_is_min_max_then_weighted() -> None:
     fused = fuse(SCORES, WEIGHTS, method="relative_score")
-    for i in range(12):
-        num = 0.0
-        for s, w in WEIGHTS.items():
-            lo, hi = min(SCORES[s]), max(SCORES[s])
-            num += w * (float(SCORES[s][i]) - lo) / (hi - lo)
-        assert fused[i] == pytest.approx(num / sum(WEIGHTS.values()), rel=1e-5, abs=1e-6)
-
-
-def naive_peak_z(values: list[float]) -> float:
-    mean = sum(values) / len(values)
-    std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
-    return (max(values) - mean) / std
+    expected = naive_min_max_average(PLAIN_SCORES, WEIGHTS)
+    assert fused.tolist() == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
 
 def test_confidence_is_min_max_with_weights_scaled_by_squared_peak_z() -> None:
     fused = fuse(SCORES, WEIGHTS, method="confidence")
-    scaled = {s: w * naive_peak_z([float(v) for v in SCORES[s]]) ** 2 for s, w in WEIGHTS.items()}
-    for i in range(12):
-        num = 0.0
-        for s, w in scaled.items():
-            lo, hi = min(SCORES[s]), max(SCORES[s])
-            num += w * (float(SCORES[s][i]) - lo) / (hi - lo)
-        assert fused[i] == pytest.approx(num / sum(scaled.values()), rel=1e-5, abs=1e-6)
+    scaled = {s: w * naive_peak_z(PLAIN_SCORES[s]) ** 2 for s, w in WEIGHTS.items()}
+    assert fused.tolist() == pytest.approx(naive_min_max_average(PLAIN_SCORES, scaled), rel=1e-5, abs=1e-6)
     # Unlike relative_score, the result depends on each signal's shape, not only its order.
     assert not np.allclose(fused, fuse(SCORES, WEIGHTS, method="relative_score"))
 

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from m3_integrations import M3Index, M3Model, SearchHit
-from tests.common import INDEX_TEXTS, naive_m3_scores, naive_weighted_ranking
+from tests.common import (
+    INDEX_TEXTS,
+    naive_m3_scores,
+    naive_min_max_average,
+    naive_peak_z,
+    naive_weighted_ranking,
+)
 
 QUERIES = ["capital of France", "hello world", "서울 수도", "检索增强生成", "vector databases and numpy"]
 MODE_SIGNALS = {
@@ -118,20 +124,11 @@ def test_confidence_fusion_scores_every_document_by_the_formula(index: M3Index) 
     hits = index.search("hello world", k=len(index), candidates=None, fusion="confidence", weights=weights)
     assert len(hits) == len(index)
     columns = {name: [h.scores[name] for h in hits] for name in weights}
-
-    def peak_z(values: list[float]) -> float:
-        mean = sum(values) / len(values)
-        std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
-        return (max(values) - mean) / std
-
-    scaled = {n: w * peak_z(columns[n]) ** 2 for n, w in weights.items() if max(columns[n]) > min(columns[n])}
+    scaled = {
+        n: w * naive_peak_z(columns[n]) ** 2 for n, w in weights.items() if max(columns[n]) > min(columns[n])
+    }
     assert scaled, "the tiny index should give at least one non-constant signal"
-    for i, hit in enumerate(hits):
-        expected = sum(
-            w * (columns[n][i] - min(columns[n])) / (max(columns[n]) - min(columns[n]))
-            for n, w in scaled.items()
-        ) / sum(scaled.values())
-        assert hit.score == pytest.approx(expected, abs=1e-5)
+    assert [h.score for h in hits] == pytest.approx(naive_min_max_average(columns, scaled), abs=1e-5)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
