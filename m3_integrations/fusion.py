@@ -12,9 +12,10 @@ Four methods, all over the same candidate set (the rows scored in the second sta
 - ``relative_score`` — min-max normalise every signal over the candidates, then ``Σ w_i n_i / Σ w_i``.
 - ``confidence`` — ``relative_score`` with per-query weights ``w_i z_i²``, where ``z_i`` is the signal's
   peak z-score over the candidates, ``(max - mean) / std``: how far its best candidate stands out from
-  the rest, a signal-to-noise estimate. Squared, as inverse-variance weighting squares the precision of
-  independent estimates. A signal whose scores are flat noise (an English-only encoder reading Korean
-  text, say) then gives way to one with a clear winner; the same weights fixed per query cannot.
+  the rest, a signal-to-noise estimate. Squared by analogy with inverse-variance weights (``1/σ²``);
+  in ``benchmarks/fusion_study.py`` the square and the cube tie for the best mean, and the square is
+  the milder. A signal whose scores are flat noise (an English-only encoder reading Korean text, say)
+  then gives way to one with a clear winner; the same weights fixed per query cannot.
 
 A signal with no evidence for the query — every candidate scores 0, as when no query token is known to
 the lexical index (cross-lingual queries) — is dropped and the remaining weights are renormalised
