@@ -253,6 +253,7 @@ class M3Index:
         self._colbert = np.zeros((0, self.colbert_dim), dtype=col_dtype)
         self._colbert_scale = np.zeros(0, dtype=np.float32)
         self._colbert_used = 0
+        self._colbert_norm_cache: tuple[tuple[int, int, int], float] | None = None
         self._colbert_start = np.zeros(0, dtype=np.int64)
         self._colbert_len = np.zeros(0, dtype=np.int64)
         self._bm25 = BM25(num_columns=self.vocab_size if self.bm25_tokenizer == "model" else None)
@@ -707,7 +708,9 @@ class M3Index:
             fusion: ``"weighted"``, ``"rrf"``, ``"relative_score"`` or ``"confidence"`` (see
                 :mod:`m3_integrations.fusion`);
                 ``None`` for :attr:`default_fusion` (weighted for BGE-M3, relative_score without its heads).
-            candidates: first-stage size per cheap signal; ``None`` scores every document.
+            candidates: first-stage size per cheap signal; ``None`` scores every document (with
+                ``weighted`` fusion, ColBERT is skipped where an exact bound shows a document cannot
+                reach the top ``k``; the results are identical).
             filter: a dict of exact metadata matches, or a callable on the metadata; applied before
                 the top-k, so ``k`` hits come back whenever ``k`` documents match.
             rerank: ``"m3"`` (re-score with all M3 representations), or a reranker such as
@@ -987,6 +990,63 @@ class M3Index:
             workspace=self._workspace,
         )
 
+    def _colbert_norm_bound(self) -> float:
+        """The largest norm of a stored ColBERT vector (cached until the store changes)."""
+        key = (id(self._colbert), id(self._colbert_scale), self._colbert_used)
+        if self._colbert_norm_cache is None or self._colbert_norm_cache[0] != key:
+            largest = 0.0
+            step = 65_536
+            for begin in range(0, self._colbert_used, step):
+                block = self._colbert[begin : min(begin + step, self._colbert_used)].astype(np.float32)
+                norms = np.linalg.norm(block, axis=1)
+                if self.colbert_dtype == "int8":
+                    norms *= self._colbert_scale[begin : begin + len(block)]
+                largest = max(largest, float(norms.max(initial=0.0)))
+            self._colbert_norm_cache = (key, largest)
+        return self._colbert_norm_cache[1]
+
+    def _pruned_exhaustive(
+        self,
+        rows: np.ndarray,
+        signals: dict[str, np.ndarray],
+        encoded: EncodedQuery,
+        weights: dict,
+        n_keep: int,
+    ) -> np.ndarray | None:
+        """ColBERT scores for an exhaustive ``weighted`` search, computed only where they can matter.
+
+        Exact: MaxSim is at most ``B = max ||q_i|| * max ||e_j||`` (Cauchy-Schwarz), and the weighted
+        fusion is increasing in the ColBERT score, so fusing with ``B`` gives every row an upper bound.
+        The rows with the highest bounds are scored first; the ``n_keep``-th best exact fused score
+        among them is a lower bound on the final one, so a row whose bound is strictly below it cannot
+        enter the top ``n_keep`` (not even by a tie) and keeps ``B``. Every other row is then scored.
+        Returns None when the shortcut does not pay (more than a third of the rows would still need
+        scoring: the contiguous full pass is faster than gathering them) or when no scored row has
+        ColBERT evidence yet (the fusion might drop the signal).
+        """
+        query = encoded.colbert_vecs
+        if query is None or len(query) == 0:
+            return None
+        query_norm = float(np.linalg.norm(np.asarray(query, dtype=np.float32), axis=1).max())
+        bound = query_norm * self._colbert_norm_bound()
+        if bound <= 0:
+            return None
+        colbert = np.full(len(rows), bound, dtype=np.float32)
+        upper = fusion.fuse({**signals, "colbert": colbert}, weights, method="weighted")
+        order = np.argsort(-upper, kind="stable")
+        first = np.sort(order[: max(4 * n_keep, 256)])
+        colbert[first] = self._colbert_scores(rows[first], encoded)
+        if not np.any(colbert[first]):
+            return None
+        fused = fusion.fuse({**signals, "colbert": colbert}, weights, method="weighted")
+        kth = np.partition(fused[first], len(first) - n_keep)[len(first) - n_keep]
+        rest = np.setdiff1d(np.flatnonzero(upper >= kth), first, assume_unique=True)
+        if len(rest) > len(rows) // 3:
+            return None
+        if len(rest):
+            colbert[rest] = self._colbert_scores(rows[rest], encoded)
+        return colbert
+
     def _search(self, query: str | None, encoded: EncodedQuery, options: dict[str, Any]) -> list[SearchHit]:
         k, weights = options["k"], options["weights"]
         rerank = options["rerank"]
@@ -1029,13 +1089,22 @@ class M3Index:
                 signals["dense"] = scoring.dense_scores_stored(
                     encoded.dense, self._dense[rows], workspace=self._workspace
                 )
+            n_keep = options["rerank_top_n"] if rerank is not None else k
             if "colbert" in weights:
-                signals["colbert"] = self._colbert_scores(rows, encoded)
+                pruned = None
+                if (
+                    options["candidates"] is None
+                    and options["fusion"] == "weighted"
+                    and len(weights) > 1
+                    and self.store_colbert
+                    and rows.size > 4 * n_keep
+                ):
+                    pruned = self._pruned_exhaustive(rows, signals, encoded, weights, n_keep)
+                signals["colbert"] = pruned if pruned is not None else self._colbert_scores(rows, encoded)
             if len(weights) == 1:
                 fused = next(iter(signals.values()))
             else:
                 fused = fusion.fuse(signals, weights, method=options["fusion"])
-            n_keep = options["rerank_top_n"] if rerank is not None else k
             order = _top_k_stable(fused, n_keep)
             top_rows = rows[order]
             hits = [
