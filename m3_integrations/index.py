@@ -1028,7 +1028,8 @@ class M3Index:
         if query is None or len(query) == 0:
             return None
         query_norm = float(np.linalg.norm(np.asarray(query, dtype=np.float32), axis=1).max())
-        bound = query_norm * self._colbert_norm_bound()
+        # A relative margin covers float32 rounding in the norms and in the MaxSim products.
+        bound = query_norm * self._colbert_norm_bound() * (1 + 1e-4)
         if bound <= 0:
             return None
         colbert = np.full(len(rows), bound, dtype=np.float32)

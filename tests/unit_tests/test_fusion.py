@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from m3_integrations.fusion import competition_ranks, effective_weights, fuse
+from m3_integrations.fusion import competition_ranks, effective_weights, fuse, peak_zscore
 from tests.common import naive_min_max_average, naive_peak_z
 
 RNG = np.random.default_rng(0)
@@ -95,7 +95,20 @@ def test_signal_without_evidence_is_dropped(method: str) -> None:
 def test_bad_fusion_input() -> None:
     with pytest.raises(ValueError, match="unknown fusion"):
         fuse(SCORES, WEIGHTS, method="max")
+
+
+@pytest.mark.parametrize("method", ["weighted", "rrf", "relative_score", "confidence"])
+def test_bad_weights_and_shapes_are_named(method: str) -> None:
     with pytest.raises(ValueError, match="non-negative"):
-        fuse(SCORES, {"dense": -1.0}, method="weighted")
+        fuse(SCORES, {"dense": -1.0}, method=method)
+    with pytest.raises(ValueError, match="non-negative"):
+        fuse(SCORES, {"dense": float("nan")}, method=method)
     with pytest.raises(ValueError, match="one score per candidate"):
-        fuse({"dense": np.ones(3), "sparse": np.ones(4)}, {"dense": 1.0}, method="weighted")
+        fuse({"dense": np.ones(3), "sparse": np.ones(4)}, {"dense": 1.0}, method=method)
+
+
+def test_peak_zscore_edge_cases() -> None:
+    assert peak_zscore(np.array([])) == 0.0
+    assert peak_zscore(np.full(5, 0.7)) == 0.0  # constant: no peak
+    values = [0.1, 0.5, 0.2, 0.9, 0.3]
+    assert peak_zscore(np.array(values)) == pytest.approx(naive_peak_z(values))
