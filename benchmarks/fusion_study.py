@@ -5,9 +5,10 @@ fusing the same three signals (dense, word BM25, identity ColBERT) would do bett
 
 1. ``--dump``: for every (encoder, query set) of the full report, encode once and save, per query, the
    engine's candidate rows and the three signals over them (``npz`` + ``json``, no pickle);
-2. then score 24 variants over the saved signals: min-max (``relative_score``), z-scores, and
-   min-max with weights times ``peak_z ** p`` (``p`` = 1, 1.5, 2, 3; ``p = 2`` is
-   ``fusion="confidence"``), each with four weight sets;
+2. then score 28 variants over the saved signals: min-max (``relative_score``), z-scores,
+   min-max with weights times ``peak_z ** p`` (``p`` = 1, 1.5, 2, 3), and ``peak_z ** 2`` with the
+   BM25 weight also times the query's term coverage (``fusion="confidence"`` as the core computes
+   it), each with four weight sets;
 3. print nDCG@10 per pair, the count of pairs where each variant matches or beats the best of the three
    signals, and a leave-one-collection-out estimate: pick the best variant by mean on five collections,
    score it on the sixth.
@@ -67,9 +68,10 @@ def dump(cache: Path) -> None:
             qids = list(dataset.queries)
             encoded = index.encode_queries([dataset.queries[q] for q in qids], colbert=True)
             parts: dict[str, list[np.ndarray]] = {"rows": [], **{s: [] for s in SIGNALS}}
-            offsets = [0]
+            offsets, coverage = [0], []
             for query in encoded:
-                rows, signals = signal_cache.signals(query)
+                rows, signals, share = signal_cache.signals(query)
+                coverage.append(share)
                 parts["rows"].append(rows)
                 for name in SIGNALS:
                     parts[name].append(signals[name])
@@ -78,6 +80,7 @@ def dump(cache: Path) -> None:
             np.savez(
                 cache / f"{stem}.npz",
                 offsets=np.asarray(offsets),
+                coverage=np.asarray(coverage, dtype=np.float64),
                 **{k: np.concatenate(v) for k, v in parts.items()},
             )
             meta = {"ids": ids, "qids": qids, "qrels": {q: dataset.qrels.get(q, {}) for q in qids}}
@@ -91,11 +94,15 @@ def load(cache: Path) -> dict[str, tuple[list[Query], list[str]]]:
         arrays = np.load(path)
         meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
         offsets = arrays["offsets"]
+        if "coverage" not in arrays:
+            raise SystemExit(f"{path} predates the coverage field; dump again with --dump")
         queries = []
         for i, qid in enumerate(meta["qids"]):
             part = slice(int(offsets[i]), int(offsets[i + 1]))
             query = {name: arrays[name][part].astype(np.float64) for name in SIGNALS}
-            query.update(rows=arrays["rows"][part], grades=meta["qrels"][qid])
+            query.update(
+                rows=arrays["rows"][part], grades=meta["qrels"][qid], coverage=float(arrays["coverage"][i])
+            )
             queries.append(query)
         pairs[path.stem] = (queries, meta["ids"])
     return pairs
@@ -118,8 +125,11 @@ def zscore(values: np.ndarray) -> np.ndarray:
     return (values - values.mean()) / values.std()
 
 
-def variant(weights: tuple[float, ...], normalise: str, exponent: float) -> Callable[[Query], np.ndarray]:
-    """Weights times ``peak_z ** exponent`` (0: fixed weights) over ``normalise``-d signals."""
+def variant(
+    weights: tuple[float, ...], normalise: str, exponent: float, coverage: bool = False
+) -> Callable[[Query], np.ndarray]:
+    """Weights times ``peak_z ** exponent`` (0: fixed weights) over ``normalise``-d signals; with
+    ``coverage`` the BM25 weight is also multiplied by the query's term coverage."""
 
     def rule(query: Query) -> np.ndarray:
         total, fused = 0.0, np.zeros(len(query["rows"]))
@@ -128,6 +138,8 @@ def variant(weights: tuple[float, ...], normalise: str, exponent: float) -> Call
             if values.max() == values.min():  # no evidence (all zero) or constant: dropped, as the core
                 continue
             scaled = weight * fusion.peak_zscore(values) ** exponent
+            if coverage and name == "bm25":
+                scaled *= query["coverage"]
             normalised = zscore(values) if normalise == "z" else fusion.min_max_normalize(values)
             fused += scaled * normalised
             total += scaled
@@ -163,6 +175,7 @@ def main() -> None:
         variants[f"z-score {label}"] = variant(weights, "z", 0)
         for exponent in (1, 1.5, 2, 3):
             variants[f"min-max x peak_z^{exponent:g} {label}"] = variant(weights, "minmax", exponent)
+        variants[f"confidence (peak_z^2, BM25 x coverage) {label}"] = variant(weights, "minmax", 2, True)
     results = {label: ndcg(pairs, rule) for label, rule in variants.items()}
 
     print("| variant | mean nDCG@10 | >= best of the 3 signals | " + " | ".join(names) + " |")

@@ -196,6 +196,7 @@ class BM25:
         self._doc_len = np.zeros(0, dtype=np.float64)
         self._alive = np.zeros(0, dtype=bool)
         self._stats: tuple[float, float, np.ndarray] | None = None  # (N, avgdl, idf)
+        self._df = np.zeros(0, dtype=np.float64)  # live document frequency per column, with _stats
 
     # ------------------------------------------------------------------ building
     def __len__(self) -> int:
@@ -322,7 +323,24 @@ class BM25:
                 average_idf = float(idf[present].mean())
                 idf[present & (idf < 0)] = self.epsilon * average_idf
             self._stats = (n_docs, avgdl, idf)
+            self._df = df
         return self._stats
+
+    def coverage(self, query_tokens: Sequence[Hashable]) -> float:
+        """The share of the query's distinct tokens that occur in at least one live row (0 if none).
+
+        Example:
+            >>> bm25 = BM25()
+            >>> bm25.add([["red", "apple"], ["green", "pear"]])
+            >>> bm25.coverage(["red", "pear", "kiwi", "red"])  # kiwi is unknown; red counts once
+            0.6666666666666666
+        """
+        distinct = list(dict.fromkeys(query_tokens))
+        if not distinct or not len(self._doc_len):
+            return 0.0
+        self.stats()
+        columns = self.columns(distinct)
+        return float(np.count_nonzero(self._df[columns] > 0) / len(distinct))
 
     # ------------------------------------------------------------------ scoring
     def get_scores(self, query_tokens: Sequence[Hashable]) -> np.ndarray:

@@ -15,7 +15,9 @@ Four methods, all over the same candidate set (the rows scored in the second sta
   the rest, a signal-to-noise estimate. Squared by analogy with inverse-variance weights (``1/σ²``);
   in ``benchmarks/fusion_study.py`` the square and the cube tie for the best mean, and the square is
   the milder. A signal whose scores are flat noise (an English-only encoder reading Korean text, say)
-  then gives way to one with a clear winner; the same weights fixed per query cannot.
+  then gives way to one with a clear winner; the same weights fixed per query cannot. The index also
+  scales the lexical weight by the query's term coverage, the share of its distinct terms found in
+  the corpus, so that a few stray matches of a cross-lingual query do not pass for confidence.
 
 A signal with no evidence for the query — every candidate scores 0, as when no query token is known to
 the lexical index (cross-lingual queries) — is dropped and the remaining weights are renormalised
@@ -182,8 +184,20 @@ def peak_zscore(values: np.ndarray) -> float:
     return float((values.max() - values.mean()) / spread) if spread > 0 else 0.0
 
 
-def confidence_fusion(scores: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
+def confidence_fusion(
+    scores: Mapping[str, np.ndarray],
+    weights: Mapping[str, float],
+    *,
+    coverage: Mapping[str, float] | None = None,
+) -> np.ndarray:
     """``relative_score`` with each weight scaled per query by the square of the signal's peak z-score.
+
+    ``coverage`` optionally scales a signal's weight further by the share of the query it can see at
+    all, in ``[0, 1]``. :class:`~m3_integrations.M3Index` passes the lexical signal's query-term
+    coverage (:meth:`~m3_integrations.M3Index.query_term_coverage`): a German query against English
+    passages shares only a few names and numbers with them, and those stray matches stand far above
+    the candidates that share nothing, so the peak z-score alone would trust the lexical signal most
+    exactly where it is noise.
 
     Example: a flat dense signal and a BM25 signal with one clear match; the weights favour dense.
 
@@ -197,9 +211,12 @@ def confidence_fusion(scores: Mapping[str, np.ndarray], weights: Mapping[str, fl
         0
     """
     arrays = _as_arrays(scores)
+    shares = _checked_coverage(coverage or {})
     kept = effective_weights(arrays, weights, drop_constant=True)
     n = len(next(iter(arrays.values()))) if arrays else 0
-    scaled = {name: weight * peak_zscore(arrays[name]) ** 2 for name, weight in kept.items()}
+    scaled = {
+        name: weight * shares.get(name, 1.0) * peak_zscore(arrays[name]) ** 2 for name, weight in kept.items()
+    }
     scaled = {name: weight for name, weight in scaled.items() if weight > 0}
     if not scaled:
         return np.zeros(n, dtype=np.float32)
@@ -207,8 +224,21 @@ def confidence_fusion(scores: Mapping[str, np.ndarray], weights: Mapping[str, fl
     return np.asarray(scoring.combine_scores(used, scaled), dtype=np.float32)
 
 
+def _checked_coverage(coverage: Mapping[str, float]) -> dict[str, float]:
+    shares = {name: float(share) for name, share in coverage.items()}
+    for name, share in shares.items():
+        if not 0.0 <= share <= 1.0:  # also rejects NaN
+            msg = f"coverage of {name!r} must be a share in [0, 1], got {share}"
+            raise ValueError(msg)
+    return shares
+
+
 def fuse(
-    scores: Mapping[str, np.ndarray], weights: Mapping[str, float], *, method: str = "weighted"
+    scores: Mapping[str, np.ndarray],
+    weights: Mapping[str, float],
+    *,
+    method: str = "weighted",
+    coverage: Mapping[str, float] | None = None,
 ) -> np.ndarray:
     """Fuse per-signal scores over one candidate set with ``method`` (see the module docstring).
 
@@ -216,17 +246,23 @@ def fuse(
         scores: signal name → ``(n,)`` scores; every name in ``weights`` must be present.
         weights: signal name → non-negative weight.
         method: ``"weighted"``, ``"rrf"``, ``"relative_score"`` or ``"confidence"``.
+        coverage: ``confidence`` only: signal name → share of the query the signal can see, in
+            ``[0, 1]`` (see :func:`confidence_fusion`).
 
     Returns:
         ``(n,)`` float32 fused scores (higher is better).
 
     Raises:
-        ValueError: unknown method or a negative weight.
+        ValueError: unknown method, a negative weight, a coverage outside ``[0, 1]``, or a coverage
+            with another method.
     """
     for name, weight in weights.items():
         if not np.isfinite(weight) or weight < 0:
             msg = f"weight of {name!r} must be a finite non-negative number, got {weight}"
             raise ValueError(msg)
+    if coverage is not None and method != "confidence":
+        msg = f"coverage applies to fusion='confidence' only, not {method!r}"
+        raise ValueError(msg)
     if method == "weighted":
         return weighted_fusion(scores, weights)
     if method == "rrf":
@@ -234,6 +270,6 @@ def fuse(
     if method == "relative_score":
         return relative_score_fusion(scores, weights)
     if method == "confidence":
-        return confidence_fusion(scores, weights)
+        return confidence_fusion(scores, weights, coverage=coverage)
     msg = f"unknown fusion {method!r}; expected one of {', '.join(FUSION_METHODS)}"
     raise ValueError(msg)

@@ -819,6 +819,36 @@ class M3Index:
         )
         return self._search(None, encoded, options)
 
+    def query_term_coverage(self, encoded: EncodedQuery) -> float:
+        """The share of the query's distinct lexical terms that occur in at least one stored document.
+
+        The terms are the BM25 tokens with ``lexical="bm25"``, else the token ids with a positive M3
+        lexical weight. ``fusion="confidence"`` scales the lexical weight by this share: a cross-lingual
+        query shares only a few names and numbers with the corpus, and those stray matches would
+        otherwise look like a confident lexical signal.
+
+        Example:
+            .. code-block:: python
+
+                index = M3Index(model, lexical="bm25", bm25_tokenizer="word")
+                index.add(["red apples", "green pears"])
+                index.query_term_coverage(index.encode_queries(["red kiwis"])[0])  # 0.5
+        """
+        with self._lock:
+            if self.lexical == "bm25":
+                return self._bm25.coverage(encoded.bm25_tokens)
+            inverted = self._lexical_inverted()
+            terms = [t for t, w in encoded.lexical_weights.items() if w > 0]
+            if not terms:
+                return 0.0
+            alive = self._alive[: inverted.shape[0]]
+            known = 0
+            for term in terms:
+                if 0 <= term < inverted.shape[1]:
+                    postings = inverted.indices[inverted.indptr[term] : inverted.indptr[term + 1]]
+                    known += bool(alive[postings].any())
+            return known / len(terms)
+
     def _search_options(
         self,
         k: int,
@@ -1104,6 +1134,12 @@ class M3Index:
                 signals["colbert"] = pruned if pruned is not None else self._colbert_scores(rows, encoded)
             if len(weights) == 1:
                 fused = next(iter(signals.values()))
+            elif options["fusion"] == "confidence":
+                lexical = [s for s in signals if s in fusion.LEXICAL_SIGNALS]
+                share = self.query_term_coverage(encoded) if lexical else 1.0
+                fused = fusion.fuse(
+                    signals, weights, method="confidence", coverage=dict.fromkeys(lexical, share)
+                )
             else:
                 fused = fusion.fuse(signals, weights, method=options["fusion"])
             order = _top_k_stable(fused, n_keep)

@@ -1,4 +1,6 @@
-"""Evaluation: BEIR-layout loading, trec_eval-compatible metrics and timed runs over an index.
+"""Evaluation: BEIR-layout loading, trec_eval-compatible metrics, timed runs, paired bootstrap.
+
+The paired bootstrap tells a real difference between two runs from query-sample noise.
 
 Nothing in the core imports this package.
 
@@ -44,6 +46,7 @@ from m3_integrations.evaluation.run import (
     format_table,
     median_latency_ms,
 )
+from m3_integrations.evaluation.significance import paired_bootstrap_ci
 
 __all__ = [
     "BGE_M3_DEFAULTS",
@@ -63,6 +66,7 @@ __all__ = [
     "median_latency_ms",
     "mrr_at_k",
     "ndcg_at_k",
+    "paired_bootstrap_ci",
     "per_query_metrics",
     "rank_documents",
     "read_qrels",

@@ -107,3 +107,27 @@ def test_stemmer_is_safe_across_threads() -> None:
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(tokenizer, texts))
     assert results == [["run", "flow", str(i), "connect", "general"] for i in range(400)]
+
+
+def test_coverage_counts_distinct_query_tokens_found_in_live_rows() -> None:
+    docs = [text.lower().split() for text in INDEX_TEXTS if text]
+    bm25 = BM25()
+    assert bm25.coverage(["anything"]) == 0.0  # empty corpus
+    bm25.add(docs)
+    vocabulary = {w for doc in docs for w in doc}
+    query = ["paris", "paris", "zzz-unknown", *sorted(vocabulary)[:3]]
+    distinct = set(query)
+    assert bm25.coverage(query) == pytest.approx(len(distinct & vocabulary) / len(distinct))
+    assert bm25.coverage([]) == 0.0
+    # A word only in a deleted row no longer counts.
+    only_first = sorted(set(docs[0]) - {w for doc in docs[1:] for w in doc})
+    assert only_first, "the first test document should have a word of its own"
+    assert bm25.coverage(only_first[:1]) == 1.0
+    alive = np.ones(len(docs), dtype=bool)
+    alive[0] = False
+    bm25.set_alive(alive)
+    assert bm25.coverage(only_first[:1]) == 0.0
+    # Integer tokens: ids outside the column range are unknown, like absent ones.
+    ids = BM25(num_columns=10)
+    ids.add([[1, 2, 2], [3]])
+    assert ids.coverage([1, 3, 4, 99, -1]) == pytest.approx(2 / 5)

@@ -275,6 +275,7 @@ def test_recommended_defaults_follow_the_heads_and_work_with_the_index(checkpoin
         "m3_integrations.evaluation.beir",
         "m3_integrations.evaluation.metrics",
         "m3_integrations.evaluation.defaults",
+        "m3_integrations.evaluation.significance",
     ],
 )
 def test_docstring_examples(name: str) -> None:
@@ -283,3 +284,66 @@ def test_docstring_examples(name: str) -> None:
 
     result = doctest.testmod(importlib.import_module(name))
     assert result.attempted > 0 and result.failed == 0
+
+
+def naive_bootstrap_means(diff: list[float], resamples: int, seed: int) -> list[float]:
+    """Resampled means of ``diff`` with numpy's generator drawing one query index at a time."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(diff), size=(resamples, len(diff)))
+    return [sum(diff[i] for i in row) / len(diff) for row in draws.tolist()]
+
+
+def test_paired_bootstrap_interval_is_the_percentiles_of_resampled_mean_differences() -> None:
+    import numpy as np
+
+    from m3_integrations.evaluation import paired_bootstrap_ci
+
+    rng = random.Random(7)
+    a = [rng.random() for _ in range(40)]
+    b = [x - 0.05 + rng.gauss(0, 0.1) for x in a]
+    mean, low, high = paired_bootstrap_ci(a, b, resamples=500, seed=3)
+    diff = [x - y for x, y in zip(a, b, strict=True)]
+    means = sorted(naive_bootstrap_means(diff, 500, 3))
+    assert mean == pytest.approx(sum(diff) / len(diff))
+    assert low == pytest.approx(float(np.quantile(means, 0.025)), abs=1e-12)
+    assert high == pytest.approx(float(np.quantile(means, 0.975)), abs=1e-12)
+    assert low < mean < high
+    assert paired_bootstrap_ci(a, b, resamples=500, seed=3) == (mean, low, high)  # seeded
+    # Identical runs cannot differ; a constant shift is exactly that shift.
+    assert paired_bootstrap_ci(a, a) == (0.0, 0.0, 0.0)
+    shifted = paired_bootstrap_ci([x + 0.25 for x in a], a)
+    assert shifted == pytest.approx((0.25, 0.25, 0.25))
+    # A wider interval at a higher confidence.
+    _, low99, high99 = paired_bootstrap_ci(a, b, resamples=500, seed=3, confidence=0.99)
+    assert low99 <= low and high99 >= high
+
+
+def test_paired_bootstrap_covers_the_true_difference_about_as_often_as_claimed() -> None:
+    import numpy as np
+
+    from m3_integrations.evaluation import paired_bootstrap_ci
+
+    rng = np.random.default_rng(11)
+    covered = 0
+    for trial in range(200):
+        noise = rng.normal(0.02, 0.2, size=60)  # true mean difference 0.02
+        _, low, high = paired_bootstrap_ci(noise, np.zeros(60), resamples=400, seed=trial)
+        covered += low <= 0.02 <= high
+    assert 0.88 <= covered / 200 <= 0.99  # about 95%, with room for the bootstrap's small-sample bias
+
+
+def test_paired_bootstrap_bad_input_is_named() -> None:
+    from m3_integrations.evaluation import paired_bootstrap_ci
+
+    with pytest.raises(ValueError, match="one value per query"):
+        paired_bootstrap_ci([0.1, 0.2], [0.1])
+    with pytest.raises(ValueError, match="empty"):
+        paired_bootstrap_ci([], [])
+    with pytest.raises(ValueError, match="finite"):
+        paired_bootstrap_ci([0.1, float("nan")], [0.1, 0.2])
+    with pytest.raises(ValueError, match="confidence"):
+        paired_bootstrap_ci([0.1], [0.2], confidence=1.0)
+    with pytest.raises(ValueError, match="resamples"):
+        paired_bootstrap_ci([0.1], [0.2], resamples=0)

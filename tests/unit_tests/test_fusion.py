@@ -112,3 +112,30 @@ def test_peak_zscore_edge_cases() -> None:
     assert peak_zscore(np.full(5, 0.7)) == 0.0  # constant: no peak
     values = [0.1, 0.5, 0.2, 0.9, 0.3]
     assert peak_zscore(np.array(values)) == pytest.approx(naive_peak_z(values))
+
+
+def test_confidence_coverage_scales_the_weight_and_zero_drops_the_signal() -> None:
+    coverage = {"bm25": 0.25, "sparse": 0.5}
+    fused = fuse(SCORES, WEIGHTS, method="confidence", coverage=coverage)
+    scaled = {s: w * coverage.get(s, 1.0) * naive_peak_z(PLAIN_SCORES[s]) ** 2 for s, w in WEIGHTS.items()}
+    assert fused.tolist() == pytest.approx(naive_min_max_average(PLAIN_SCORES, scaled), rel=1e-5, abs=1e-6)
+    assert not np.allclose(fused, fuse(SCORES, WEIGHTS, method="confidence"))
+    # No coverage at all: the signal is dropped, as if it had no evidence.
+    without_bm25 = {s: v for s, v in SCORES.items() if s != "bm25"}
+    dropped = fuse(SCORES, WEIGHTS, method="confidence", coverage={"bm25": 0.0})
+    other_weights = {s: w for s, w in WEIGHTS.items() if s != "bm25"}
+    assert dropped.tolist() == pytest.approx(fuse(without_bm25, other_weights, method="confidence").tolist())
+    full = fuse(SCORES, WEIGHTS, method="confidence", coverage={"bm25": 1.0})
+    assert full.tolist() == fuse(SCORES, WEIGHTS, method="confidence").tolist()
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.5, float("nan")])
+def test_bad_coverage_is_named(share: float) -> None:
+    with pytest.raises(ValueError, match="coverage of 'bm25'"):
+        fuse(SCORES, WEIGHTS, method="confidence", coverage={"bm25": share})
+
+
+@pytest.mark.parametrize("method", ["weighted", "rrf", "relative_score"])
+def test_coverage_with_another_fusion_is_an_error(method: str) -> None:
+    with pytest.raises(ValueError, match="confidence' only"):
+        fuse(SCORES, WEIGHTS, method=method, coverage={"bm25": 0.5})

@@ -119,13 +119,29 @@ def test_no_lexical_evidence_leaves_dense_ranking_unchanged(tiny_model: M3Model,
             assert [h.score for h in fused] == pytest.approx([h.score for h in dense])
 
 
-def test_confidence_fusion_scores_every_document_by_the_formula(index: M3Index) -> None:
+def naive_lexical_coverage(model: M3Model, query: str, texts: list[str]) -> float:
+    """Share of the query's positive-weight token ids that some document's lexical weights contain."""
+    (query_weights,) = model.encode_queries([query], return_dense=False, return_sparse=True).lexical_weights
+    passages = model.encode_passages(texts, return_dense=False, return_sparse=True).lexical_weights
+    terms = [t for t, w in query_weights.items() if w > 0]
+    return sum(any(t in p for p in passages) for t in terms) / len(terms)
+
+
+@pytest.mark.parametrize("query", ["hello world", "capital of France zzqx vvbn"])
+def test_confidence_fusion_scores_every_document_by_the_formula(
+    tiny_model: M3Model, index: M3Index, query: str
+) -> None:
     weights = {"dense": 0.4, "sparse": 0.2, "colbert": 0.4}
-    hits = index.search("hello world", k=len(index), candidates=None, fusion="confidence", weights=weights)
+    hits = index.search(query, k=len(index), candidates=None, fusion="confidence", weights=weights)
     assert len(hits) == len(index)
     columns = {name: [h.scores[name] for h in hits] for name in weights}
+    coverage = naive_lexical_coverage(tiny_model, query, INDEX_TEXTS)
+    assert index.query_term_coverage(index.encode_queries([query])[0]) == pytest.approx(coverage)
+    share = {"sparse": coverage}
     scaled = {
-        n: w * naive_peak_z(columns[n]) ** 2 for n, w in weights.items() if max(columns[n]) > min(columns[n])
+        n: w * share.get(n, 1.0) * naive_peak_z(columns[n]) ** 2
+        for n, w in weights.items()
+        if max(columns[n]) > min(columns[n])
     }
     assert scaled, "the tiny index should give at least one non-constant signal"
     assert [h.score for h in hits] == pytest.approx(naive_min_max_average(columns, scaled), abs=1e-5)
@@ -435,3 +451,29 @@ def test_check_search_options_raises_what_search_raises(index: M3Index) -> None:
             index.check_search_options(**kwargs)
         with pytest.raises(error, match=match):  # the same error search() gives
             index.search("capital of France", **kwargs)
+
+
+def test_query_term_coverage_with_bm25_words_follows_deletes(tiny_model: M3Model) -> None:
+    index = M3Index(tiny_model, lexical="bm25", bm25_tokenizer="word")
+    index.add(["red apples and pears", "green pears", "blue sky"], ids=["a", "b", "c"])
+    (query,) = index.encode_queries(["Red pears, red kiwis"])  # distinct words: red, pears, kiwis
+    assert index.query_term_coverage(query) == pytest.approx(2 / 3)
+    index.delete(["a"])  # "red" was only in a
+    assert index.query_term_coverage(query) == pytest.approx(1 / 3)
+    (unknown,) = index.encode_queries(["zzqx"])
+    assert index.query_term_coverage(unknown) == 0.0
+
+
+def test_confidence_discounts_stray_lexical_matches_of_a_mostly_unknown_query(tiny_model: M3Model) -> None:
+    index = M3Index(tiny_model, lexical="bm25", bm25_tokenizer="word")
+    index.add(INDEX_TEXTS, ids=[f"doc{i}" for i in range(len(INDEX_TEXTS))])
+    query = "Paris qqa qqb qqc qqd qqe qqf qqg qqh qqi"  # one known word of ten
+    (encoded,) = index.encode_queries([query])
+    weights = {"dense": 0.4, "bm25": 0.2, "colbert": 0.4}
+    hits = index.search_encoded(encoded, k=len(index), candidates=None, fusion="confidence", weights=weights)
+    columns = {name: [h.scores[name] for h in hits] for name in weights}
+    share = {"bm25": 0.1}
+    scaled = {n: w * share.get(n, 1.0) * naive_peak_z(columns[n]) ** 2 for n, w in weights.items()}
+    assert [h.score for h in hits] == pytest.approx(naive_min_max_average(columns, scaled), abs=1e-5)
+    full = {n: w * naive_peak_z(columns[n]) ** 2 for n, w in weights.items()}
+    assert not np.allclose([h.score for h in hits], naive_min_max_average(columns, full), atol=1e-4)
