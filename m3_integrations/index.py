@@ -59,12 +59,14 @@ MODES: dict[str, tuple[str, ...]] = {
 # The paper's settings for a real BGE-M3 (trained sparse and ColBERT heads).
 DEFAULT_WEIGHTS = {"dense": 0.4, "lexical": 0.2, "colbert": 0.4}
 DEFAULT_FUSION = "weighted"
-# Encoders without M3's heads (BM25 over words as the lexical signal, identity ColBERT): measured in
-# benchmarks/REPORT.md over two encoders and 16 encoder x collection pairs. Min-max scaling puts
-# compressed cosines and unbounded BM25 on one scale; weighted sums let BM25 decide the order and
-# collapse on cross-lingual queries.
-NO_HEADS_WEIGHTS = {"dense": 0.2, "lexical": 0.2, "colbert": 0.6}
-NO_HEADS_FUSION = "relative_score"
+# Encoders without M3's heads (BM25 over words as the lexical signal, identity ColBERT): chosen by the
+# rule in benchmarks/REPORT.md over two encoders and 16 encoder x collection pairs. Min-max scaling puts
+# compressed cosines and unbounded BM25 on one scale (weighted sums let BM25 decide the order and
+# collapse on cross-lingual queries); confidence then lets each query's score shapes move the weights,
+# so a signal that is noise for the query (an encoder that does not read its language, a document cut
+# at the window) gives way, and the lexical weight shrinks with the query's term coverage.
+NO_HEADS_WEIGHTS = {"dense": 0.3, "lexical": 0.4, "colbert": 0.3}
+NO_HEADS_FUSION = "confidence"
 WEIGHT_KEYS = ("dense", "sparse", "colbert", "bm25")
 
 
@@ -700,14 +702,14 @@ class M3Index:
             k: how many hits to return (fewer only if fewer documents match the filter).
             mode: ``"dense"``, ``"sparse"``, ``"colbert"``, ``"hybrid"`` (all three) or ``"dense+sparse"``.
             weights: ``None`` for the defaults (:attr:`default_weights`: the paper's (0.4, 0.2, 0.4)
-                for a real BGE-M3, (0.2, 0.2, 0.6) for an encoder without M3's heads); a tuple
+                for a real BGE-M3, (0.3, 0.4, 0.3) for an encoder without M3's heads); a tuple
                 ``(dense, sparse, colbert)`` or ``(dense, sparse, colbert, bm25)``; or a dict by signal
                 name (``dense``, ``sparse``, ``colbert``, ``bm25``) overriding those defaults —
                 ``{"bm25": 0.2}`` adds BM25 as a fourth signal. Only the mode's signals (and ``bm25``
                 when weighted) are used.
             fusion: ``"weighted"``, ``"rrf"``, ``"relative_score"`` or ``"confidence"`` (see
                 :mod:`m3_integrations.fusion`);
-                ``None`` for :attr:`default_fusion` (weighted for BGE-M3, relative_score without its heads).
+                ``None`` for :attr:`default_fusion` (weighted for BGE-M3, confidence without its heads).
             candidates: first-stage size per cheap signal; ``None`` scores every document (with
                 ``weighted`` fusion, ColBERT is skipped where an exact bound shows a document cannot
                 reach the top ``k``; the results are identical).
@@ -903,12 +905,12 @@ class M3Index:
 
     @property
     def default_fusion(self) -> str:
-        """``"weighted"`` for a real BGE-M3 (the paper's setting), ``"relative_score"`` without its heads."""
+        """``"weighted"`` for a real BGE-M3 (the paper's setting), ``"confidence"`` without its heads."""
         return DEFAULT_FUSION if self._has_trained_heads else NO_HEADS_FUSION
 
     @property
     def default_weights(self) -> dict[str, float]:
-        """Weights used when ``search`` gets none: 0.4/0.2/0.4 for BGE-M3, 0.2/0.2/0.6 without its heads."""
+        """Weights used when ``search`` gets none: 0.4/0.2/0.4 for BGE-M3, 0.3/0.4/0.3 without its heads."""
         defaults = DEFAULT_WEIGHTS if self._has_trained_heads else NO_HEADS_WEIGHTS
         return {("sparse" if k == "lexical" else k): v for k, v in defaults.items()}
 

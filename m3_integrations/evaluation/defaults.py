@@ -15,7 +15,7 @@ Example:
     >>> recommended_search_defaults(SimpleNamespace(has_sparse=True, has_colbert_head=True))
     {'fusion': 'weighted', 'weights': {'dense': 0.4, 'sparse': 0.2, 'colbert': 0.4}}
     >>> recommended_search_defaults(SimpleNamespace(has_sparse=False, has_colbert_head=False))["fusion"]
-    'relative_score'
+    'confidence'
 """
 
 from __future__ import annotations

@@ -378,23 +378,23 @@ def test_defaults_follow_the_model_heads(tiny_checkpoint: str, index: M3Index) -
     assert index.default_weights == {"dense": 0.4, "sparse": 0.2, "colbert": 0.4}
     explicit = index.search("capital of France", k=5, fusion="weighted", weights=(0.4, 0.2, 0.4))
     assert _scored(index.search("capital of France", k=5)) == _scored(explicit)
-    # no heads: BM25 lexical, identity ColBERT, the measured relative-score 0.2 / 0.2 / 0.6
+    # no heads: BM25 lexical, identity ColBERT, the measured confidence 0.3 / 0.4 / 0.3
     plain = M3Model(tiny_checkpoint, device="cpu", allow_missing_heads=True)
     plain.sparse_linear = None
     plain.colbert_linear = None
     bare = M3Index(plain)
     bare.add(INDEX_TEXTS)
-    assert bare.default_fusion == "relative_score"
-    assert bare.default_weights == {"dense": 0.2, "sparse": 0.2, "colbert": 0.6}
+    assert bare.default_fusion == "confidence"
+    assert bare.default_weights == {"dense": 0.3, "sparse": 0.4, "colbert": 0.3}
     explicit = bare.search(
         "capital of France",
         k=5,
-        fusion="relative_score",
-        weights={"dense": 0.2, "sparse": 0.2, "colbert": 0.6},
+        fusion="confidence",
+        weights={"dense": 0.3, "sparse": 0.4, "colbert": 0.3},
     )
     assert _scored(bare.search("capital of France", k=5)) == _scored(explicit)
-    weighted = bare.search("capital of France", k=5, fusion="weighted")
-    assert _scored(weighted) != _scored(explicit)
+    for other in ("weighted", "relative_score"):
+        assert _scored(bare.search("capital of France", k=5, fusion=other)) != _scored(explicit)
 
 
 def test_dict_filters_match_the_same_predicate_through_updates(tiny_model: M3Model, tmp_path) -> None:
