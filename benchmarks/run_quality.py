@@ -677,17 +677,20 @@ def best_single(configs: dict[str, dict[str, Any]]) -> str:
     return max((c for c, _ in KEY_COLUMNS if c in configs), key=lambda c: configs[c]["ndcg@10"])
 
 
-_CI_CACHE: dict[tuple[int, int], tuple[float, float, float] | None] = {}
+# Keyed on the values themselves: the intervals depend on nothing else (the seed is fixed), and row
+# objects come and go between report renderings (a resumed run replaces rows).
+_CI_CACHE: dict[tuple[tuple[float, ...], tuple[float, ...]], tuple[float, float, float]] = {}
 
 
 def difference_ci(ours: dict[str, Any], other: dict[str, Any]) -> tuple[float, float, float] | None:
     """nDCG@10 of ``ours`` minus ``other`` on the same queries: (mean, 95% low, 95% high), paired
     bootstrap over the queries; None without per-query values (results from before they were kept)."""
-    key = (id(ours), id(other))
+    a, b = ours.get(PER_QUERY), other.get(PER_QUERY)
+    if a is None or b is None or len(a) != len(b) or not a:
+        return None
+    key = (tuple(a), tuple(b))
     if key not in _CI_CACHE:
-        a, b = ours.get(PER_QUERY), other.get(PER_QUERY)
-        ok = a is not None and b is not None and len(a) == len(b) and len(a) > 0
-        _CI_CACHE[key] = paired_bootstrap_ci(a, b, seed=BOOTSTRAP_SEED) if ok else None
+        _CI_CACHE[key] = paired_bootstrap_ci(a, b, seed=BOOTSTRAP_SEED)
     return _CI_CACHE[key]
 
 

@@ -835,7 +835,13 @@ class M3Index:
                 index = M3Index(model, lexical="bm25", bm25_tokenizer="word")
                 index.add(["red apples", "green pears"])
                 index.query_term_coverage(index.encode_queries(["red kiwis"])[0])  # 0.5
+
+        Raises:
+            TypeError: ``encoded`` is not an :class:`EncodedQuery` (see :meth:`encode_queries`).
         """
+        if not isinstance(encoded, EncodedQuery):
+            msg = f"query_term_coverage needs an EncodedQuery (encode_queries), got {type(encoded).__name__}"
+            raise TypeError(msg)
         with self._lock:
             if self.lexical == "bm25":
                 return self._bm25.coverage(encoded.bm25_tokens)

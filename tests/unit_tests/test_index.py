@@ -462,6 +462,8 @@ def test_query_term_coverage_with_bm25_words_follows_deletes(tiny_model: M3Model
     assert index.query_term_coverage(query) == pytest.approx(1 / 3)
     (unknown,) = index.encode_queries(["zzqx"])
     assert index.query_term_coverage(unknown) == 0.0
+    with pytest.raises(TypeError, match="EncodedQuery"):
+        index.query_term_coverage("Red pears")  # type: ignore[arg-type]
 
 
 def test_confidence_discounts_stray_lexical_matches_of_a_mostly_unknown_query(tiny_model: M3Model) -> None:
