@@ -7,8 +7,8 @@ fusing the same three signals (dense, word BM25, identity ColBERT) would do bett
    engine's candidate rows and the three signals over them (``npz`` + ``json``, no pickle);
 2. then score 35 variants over the saved signals: min-max (``relative_score``), z-scores,
    min-max with weights times ``peak_z ** p`` (``p`` = 1, 1.5, 2, 3), and ``peak_z ** 2`` with the
-   BM25 weight also times the query's term coverage (``fusion="confidence"`` as the core computes
-   it), each with five weight sets (the report's four and 0.3/0.3/0.4);
+   BM25 weight also times the query's term coverage (``fusion="confidence"``, through the core's own
+   ``fusion.fuse``), each with five weight sets (the report's four and 0.3/0.3/0.4);
 3. print nDCG@10 per pair, the count of pairs where each variant matches or beats the best of the three
    signals, and a leave-one-collection-out estimate: pick a variant by the report's rule (highest mean
    among those within 0.01 of dense on the cross-lingual sets) on five collections, score it on the
@@ -126,11 +126,8 @@ def zscore(values: np.ndarray) -> np.ndarray:
     return (values - values.mean()) / values.std()
 
 
-def variant(
-    weights: tuple[float, ...], normalise: str, exponent: float, coverage: bool = False
-) -> Callable[[Query], np.ndarray]:
-    """Weights times ``peak_z ** exponent`` (0: fixed weights) over ``normalise``-d signals; with
-    ``coverage`` the BM25 weight is also multiplied by the query's term coverage."""
+def variant(weights: tuple[float, ...], normalise: str, exponent: float) -> Callable[[Query], np.ndarray]:
+    """Weights times ``peak_z ** exponent`` (0: fixed weights) over ``normalise``-d signals."""
 
     def rule(query: Query) -> np.ndarray:
         total, fused = 0.0, np.zeros(len(query["rows"]))
@@ -139,12 +136,21 @@ def variant(
             if values.max() == values.min():  # no evidence (all zero) or constant: dropped, as the core
                 continue
             scaled = weight * fusion.peak_zscore(values) ** exponent
-            if coverage and name == "bm25":
-                scaled *= query["coverage"]
             normalised = zscore(values) if normalise == "z" else fusion.min_max_normalize(values)
             fused += scaled * normalised
             total += scaled
         return fused / total if total else fused
+
+    return rule
+
+
+def core_confidence(weights: tuple[float, ...]) -> Callable[[Query], np.ndarray]:
+    """The shipped ``fusion="confidence"``: the core's own function, with the dumped coverage."""
+    named = dict(zip(SIGNALS, weights, strict=True))
+
+    def rule(query: Query) -> np.ndarray:
+        scores = {name: query[name] for name in SIGNALS}
+        return fusion.fuse(scores, named, method="confidence", coverage={"bm25": query["coverage"]})
 
     return rule
 
@@ -181,7 +187,7 @@ def main() -> None:
         variants[f"z-score {label}"] = variant(weights, "z", 0)
         for exponent in (1, 1.5, 2, 3):
             variants[f"min-max x peak_z^{exponent:g} {label}"] = variant(weights, "minmax", exponent)
-        variants[f"confidence (peak_z^2, BM25 x coverage) {label}"] = variant(weights, "minmax", 2, True)
+        variants[f"confidence (peak_z^2, BM25 x coverage) {label}"] = core_confidence(weights)
     results = {label: ndcg(pairs, rule) for label, rule in variants.items()}
 
     print("| variant | mean nDCG@10 | >= best of the 3 signals | " + " | ".join(names) + " |")

@@ -334,7 +334,13 @@ class BM25:
             >>> bm25.add([["red", "apple"], ["green", "pear"]])
             >>> bm25.coverage(["red", "pear", "kiwi", "red"])  # kiwi is unknown; red counts once
             0.6666666666666666
+
+        Raises:
+            TypeError: the tokens are a string or None instead of a token list.
         """
+        if query_tokens is None or isinstance(query_tokens, str | bytes):
+            msg = f"coverage needs a list of query tokens, got {type(query_tokens).__name__}"
+            raise TypeError(msg)
         distinct = list(dict.fromkeys(query_tokens))
         if not distinct or not len(self._doc_len):
             return 0.0

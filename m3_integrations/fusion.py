@@ -212,6 +212,10 @@ def confidence_fusion(
     """
     arrays = _as_arrays(scores)
     shares = _checked_coverage(coverage or {})
+    unknown = sorted(set(shares) - set(arrays))
+    if unknown:
+        msg = f"coverage names signals without scores: {', '.join(map(repr, unknown))}"
+        raise ValueError(msg)
     kept = effective_weights(arrays, weights, drop_constant=True)
     n = len(next(iter(arrays.values()))) if arrays else 0
     scaled = {
@@ -253,8 +257,8 @@ def fuse(
         ``(n,)`` float32 fused scores (higher is better).
 
     Raises:
-        ValueError: unknown method, a negative weight, a coverage outside ``[0, 1]``, or a coverage
-            with another method.
+        ValueError: unknown method, a negative weight, a coverage outside ``[0, 1]``, for a signal
+            without scores, or with another method.
     """
     for name, weight in weights.items():
         if not np.isfinite(weight) or weight < 0:

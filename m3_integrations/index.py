@@ -843,19 +843,26 @@ class M3Index:
             msg = f"query_term_coverage needs an EncodedQuery (encode_queries), got {type(encoded).__name__}"
             raise TypeError(msg)
         with self._lock:
-            if self.lexical == "bm25":
-                return self._bm25.coverage(encoded.bm25_tokens)
-            inverted = self._lexical_inverted()
-            terms = [t for t, w in encoded.lexical_weights.items() if w > 0]
-            if not terms:
-                return 0.0
-            alive = self._alive[: inverted.shape[0]]
-            known = 0
-            for term in terms:
-                if 0 <= term < inverted.shape[1]:
-                    postings = inverted.indices[inverted.indptr[term] : inverted.indptr[term + 1]]
-                    known += bool(alive[postings].any())
-            return known / len(terms)
+            return self._signal_coverage(self._lexical_signal, encoded)
+
+    def _signal_coverage(self, signal: str, encoded: EncodedQuery) -> float:
+        """Query-term coverage of one lexical signal: BM25 tokens for ``bm25``, M3 token ids for ``sparse``.
+
+        BM25 can be a fourth signal beside M3's own lexical weights, with its own tokens.
+        """
+        if signal == "bm25":
+            return self._bm25.coverage(encoded.bm25_tokens)
+        inverted = self._lexical_inverted()
+        terms = [t for t, w in encoded.lexical_weights.items() if w > 0]
+        if not terms:
+            return 0.0
+        alive = self._alive[: inverted.shape[0]]
+        known = 0
+        for term in terms:
+            if 0 <= term < inverted.shape[1]:
+                postings = inverted.indices[inverted.indptr[term] : inverted.indptr[term + 1]]
+                known += bool(alive[postings].any())
+        return known / len(terms)
 
     def _search_options(
         self,
@@ -1143,11 +1150,10 @@ class M3Index:
             if len(weights) == 1:
                 fused = next(iter(signals.values()))
             elif options["fusion"] == "confidence":
-                lexical = [s for s in signals if s in fusion.LEXICAL_SIGNALS]
-                share = self.query_term_coverage(encoded) if lexical else 1.0
-                fused = fusion.fuse(
-                    signals, weights, method="confidence", coverage=dict.fromkeys(lexical, share)
-                )
+                coverage = {
+                    s: self._signal_coverage(s, encoded) for s in signals if s in fusion.LEXICAL_SIGNALS
+                }
+                fused = fusion.fuse(signals, weights, method="confidence", coverage=coverage)
             else:
                 fused = fusion.fuse(signals, weights, method=options["fusion"])
             order = _top_k_stable(fused, n_keep)

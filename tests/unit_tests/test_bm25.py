@@ -131,3 +131,7 @@ def test_coverage_counts_distinct_query_tokens_found_in_live_rows() -> None:
     ids = BM25(num_columns=10)
     ids.add([[1, 2, 2], [3]])
     assert ids.coverage([1, 3, 4, 99, -1]) == pytest.approx(2 / 5)
+    # A string would be read character by character: refused, like None.
+    for bad in ("red pear", None):
+        with pytest.raises(TypeError, match="list of query tokens"):
+            bm25.coverage(bad)  # type: ignore[arg-type]

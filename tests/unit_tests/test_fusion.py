@@ -135,6 +135,11 @@ def test_bad_coverage_is_named(share: float) -> None:
         fuse(SCORES, WEIGHTS, method="confidence", coverage={"bm25": share})
 
 
+def test_coverage_for_a_signal_without_scores_is_named() -> None:
+    with pytest.raises(ValueError, match="'typo'"):
+        fuse(SCORES, WEIGHTS, method="confidence", coverage={"typo": 0.5})
+
+
 @pytest.mark.parametrize("method", ["weighted", "rrf", "relative_score"])
 def test_coverage_with_another_fusion_is_an_error(method: str) -> None:
     with pytest.raises(ValueError, match="confidence' only"):

@@ -479,3 +479,22 @@ def test_confidence_discounts_stray_lexical_matches_of_a_mostly_unknown_query(ti
     assert [h.score for h in hits] == pytest.approx(naive_min_max_average(columns, scaled), abs=1e-5)
     full = {n: w * naive_peak_z(columns[n]) ** 2 for n, w in weights.items()}
     assert not np.allclose([h.score for h in hits], naive_min_max_average(columns, full), atol=1e-4)
+
+
+def test_confidence_gives_each_lexical_signal_its_own_coverage(tiny_model: M3Model, index: M3Index) -> None:
+    query = "capital of France zzqx vvbn"
+    (encoded,) = index.encode_queries([query])
+    weights = {"dense": 0.4, "sparse": 0.2, "colbert": 0.4, "bm25": 0.3}
+    hits = index.search_encoded(encoded, k=len(index), candidates=None, fusion="confidence", weights=weights)
+    share = {
+        "sparse": naive_lexical_coverage(tiny_model, query, INDEX_TEXTS),
+        "bm25": index._bm25.coverage(encoded.bm25_tokens),  # BM25.coverage is checked in test_bm25
+    }
+    assert share["sparse"] != share["bm25"], "the two signals should see the query differently here"
+    columns = {name: [h.scores[name] for h in hits] for name in weights}
+    scaled = {
+        n: w * share.get(n, 1.0) * naive_peak_z(columns[n]) ** 2
+        for n, w in weights.items()
+        if max(columns[n]) > min(columns[n])
+    }
+    assert [h.score for h in hits] == pytest.approx(naive_min_max_average(columns, scaled), abs=1e-5)
