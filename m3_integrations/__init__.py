@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 
+from m3_integrations.errors import CheckpointError, CorruptIndexError, IndexNotFoundError, MissingHeadsError
 from m3_integrations.index import M3Index, SearchHit
 from m3_integrations.model import M3Model, M3Output
 from m3_integrations.rerank import CrossEncoderReranker, M3ScoreReranker
@@ -24,11 +25,15 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointError",
+    "CorruptIndexError",
     "CrossEncoderReranker",
+    "IndexNotFoundError",
     "M3Index",
     "M3Model",
     "M3Output",
     "M3ScoreReranker",
+    "MissingHeadsError",
     "SearchHit",
     "__version__",
 ]

@@ -447,17 +447,7 @@ class M3Index:
     def _bm25_tokens(self, texts: Sequence[str]) -> list[list[Any]]:
         if self._word_tokenizer is not None:
             return [self._word_tokenizer(t) for t in texts]
-        if not texts:
-            return []
-        encoded = self.model.tokenizer(
-            list(texts),
-            add_special_tokens=False,
-            truncation=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-            verbose=False,
-        )
-        return [list(ids) for ids in encoded["input_ids"]]
+        return self.model.tokenize(list(texts), add_special_tokens=False).input_ids
 
     def _add_validated(
         self,

@@ -6,10 +6,11 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from m3_integrations._utils import validate_texts
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-__all__ = ["M3Model", "M3Output"]
+__all__ = ["M3Model", "M3Output", "Tokenized"]
 
 DEFAULT_MODEL = "BAAI/bge-m3"
 COLBERT_HEAD_FILE = "colbert_linear.pt"
@@ -49,6 +50,21 @@ class M3Output:
 
     def __len__(self) -> int:
         return len(self.num_tokens)
+
+
+class Tokenized(NamedTuple):
+    """What :meth:`M3Model.tokenize` returns, in input order.
+
+    Attributes:
+        input_ids: per text, its token ids (after truncation).
+        offsets: per text, the ``(start, end)`` character span of each token in the text (special
+            tokens get ``(0, 0)``), or ``None`` unless asked for.
+        num_truncated: how many texts were longer than ``max_length`` and were cut.
+    """
+
+    input_ids: list[list[int]]
+    offsets: list[list[tuple[int, int]]] | None
+    num_truncated: int
 
 
 class M3Model:
@@ -144,6 +160,9 @@ class M3Model:
         self.dtype = torch.float16 if self.use_fp16 else torch.float32
 
         self.config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        # A fast tokenizer keeps its truncation setting in the shared Rust object: each call sets it
+        # and then encodes, so two threads with different limits would cut each other's texts.
+        self._tokenizer_lock = threading.Lock()
         self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
         _use_serialized_pipeline(self.tokenizer, folder)
         self.model = AutoModel.from_pretrained(
@@ -383,7 +402,7 @@ class M3Model:
 
         if instruction:
             texts = [instruction + t for t in texts]
-        input_ids, truncated = self._tokenize(texts, max_length)
+        input_ids, _, truncated = self.tokenize(texts, max_length=max_length)
         if truncated:
             logger.warning(
                 "%d of %d texts exceeded max_length=%d tokens and were truncated", truncated, n, max_length
@@ -411,24 +430,81 @@ class M3Model:
             dense=dense, lexical_weights=lexical, colbert_vecs=colbert, num_tokens=lengths.tolist()
         )
 
-    def _tokenize(self, texts: list[str], max_length: int) -> tuple[list[list[int]], int]:
-        encoded = self.tokenizer(
-            texts,
-            add_special_tokens=True,
-            truncation=True,
-            max_length=max_length,
-            padding=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
+    def tokenize(
+        self,
+        texts: str | Sequence[str],
+        *,
+        max_length: int | None = None,
+        add_special_tokens: bool = True,
+        return_offsets: bool = False,
+    ) -> Tokenized:
+        """Token ids of ``texts`` with the model's tokenizer; safe to call from many threads.
+
+        Use this rather than calling ``model.tokenizer`` directly from several threads: a fast
+        tokenizer's truncation setting lives in one shared object that every call changes.
+
+        Args:
+            texts: a string or a list of strings.
+            max_length: cut each text to this many tokens (special tokens included); ``None`` keeps
+                every token.
+            add_special_tokens: add ``<s>``/``</s>`` (or the model's own) around each text.
+            return_offsets: also return each token's character span (needs a fast tokenizer).
+
+        Returns:
+            A :class:`Tokenized` with the ids, optional offsets and the number of truncated texts.
+
+        Raises:
+            TypeError: a text is not a string.
+            ValueError: ``return_offsets`` with a slow (Python) tokenizer, or a bad ``max_length``.
+
+        Example:
+            >>> from m3_integrations import M3Model  # doctest: +SKIP
+            >>> M3Model().tokenize(["hello world"], add_special_tokens=False).input_ids  # doctest: +SKIP
+            [[33600, 31, 8999]]
+        """
+        texts = validate_texts(texts)
+        if max_length is not None and (not isinstance(max_length, int) or max_length <= 0):
+            msg = f"max_length must be a positive integer or None, got {max_length!r}"
+            raise ValueError(msg)
+        if return_offsets and not getattr(self.tokenizer, "is_fast", False):
+            msg = "return_offsets needs a fast tokenizer (tokenizer.json); this checkpoint has a slow one"
+            raise ValueError(msg)
+        if not texts:
+            return Tokenized(input_ids=[], offsets=[] if return_offsets else None, num_truncated=0)
+        with self._tokenizer_lock:
+            encoded = self.tokenizer(
+                texts,
+                add_special_tokens=add_special_tokens,
+                truncation=max_length is not None,
+                max_length=max_length,
+                padding=False,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+                return_offsets_mapping=return_offsets,
+                verbose=False,
+            )
+            input_ids: list[list[int]] = [list(ids) for ids in encoded["input_ids"]]
+            truncated = 0
+            if max_length is not None:
+                encodings = getattr(encoded, "encodings", None)
+                if encodings:
+                    truncated = sum(1 for enc in encodings if enc.overflowing)
+                else:  # slow tokenizers: count by re-tokenising one token past the limit
+                    longer = self.tokenizer(
+                        texts,
+                        add_special_tokens=add_special_tokens,
+                        truncation=True,
+                        max_length=max_length + 1,
+                        padding=False,
+                        verbose=False,
+                    )
+                    truncated = sum(1 for ids in longer["input_ids"] if len(ids) > max_length)
+        offsets = (
+            [[(int(a), int(b)) for a, b in spans] for spans in encoded["offset_mapping"]]
+            if return_offsets
+            else None
         )
-        input_ids: list[list[int]] = encoded["input_ids"]
-        encodings = getattr(encoded, "encodings", None)
-        if encodings:
-            truncated = sum(1 for enc in encodings if enc.overflowing)
-        else:  # slow tokenizers: count by re-tokenising one token past the limit
-            longer = self.tokenizer(texts, truncation=True, max_length=max_length + 1, padding=False)
-            truncated = sum(1 for ids in longer["input_ids"] if len(ids) > max_length)
-        return input_ids, truncated
+        return Tokenized(input_ids=input_ids, offsets=offsets, num_truncated=truncated)
 
     def _batches(self, order: np.ndarray, lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
         """Split length-sorted indices into batches within ``batch_size`` texts and ``max_batch_tokens``."""

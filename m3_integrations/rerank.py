@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -117,6 +118,8 @@ class CrossEncoderReranker(_Reranker):
         self.device = torch.device(device)
         self.use_fp16 = self.device.type == "cuda" if use_fp16 is None else bool(use_fp16)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        # The fast tokenizer's truncation setting is shared state that every call changes.
+        self._tokenizer_lock = threading.Lock()
         self.model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
         self.model.to(device=self.device, dtype=torch.float16 if self.use_fp16 else torch.float32)
         self.model.eval()
@@ -125,6 +128,10 @@ class CrossEncoderReranker(_Reranker):
         self.normalize = normalize
 
     def _encode_pairs(self, query: str, passages: list[str]) -> list[dict[str, list[int]]]:
+        with self._tokenizer_lock:
+            return self._encode_pairs_unlocked(query, passages)
+
+    def _encode_pairs_unlocked(self, query: str, passages: list[str]) -> list[dict[str, list[int]]]:
         specials = self.tokenizer.num_special_tokens_to_add(pair=True)
         query_ids = self.tokenizer(query, add_special_tokens=False)["input_ids"]
         limit = max(1, (self.max_length - specials) // 2)
@@ -154,7 +161,8 @@ class CrossEncoderReranker(_Reranker):
         order = np.argsort([-len(p["input_ids"]) for p in pairs], kind="stable")
         for start in range(0, len(order), self.batch_size):
             batch_idx = order[start : start + self.batch_size]
-            padded = self.tokenizer.pad([pairs[i] for i in batch_idx], padding=True, return_tensors="pt")
+            with self._tokenizer_lock:
+                padded = self.tokenizer.pad([pairs[i] for i in batch_idx], padding=True, return_tensors="pt")
             inputs = {key: value.to(self.device) for key, value in padded.items()}
             logits = self.model(**inputs).logits[:, 0].float()
             if self.normalize:

@@ -1,11 +1,15 @@
 import m3_integrations
 
 EXPECTED_ALL = [
+    "CheckpointError",
+    "CorruptIndexError",
     "CrossEncoderReranker",
+    "IndexNotFoundError",
     "M3Index",
     "M3Model",
     "M3Output",
     "M3ScoreReranker",
+    "MissingHeadsError",
     "SearchHit",
     "__version__",
 ]

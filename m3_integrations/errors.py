@@ -1,0 +1,37 @@
+"""The package's exception types: what a caller catches when a folder it was handed is unusable.
+
+Index folders and checkpoint folders may come from anyone. Everything wrong with one (missing files,
+damaged or hostile contents, shapes that do not fit) is reported with one of the types below, with a
+message naming the file and the problem. Each subclasses ``ValueError`` (and the "not found" ones also
+``FileNotFoundError``), so code written against the builtin types keeps working.
+
+Example:
+    .. code-block:: python
+
+        from m3_integrations import CorruptIndexError, M3Index
+
+        try:
+            index = M3Index.load("shared/index", model=model)
+        except CorruptIndexError as err:
+            print(f"cannot use this index: {err}")
+"""
+
+from __future__ import annotations
+
+__all__ = ["CheckpointError", "CorruptIndexError", "IndexNotFoundError", "MissingHeadsError"]
+
+
+class CorruptIndexError(ValueError):
+    """An index folder that cannot be loaded: damaged, hostile, inconsistent or of an unknown format."""
+
+
+class IndexNotFoundError(CorruptIndexError, FileNotFoundError):
+    """No index at the path (no folder, or no ``manifest.json`` in it)."""
+
+
+class CheckpointError(ValueError):
+    """A model checkpoint folder that cannot be loaded as it is: a missing, damaged or mismatched file."""
+
+
+class MissingHeadsError(CheckpointError, FileNotFoundError):
+    """A checkpoint without BGE-M3's ``colbert_linear.pt`` / ``sparse_linear.pt`` heads."""
