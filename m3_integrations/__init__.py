@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 
-from m3_integrations.errors import CheckpointError, CorruptIndexError, IndexNotFoundError, MissingHeadsError
+from m3_integrations.errors import CheckpointError, IndexLoadError, IndexNotFoundError, MissingHeadsError
 from m3_integrations.index import M3Index, SearchHit
 from m3_integrations.model import M3Model, M3Output
 from m3_integrations.rerank import CrossEncoderReranker, M3ScoreReranker
@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
-    "CorruptIndexError",
+    "IndexLoadError",
     "CrossEncoderReranker",
     "IndexNotFoundError",
     "M3Index",

@@ -8,24 +8,25 @@ message naming the file and the problem. Each subclasses ``ValueError`` (and the
 Example:
     .. code-block:: python
 
-        from m3_integrations import CorruptIndexError, M3Index
+        from m3_integrations import IndexLoadError, M3Index
 
         try:
             index = M3Index.load("shared/index", model=model)
-        except CorruptIndexError as err:
+        except IndexLoadError as err:
             print(f"cannot use this index: {err}")
 """
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "CorruptIndexError", "IndexNotFoundError", "MissingHeadsError"]
+__all__ = ["CheckpointError", "IndexLoadError", "IndexNotFoundError", "MissingHeadsError"]
 
 
-class CorruptIndexError(ValueError):
-    """An index folder that cannot be loaded: damaged, hostile, inconsistent or of an unknown format."""
+class IndexLoadError(ValueError):
+    """An index folder that cannot be loaded: missing, damaged, hostile, of an unknown format, or built
+    with another model (the message says which, and names the file)."""
 
 
-class IndexNotFoundError(CorruptIndexError, FileNotFoundError):
+class IndexNotFoundError(IndexLoadError, FileNotFoundError):
     """No index at the path (no folder, or no ``manifest.json`` in it)."""
 
 

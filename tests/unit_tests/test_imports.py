@@ -2,7 +2,7 @@ import m3_integrations
 
 EXPECTED_ALL = [
     "CheckpointError",
-    "CorruptIndexError",
+    "IndexLoadError",
     "CrossEncoderReranker",
     "IndexNotFoundError",
     "M3Index",
