@@ -26,8 +26,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
-    "IndexLoadError",
     "CrossEncoderReranker",
+    "IndexLoadError",
     "IndexNotFoundError",
     "M3Index",
     "M3Model",

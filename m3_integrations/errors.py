@@ -22,8 +22,10 @@ __all__ = ["CheckpointError", "IndexLoadError", "IndexNotFoundError", "MissingHe
 
 
 class IndexLoadError(ValueError):
-    """An index folder that cannot be loaded: missing, damaged, hostile, of an unknown format, or built
-    with another model (the message says which, and names the file)."""
+    """An index folder that cannot be loaded (missing, damaged, hostile, unknown format, other model).
+
+    The message says which, and names the file.
+    """
 
 
 class IndexNotFoundError(IndexLoadError, FileNotFoundError):
