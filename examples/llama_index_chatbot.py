@@ -17,6 +17,12 @@ Usage::
     python examples/llama_index_chatbot.py --query "What does the lexical score capture?"
     python examples/llama_index_chatbot.py --llm openai:gpt-4o-mini          # interactive
     python examples/llama_index_chatbot.py --data my_notes/ --index-dir /tmp/my_index --quiet
+    python examples/llama_index_chatbot.py --model ~/models/multilingual-e5-small --allow-missing-heads \
+        --pooling mean --query-instruction "query: " --passage-instruction "passage: "   # a non-M3 encoder
+
+The model options (``--model``, ``--allow-missing-heads``, ``--pooling``, ``--query-instruction``,
+``--passage-instruction``, ``--device``...) are those of the ``m3-integrations`` command line; every
+option is checked before the model loads.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import NodeWithScore, TextNode
 
 from m3_integrations import M3Model
+from m3_integrations.cli import CliError
 from m3_integrations.llama_index import M3Reranker, M3Retriever
 
 HERE = Path(__file__).resolve().parent
@@ -105,7 +112,11 @@ def open_retriever(args: argparse.Namespace, model: M3Model, log: common.Log) ->
     documents = read_documents(folder, files)
     log.info(f"Indexing {len(documents)} files from {folder} ...")
     retriever = M3Retriever.from_documents(
-        documents, model=model, node_parser=splitter, similarity_top_k=args.k
+        documents,
+        model=model,
+        node_parser=splitter,
+        similarity_top_k=args.k,
+        index_kwargs={"show_progress": not args.quiet},
     )
     retriever.persist(index_dir / RETRIEVER_DIR)
     common.save_manifest(manifest_path, manifest)
@@ -206,33 +217,36 @@ class Chatbot:
 
 
 def build_chatbot(args: argparse.Namespace, log: common.Log) -> Chatbot:
-    model = M3Model(args.model, device=args.device, show_progress=not args.quiet)
+    model = common.open_model(args)
     retriever, reused = open_retriever(args, model, log)
     reranker = M3Reranker(model=model, top_n=3)
     return Chatbot(retriever, reranker, load_llm(args.llm, log), reused, log)
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace | int:
+    """The parsed command line, or argparse's exit status."""
     description = __doc__.split("\n\n")[0]
     parser = common.build_parser(
         description, llm_help="provider:model, e.g. openai:gpt-4o-mini, ollama:llama3.1", chunk_unit="tokens"
     )
     parser.set_defaults(index_dir=str(DEFAULT_INDEX_DIR), chunk_size=160, chunk_overlap=20)
-    return parser.parse_args(argv)
+    return common.parse_arguments(parser, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    log = common.open_log(args.quiet)
-    # Checked before the model loads, so that a typo costs nothing.
-    if args.query is not None and not args.query.strip():
-        log.error("--query is empty")
+    if isinstance(args, int):
+        return args
+    log = common.open_log(args.quiet, args.verbose)
+    problem = common.check_arguments(args)  # before the model loads, so that a typo costs nothing
+    if problem is not None:
+        log.error(problem)
         return 2
     try:
         bot = build_chatbot(args, log)
-    except FileNotFoundError as err:
+    except CliError as err:
         log.error(str(err))
-        return 2
+        return err.code
     log.info(f"LLM: {bot.llm_name}")
     return common.answer_or_chat(
         args.query, bot.ask, log, greeting="Ask about the indexed files (empty line or Ctrl-D quits)."
