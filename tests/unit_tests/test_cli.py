@@ -817,3 +817,5 @@ def test_eval_progress_counts_queries(beir_dir: Path, tiny_checkpoint: str, caps
     err = capsys.readouterr().err
     assert re.search(r"Searching dense: .*3/3", err), err  # the 3 judged queries, not 1 batch
     assert re.search(r"Timing dense: .*2/2", err), err
+    # One encoding bar, over the 4 documents; queries show none of their own ("Encoding: 1/1").
+    assert set(re.findall(r"Encoding: .*?\d+/(\d+)", err)) == {"4"}, err
