@@ -354,14 +354,17 @@ def load_model(name: str, kwargs: dict[str, Any] | None = None, *, show_progress
     except CheckpointError as err:
         raise CliError(f"cannot load model {name!r}: {_as_flags(str(err))}", EXIT_INPUT) from err
     except Exception as err:  # transformers, safetensors and torch raise many types for a bad checkpoint
-        reason = _as_flags(str(err)) or type(err).__name__
         if local:
-            msg = f"cannot load model folder {name!r}: {reason}"
+            msg = f"cannot load model folder {name!r}: {_as_flags(str(err)) or type(err).__name__}"
         else:
+            root = err
+            while root.__cause__ is not None:  # the Hub client's error, not the layers that wrapped it
+                root = root.__cause__
+            reason = f"{type(root).__name__}: {_one_line(str(root))}"
             msg = (
-                f"cannot load model {name!r} from the Hugging Face Hub ({reason}). Offline? Pass a local "
-                "checkpoint folder: --model /path/to/folder (a checkpoint without BGE-M3's heads also "
-                f"needs --allow-missing-heads --pooling mean)"
+                f"cannot load model {name!r} from the Hugging Face Hub ({reason[:300]}). Offline? Pass a "
+                "local checkpoint folder: --model /path/to/folder (a checkpoint without BGE-M3's heads "
+                "also needs --allow-missing-heads --pooling mean)"
             )
         raise CliError(msg, EXIT_INPUT) from err
 
