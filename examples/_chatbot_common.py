@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from m3_integrations.cli import add_model_arguments, configure_logging, load_model, model_kwargs
+from m3_integrations.cli import CliError, add_model_arguments, configure_logging, load_model, model_kwargs
 
 if TYPE_CHECKING:
     from m3_integrations import M3Model
@@ -153,14 +153,6 @@ def build_parser(description: str, *, llm_help: str, chunk_unit: str) -> argpars
     return parser
 
 
-def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace | int:
-    """The parsed command line, or the exit status argparse chose (2 for an error, 0 for --help)."""
-    try:
-        return parser.parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 2
-
-
 def check_arguments(args: argparse.Namespace) -> str | None:
     """The first problem with the command line, found before any model loads; ``None`` if there is none."""
     if args.query is not None and not args.query.strip():
@@ -189,6 +181,42 @@ def open_log(quiet: bool, verbose: int = 0) -> Log:
     """The run's Log; also routes the package's log to stderr (DEBUG with -v, nothing but errors with -q)."""
     configure_logging(quiet, verbose)
     return Log(quiet=quiet)
+
+
+def run(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    start: Callable[[argparse.Namespace, Log], tuple[Callable[[str], str], str]],
+    greeting: str,
+) -> int:
+    """Both chatbots' main: read and check the command line, start the chatbot, then answer.
+
+    Args:
+        parser: the script's parser (:func:`build_parser` with its defaults).
+        argv: the arguments; default ``sys.argv[1:]``.
+        start: builds the chatbot and returns its ``ask(question) -> answer`` and the LLM's name.
+        greeting: printed before an interactive session.
+
+    Returns:
+        The exit status: 2 for a bad command line (found before any model loads), 3 for a model that
+        cannot be loaded, else 0.
+    """
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse's own message is printed: 2 for an error, 0 for --help
+        return exc.code if isinstance(exc.code, int) else 2
+    log = open_log(args.quiet, args.verbose)
+    problem = check_arguments(args)
+    if problem is not None:
+        log.error(problem)
+        return 2
+    try:
+        ask, llm_name = start(args, log)
+    except CliError as err:
+        log.error(str(err))
+        return err.code
+    log.info(f"LLM: {llm_name}")
+    return answer_or_chat(args.query, ask, log, greeting)
 
 
 def answer_or_chat(query: str | None, ask: Callable[[str], str], log: Log, greeting: str) -> int:

@@ -40,7 +40,6 @@ from langchain_core.runnables import Runnable, RunnableLambda, RunnableParallel,
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from m3_integrations import M3Model, M3ScoreReranker
-from m3_integrations.cli import CliError
 from m3_integrations.langchain import M3Retriever
 
 HERE = Path(__file__).resolve().parent
@@ -187,37 +186,22 @@ def build_chatbot(args: argparse.Namespace, log: Log) -> Chatbot:
     return Chatbot(retriever, chain, reused, args.llm if llm is not None else "extractive (offline)")
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace | int:
-    """The parsed command line, or argparse's exit status."""
+def build_parser() -> argparse.ArgumentParser:
     description = __doc__.split("\n\n")[0]
     parser = common.build_parser(
         description, llm_help="init_chat_model spec, e.g. openai:gpt-4o-mini", chunk_unit="characters"
     )
     parser.set_defaults(index_dir=str(DEFAULT_INDEX_DIR), chunk_size=600, chunk_overlap=80)
-    return common.parse_arguments(parser, argv)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if isinstance(args, int):
-        return args
-    log = common.open_log(args.quiet, args.verbose)
-    problem = common.check_arguments(args)  # before the model loads, so that a typo costs nothing
-    if problem is not None:
-        log.error(problem)
-        return 2
-    try:
+    def start(args: argparse.Namespace, log: Log) -> tuple[Any, str]:
         bot = build_chatbot(args, log)
-    except CliError as err:
-        log.error(str(err))
-        return err.code
-    log.info(f"LLM: {bot.llm_name}")
-    return common.answer_or_chat(
-        args.query,
-        bot.chain.invoke,
-        log,
-        greeting="Ask a question about the indexed files (empty line or Ctrl-D to quit).",
-    )
+        return bot.chain.invoke, bot.llm_name
+
+    greeting = "Ask a question about the indexed files (empty line or Ctrl-D to quit)."
+    return common.run(build_parser(), argv, start, greeting)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import argparse
 import importlib
 import inspect
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +41,6 @@ from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import NodeWithScore, TextNode
 
 from m3_integrations import M3Model
-from m3_integrations.cli import CliError
 from m3_integrations.llama_index import M3Reranker, M3Retriever
 
 HERE = Path(__file__).resolve().parent
@@ -223,34 +222,22 @@ def build_chatbot(args: argparse.Namespace, log: common.Log) -> Chatbot:
     return Chatbot(retriever, reranker, load_llm(args.llm, log), reused, log)
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace | int:
-    """The parsed command line, or argparse's exit status."""
+def build_parser() -> argparse.ArgumentParser:
     description = __doc__.split("\n\n")[0]
     parser = common.build_parser(
         description, llm_help="provider:model, e.g. openai:gpt-4o-mini, ollama:llama3.1", chunk_unit="tokens"
     )
     parser.set_defaults(index_dir=str(DEFAULT_INDEX_DIR), chunk_size=160, chunk_overlap=20)
-    return common.parse_arguments(parser, argv)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if isinstance(args, int):
-        return args
-    log = common.open_log(args.quiet, args.verbose)
-    problem = common.check_arguments(args)  # before the model loads, so that a typo costs nothing
-    if problem is not None:
-        log.error(problem)
-        return 2
-    try:
+    def start(args: argparse.Namespace, log: common.Log) -> tuple[Callable[[str], str], str]:
         bot = build_chatbot(args, log)
-    except CliError as err:
-        log.error(str(err))
-        return err.code
-    log.info(f"LLM: {bot.llm_name}")
-    return common.answer_or_chat(
-        args.query, bot.ask, log, greeting="Ask about the indexed files (empty line or Ctrl-D quits)."
-    )
+        return bot.ask, bot.llm_name
+
+    greeting = "Ask about the indexed files (empty line or Ctrl-D quits)."
+    return common.run(build_parser(), argv, start, greeting)
 
 
 if __name__ == "__main__":

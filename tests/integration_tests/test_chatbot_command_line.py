@@ -41,22 +41,6 @@ def notes(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.fixture
-def model_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The names of the ``M3Model`` instances built; the real constructor still runs."""
-    from m3_integrations import M3Model
-
-    names: list[str] = []
-    original = M3Model.__init__
-
-    def record(self, model_name_or_path="BAAI/bge-m3", **kwargs):
-        names.append(str(model_name_or_path))
-        original(self, model_name_or_path, **kwargs)
-
-    monkeypatch.setattr(M3Model, "__init__", record)
-    return names
-
-
 def _headless(checkpoint: Path) -> str:
     for head in ("colbert_linear.pt", "sparse_linear.pt"):
         (checkpoint / head).unlink()

@@ -99,7 +99,7 @@ def test_check_arguments(common, tmp_path: Path) -> None:
     assert "does not exist" in common.check_arguments(parser.parse_args(["--data", str(tmp_path / "x")]))
     too_much = parser.parse_args([*data, "--chunk-size", "20", "--chunk-overlap", "20"])
     assert common.check_arguments(too_much) == "--chunk-overlap (20) must be smaller than --chunk-size (20)"
-    assert common.parse_arguments(parser, ["-k", "0"]) == 2
+    assert common.run(parser, ["-k", "0"], start=None, greeting="") == 2  # refused before starting
 
 
 def test_answer_or_chat(common, capsys, monkeypatch: pytest.MonkeyPatch) -> None:

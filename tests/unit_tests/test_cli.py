@@ -315,22 +315,6 @@ def test_eval_metrics_agree_with_a_direct_index_run(
 
 
 # ---------------------------------------------------------------------------- model identity and trust
-@pytest.fixture
-def model_loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict]]:
-    """Every ``M3Model`` construction as ``(name, kwargs)``; the real constructor still runs."""
-    from m3_integrations import M3Model
-
-    calls: list[tuple[str, dict]] = []
-    original = M3Model.__init__
-
-    def record(self, model_name_or_path="BAAI/bge-m3", **kwargs):
-        calls.append((str(model_name_or_path), dict(kwargs)))
-        original(self, model_name_or_path, **kwargs)
-
-    monkeypatch.setattr(M3Model, "__init__", record)
-    return calls
-
-
 def _headless(checkpoint: Path) -> Path:
     for head in ("colbert_linear.pt", "sparse_linear.pt"):
         (checkpoint / head).unlink()
