@@ -39,6 +39,14 @@ def checkpoint_copy(tiny_checkpoint: str, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def plain_checkpoint(checkpoint_copy: Path) -> Path:
+    """A private copy of the tiny checkpoint without BGE-M3's heads: a plain encoder, like e5 or MiniLM."""
+    for head in ("colbert_linear.pt", "sparse_linear.pt"):
+        (checkpoint_copy / head).unlink()
+    return checkpoint_copy
+
+
+@pytest.fixture
 def model_loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict]]:
     """Every ``M3Model`` built during the test, as ``(name, kwargs)``; the real constructor still runs.
 

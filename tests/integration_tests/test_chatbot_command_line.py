@@ -41,12 +41,6 @@ def notes(tmp_path: Path) -> Path:
     return folder
 
 
-def _headless(checkpoint: Path) -> str:
-    for head in ("colbert_linear.pt", "sparse_linear.pt"):
-        (checkpoint / head).unlink()
-    return str(checkpoint)
-
-
 BAD_ARGUMENTS = [
     (["--query", "   "], "--query is empty"),
     (["--data", "{missing}"], "does not exist"),
@@ -96,9 +90,9 @@ def test_help_shows_the_cli_model_options(chatbot, capsys) -> None:
 
 
 def test_a_plain_encoder_answers_with_the_model_options(
-    *, chatbot, checkpoint_copy: Path, notes: Path, tmp_path: Path, capsys
+    *, chatbot, plain_checkpoint: Path, notes: Path, tmp_path: Path, capsys
 ) -> None:
-    checkpoint = _headless(checkpoint_copy)
+    checkpoint = str(plain_checkpoint)
     argv = [
         "--model",
         checkpoint,

@@ -315,12 +315,6 @@ def test_eval_metrics_agree_with_a_direct_index_run(
 
 
 # ---------------------------------------------------------------------------- model identity and trust
-def _headless(checkpoint: Path) -> Path:
-    for head in ("colbert_linear.pt", "sparse_linear.pt"):
-        (checkpoint / head).unlink()
-    return checkpoint
-
-
 def _hostile_model(folder: Path, marker: Path, tiny_checkpoint: str) -> Path:
     """A checkpoint folder whose config names Python code that, once imported, creates ``marker``."""
     import shutil
@@ -344,11 +338,11 @@ def _edit_manifest(index: Path, **identity: object) -> None:
 
 
 def test_index_records_the_encoder_in_the_manifest_only(
-    docs_dir: Path, checkpoint_copy: Path, tmp_path: Path, capsys
+    docs_dir: Path, plain_checkpoint: Path, tmp_path: Path, capsys
 ) -> None:
     from m3_integrations import M3Index, M3Model
 
-    checkpoint = str(_headless(checkpoint_copy))
+    checkpoint = str(plain_checkpoint)
     out = tmp_path / "e5-like.index"
     settings = ["--allow-missing-heads", "--pooling", "mean", "--query-instruction", "query: "]
     settings += ["--passage-instruction", "passage: ", "--query-max-length", "64"]
@@ -386,11 +380,11 @@ def test_index_records_the_encoder_in_the_manifest_only(
     assert [h["score"] for h in hits] == pytest.approx([h.score for h in expected], rel=1e-5)
 
 
-def test_identity_holds_the_query_encoder_settings(checkpoint_copy: Path) -> None:
+def test_identity_holds_the_query_encoder_settings(plain_checkpoint: Path) -> None:
     from m3_integrations import M3Model
 
     model = M3Model(
-        _headless(checkpoint_copy),
+        plain_checkpoint,
         device="cpu",
         allow_missing_heads=True,
         pooling="mean",
@@ -491,9 +485,9 @@ def test_search_without_model_fetches_a_recorded_hub_id(
 
 # ---------------------------------------------------------------------------- messages and exit codes
 def test_a_checkpoint_without_heads_is_refused_with_the_flags_it_needs(
-    docs_dir: Path, checkpoint_copy: Path, tmp_path: Path, model_loads: list, capsys
+    docs_dir: Path, plain_checkpoint: Path, tmp_path: Path, model_loads: list, capsys
 ) -> None:
-    checkpoint = str(_headless(checkpoint_copy))
+    checkpoint = str(plain_checkpoint)
     code = main(["index", str(docs_dir), "--out", str(tmp_path / "i"), "--model", checkpoint, "-q"])
     err = capsys.readouterr().err
     assert code == EXIT_INPUT and model_loads == []
