@@ -783,11 +783,15 @@ def _model_for_index(folder: Path, args: argparse.Namespace) -> _IndexModel:
     recorded = identity.get("model_name_or_path")
     name = args.model
     if name is None:
-        shown = json.dumps(recorded)[:200] if recorded is not None else "an unrecorded model"
         if not isinstance(recorded, str) or not _is_plain_hub_id(recorded):
+            built = (
+                f"with the local model {json.dumps(recorded)[:200]}"
+                if isinstance(recorded, str)
+                else "with a model its manifest does not name"
+            )
             msg = (
-                f"the index {str(folder)!r} was built with the local model {shown}; an index cannot choose "
-                "a folder to load: pass --model PATH (the same checkpoint)"
+                f"the index {str(folder)!r} was built {built}; an index cannot choose a folder to load: "
+                "pass --model PATH (the same checkpoint)"
             )
             raise CliError(msg, EXIT_USAGE)
         name = recorded
