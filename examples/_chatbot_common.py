@@ -1,8 +1,9 @@
 """What the LangChain and LlamaIndex example chatbots share, none of it tied to either framework.
 
 The source files and their manifest (when to reuse a saved index), the log, sentence splitting and
-citation formatting for the offline answer, the command line and the question loop. Each chatbot keeps
-its own chunking, retrieval and answering in its own script.
+citation formatting for the offline answer, the command line (with the model options of the
+``m3-integrations`` CLI, checked before any model loads) and the question loop. Each chatbot keeps its
+own chunking, retrieval and answering in its own script.
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from m3_integrations.cli import CliError, add_model_arguments, configure_logging, load_model, model_kwargs
+
+if TYPE_CHECKING:
+    from m3_integrations import M3Model
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE / "data"
@@ -111,8 +117,22 @@ def sources_block(sources: Iterable[str]) -> str:
     return "Sources:\n" + "\n".join(f"[{n}] {source}" for n, source in enumerate(sources, 1))
 
 
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            msg = f"must be an integer >= {minimum}, got {text!r}"
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    return parse
+
+
 def build_parser(description: str, *, llm_help: str, chunk_unit: str) -> argparse.ArgumentParser:
-    """The options both chatbots take.
+    """The options both chatbots take: the m3-integrations model options, data, index and question.
 
     Each script sets its own ``index_dir``, ``chunk_size`` and ``chunk_overlap`` defaults with
     ``set_defaults``, as its splitter measures chunks in its own ``chunk_unit``.
@@ -120,25 +140,83 @@ def build_parser(description: str, *, llm_help: str, chunk_unit: str) -> argpars
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder of .md/.txt files to index")
     parser.add_argument("--index-dir", help="where the index is saved")
-    parser.add_argument("--model", default="BAAI/bge-m3", help="BGE-M3 checkpoint (hub id or folder)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when available)")
+    # --model, --allow-missing-heads, --pooling, --query/--passage-instruction, --device...: as the CLI's
+    add_model_arguments(parser)
     parser.add_argument("--llm", default=None, help=llm_help)
     parser.add_argument("--query", default=None, help="answer one question and exit")
-    parser.add_argument("-k", type=int, default=4, help="passages retrieved per question")
-    parser.add_argument("--chunk-size", type=int, help=f"{chunk_unit} per chunk")
-    parser.add_argument("--chunk-overlap", type=int, help=f"{chunk_unit} shared by neighbours")
+    parser.add_argument("-k", type=_count(1), default=4, help="passages retrieved per question")
+    parser.add_argument("--chunk-size", type=_count(1), help=f"{chunk_unit} per chunk")
+    parser.add_argument("--chunk-overlap", type=_count(0), help=f"{chunk_unit} shared by neighbours")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the index even if it is current")
-    parser.add_argument("--quiet", action="store_true", help="print only the answers")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only the answers")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="show the DEBUG log")
     return parser
 
 
-def open_log(quiet: bool) -> Log:
-    """The run's Log; a quiet run also hides transformers' progress bars, as --quiet prints only answers."""
-    if quiet:
-        from transformers.utils import logging as transformers_logging
+def check_arguments(args: argparse.Namespace) -> str | None:
+    """The first problem with the command line, found before any model loads; ``None`` if there is none."""
+    if args.query is not None and not args.query.strip():
+        return "--query is empty"
+    try:
+        source_files(Path(args.data))
+    except FileNotFoundError as err:
+        return f"--data: {err}"
+    if args.index_dir is not None and Path(args.index_dir).exists() and not Path(args.index_dir).is_dir():
+        return f"--index-dir {args.index_dir} is a file, not a folder"
+    if args.chunk_overlap >= args.chunk_size:
+        return f"--chunk-overlap ({args.chunk_overlap}) must be smaller than --chunk-size ({args.chunk_size})"
+    return None
 
-        transformers_logging.disable_progress_bar()
+
+def open_model(args: argparse.Namespace) -> M3Model:
+    """The encoder the model options name; raises ``CliError`` (with the flags to pass) when it cannot load.
+
+    The model shows no progress bar of its own, so questions print none; the index shows one while it
+    encodes the files (``show_progress=not args.quiet``).
+    """
+    return load_model(args.model, model_kwargs(args))
+
+
+def open_log(quiet: bool, verbose: int = 0) -> Log:
+    """The run's Log; also routes the package's log to stderr (DEBUG with -v, nothing but errors with -q)."""
+    configure_logging(quiet, verbose)
     return Log(quiet=quiet)
+
+
+def run(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    start: Callable[[argparse.Namespace, Log], tuple[Callable[[str], str], str]],
+    greeting: str,
+) -> int:
+    """Both chatbots' main: read and check the command line, start the chatbot, then answer.
+
+    Args:
+        parser: the script's parser (:func:`build_parser` with its defaults).
+        argv: the arguments; default ``sys.argv[1:]``.
+        start: builds the chatbot and returns its ``ask(question) -> answer`` and the LLM's name.
+        greeting: printed before an interactive session.
+
+    Returns:
+        The exit status: 2 for a bad command line (found before any model loads), 3 for a model that
+        cannot be loaded, else 0.
+    """
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse's own message is printed: 2 for an error, 0 for --help
+        return exc.code if isinstance(exc.code, int) else 2
+    log = open_log(args.quiet, args.verbose)
+    problem = check_arguments(args)
+    if problem is not None:
+        log.error(problem)
+        return 2
+    try:
+        ask, llm_name = start(args, log)
+    except CliError as err:
+        log.error(str(err))
+        return err.code
+    log.info(f"LLM: {llm_name}")
+    return answer_or_chat(args.query, ask, log, greeting)
 
 
 def answer_or_chat(query: str | None, ask: Callable[[str], str], log: Log, greeting: str) -> int:

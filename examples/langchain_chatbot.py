@@ -14,6 +14,12 @@ Usage::
     python examples/langchain_chatbot.py --query "What does the lexical score capture?"
     python examples/langchain_chatbot.py --llm openai:gpt-4o-mini          # interactive
     python examples/langchain_chatbot.py --data my_notes/ --index-dir /tmp/my_index --quiet
+    python examples/langchain_chatbot.py --model ~/models/multilingual-e5-small --allow-missing-heads \
+        --pooling mean --query-instruction "query: " --passage-instruction "passage: "   # a non-M3 encoder
+
+The model options (``--model``, ``--allow-missing-heads``, ``--pooling``, ``--query-instruction``,
+``--passage-instruction``, ``--device``...) are those of the ``m3-integrations`` command line; every
+option is checked before the model loads.
 """
 
 from __future__ import annotations
@@ -104,7 +110,9 @@ def load_or_build_retriever(args: argparse.Namespace, model: M3Model, log: Log) 
 
     chunks = split_documents(folder, files, args)
     log.info(f"Indexing {len(chunks)} chunks from {len(files)} files in {folder} ...")
-    retriever = M3Retriever.from_documents(chunks, model=model, **search)
+    retriever = M3Retriever.from_documents(
+        chunks, model=model, index_kwargs={"show_progress": not args.quiet}, **search
+    )
     retriever.save(index_dir / "index")
     common.save_manifest(manifest_path, manifest)
     log.info(f"Saved the index to {index_dir}")
@@ -171,38 +179,29 @@ def build_chain(retriever: M3Retriever, model: M3Model, llm: BaseChatModel | Non
 
 
 def build_chatbot(args: argparse.Namespace, log: Log) -> Chatbot:
-    common.source_files(Path(args.data))  # fail on a bad folder before loading the model
-    model = M3Model(args.model, device=args.device, show_progress=not args.quiet)
+    model = common.open_model(args)
     retriever, reused = load_or_build_retriever(args, model, log)
     llm = load_llm(args.llm, log)
     chain = build_chain(retriever, model, llm)
     return Chatbot(retriever, chain, reused, args.llm if llm is not None else "extractive (offline)")
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     description = __doc__.split("\n\n")[0]
     parser = common.build_parser(
         description, llm_help="init_chat_model spec, e.g. openai:gpt-4o-mini", chunk_unit="characters"
     )
     parser.set_defaults(index_dir=str(DEFAULT_INDEX_DIR), chunk_size=600, chunk_overlap=80)
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    log = common.open_log(args.quiet)
-    try:
+    def start(args: argparse.Namespace, log: Log) -> tuple[Any, str]:
         bot = build_chatbot(args, log)
-    except FileNotFoundError as err:
-        log.error(str(err))
-        return 2
-    log.info(f"LLM: {bot.llm_name}")
-    return common.answer_or_chat(
-        args.query,
-        bot.chain.invoke,
-        log,
-        greeting="Ask a question about the indexed files (empty line or Ctrl-D to quit).",
-    )
+        return bot.chain.invoke, bot.llm_name
+
+    greeting = "Ask a question about the indexed files (empty line or Ctrl-D to quit)."
+    return common.run(build_parser(), argv, start, greeting)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,12 @@ Usage::
     python examples/llama_index_chatbot.py --query "What does the lexical score capture?"
     python examples/llama_index_chatbot.py --llm openai:gpt-4o-mini          # interactive
     python examples/llama_index_chatbot.py --data my_notes/ --index-dir /tmp/my_index --quiet
+    python examples/llama_index_chatbot.py --model ~/models/multilingual-e5-small --allow-missing-heads \
+        --pooling mean --query-instruction "query: " --passage-instruction "passage: "   # a non-M3 encoder
+
+The model options (``--model``, ``--allow-missing-heads``, ``--pooling``, ``--query-instruction``,
+``--passage-instruction``, ``--device``...) are those of the ``m3-integrations`` command line; every
+option is checked before the model loads.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import argparse
 import importlib
 import inspect
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,7 +111,11 @@ def open_retriever(args: argparse.Namespace, model: M3Model, log: common.Log) ->
     documents = read_documents(folder, files)
     log.info(f"Indexing {len(documents)} files from {folder} ...")
     retriever = M3Retriever.from_documents(
-        documents, model=model, node_parser=splitter, similarity_top_k=args.k
+        documents,
+        model=model,
+        node_parser=splitter,
+        similarity_top_k=args.k,
+        index_kwargs={"show_progress": not args.quiet},
     )
     retriever.persist(index_dir / RETRIEVER_DIR)
     common.save_manifest(manifest_path, manifest)
@@ -206,37 +216,28 @@ class Chatbot:
 
 
 def build_chatbot(args: argparse.Namespace, log: common.Log) -> Chatbot:
-    model = M3Model(args.model, device=args.device, show_progress=not args.quiet)
+    model = common.open_model(args)
     retriever, reused = open_retriever(args, model, log)
     reranker = M3Reranker(model=model, top_n=3)
     return Chatbot(retriever, reranker, load_llm(args.llm, log), reused, log)
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     description = __doc__.split("\n\n")[0]
     parser = common.build_parser(
         description, llm_help="provider:model, e.g. openai:gpt-4o-mini, ollama:llama3.1", chunk_unit="tokens"
     )
     parser.set_defaults(index_dir=str(DEFAULT_INDEX_DIR), chunk_size=160, chunk_overlap=20)
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    log = common.open_log(args.quiet)
-    # Checked before the model loads, so that a typo costs nothing.
-    if args.query is not None and not args.query.strip():
-        log.error("--query is empty")
-        return 2
-    try:
+    def start(args: argparse.Namespace, log: common.Log) -> tuple[Callable[[str], str], str]:
         bot = build_chatbot(args, log)
-    except FileNotFoundError as err:
-        log.error(str(err))
-        return 2
-    log.info(f"LLM: {bot.llm_name}")
-    return common.answer_or_chat(
-        args.query, bot.ask, log, greeting="Ask about the indexed files (empty line or Ctrl-D quits)."
-    )
+        return bot.ask, bot.llm_name
+
+    greeting = "Ask about the indexed files (empty line or Ctrl-D quits)."
+    return common.run(build_parser(), argv, start, greeting)
 
 
 if __name__ == "__main__":

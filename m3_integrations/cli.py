@@ -2,22 +2,37 @@
 
 Commands::
 
-    m3-integrations index DIR_OR_FILES... --out INDEX [--model PATH]
-    m3-integrations search INDEX "query" [-k 5] [--mode hybrid] [--fusion weighted] [--json]
-    m3-integrations eval --data BEIR_DIR --model PATH [--mode M ...] [--fusion F ...]
-                         [--json OUT] [--report OUT]
+    m3-integrations index DIR_OR_FILES... --out INDEX [--model BAAI/bge-m3]
+    m3-integrations search INDEX "query" ["another query" ...] [-k 5] [--mode hybrid] [--json]
+    m3-integrations search INDEX --queries-file queries.txt     # or queries.jsonl (BEIR), or - for stdin
+    m3-integrations eval --data BEIR_DIR [--model BAAI/bge-m3 | --index INDEX] [--mode M ...]
+                         [--fusion F ...] [--json OUT] [--report OUT]
 
-Exit codes: 0 success; 1 unexpected error; 2 bad command line; 3 a missing path, an empty corpus or
-unreadable data; 4 the model cannot give a requested mode (say, ``--lexical m3`` on an encoder without
-BGE-M3's sparse head). Messages go to stderr; results to stdout. ``--quiet`` silences progress bars and
-log messages, ``-v`` shows more.
+The model: ``--model`` takes a hub id (default ``BAAI/bge-m3``) or a local checkpoint folder. An encoder
+without BGE-M3's heads (e5, MiniLM...) also needs ``--allow-missing-heads --pooling mean`` (and for e5
+``--query-instruction "query: " --passage-instruction "passage: "``). ``search`` and ``eval --index``
+rebuild the query encoder from the index's ``manifest.json``: only plain settings from a fixed list
+(pooling, instructions, max lengths, whether heads were optional), each checked, and the recorded model
+itself only when it is a plain hub id; a local model folder must be named with ``--model``. Nothing read
+from an index folder can make the command run code. Every query of one ``search`` call shares one model
+load.
+
+Exit codes: 0 success; 1 unexpected error; 2 bad command line, found before any model loads (an empty
+query, an unknown or unavailable ``--device``, malformed ``--weights``, a bad ``-k``...); 3 a missing
+path, an empty corpus or unreadable data, a checkpoint or index that cannot be loaded, or an ``--out``
+that is not an index folder (left untouched); 4 the model cannot give a requested mode (say, ``--lexical
+m3`` on an encoder without BGE-M3's sparse head). Errors are one line on stderr (``-v`` adds the
+traceback); results go to stdout. ``--quiet`` silences progress bars and logs, ``-v`` shows the DEBUG log.
+
+The model options are shared with the example chatbots: :func:`add_model_arguments`,
+:func:`model_kwargs`, :func:`load_model` and :func:`configure_logging`.
 
 Example:
     .. code-block:: bash
 
         m3-integrations index docs/ --out my.index --model BAAI/bge-m3
-        m3-integrations search my.index "what is hybrid search?" -k 3
-        m3-integrations eval --data ../shared/data/cranfield --model BAAI/bge-m3 --mode hybrid dense
+        m3-integrations search my.index "what is hybrid search?" "what is BM25?" -k 3
+        m3-integrations eval --data ../shared/data/cranfield --index cranfield.index --mode hybrid dense
 """
 
 from __future__ import annotations
@@ -25,15 +40,31 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
+import re
+import stat
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
+
+if TYPE_CHECKING:
+    from m3_integrations import M3Index, M3Model
+    from m3_integrations.evaluation import BeirDataset
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["main"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "CliError",
+    "add_model_arguments",
+    "configure_logging",
+    "load_model",
+    "main",
+    "model_kwargs",
+]
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -41,18 +72,363 @@ EXIT_USAGE = 2
 EXIT_INPUT = 3
 EXIT_MODE = 4
 
+DEFAULT_MODEL = "BAAI/bge-m3"  # model.DEFAULT_MODEL, not imported so that --help needs no torch
 MODES = ("dense", "sparse", "colbert", "dense+sparse", "hybrid")
 FUSIONS = ("weighted", "rrf", "relative_score", "confidence")  # fusion.FUSION_METHODS, imported lazily
+SIGNALS = ("dense", "sparse", "colbert", "bm25")  # index.WEIGHT_KEYS
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst")
-MODEL_CONFIG_FILE = "cli_model.json"
+# Written by earlier versions beside the index to say how to load the model; never read now, as a
+# shared folder could name code to run in it.
+LEGACY_MODEL_FILE = "cli_model.json"
+MANIFEST_FILE = "manifest.json"
+_MAX_MANIFEST_BYTES = 16 << 20
+_SEARCH_CHUNK = 16  # queries per search_batch call: one model call each, and a progress step
+# A hub id is "name" or "org/name"; anything with other path characters is a folder.
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(?:/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?")
+_MAX_INSTRUCTION_CHARS = 1000
+_MAX_LENGTH_TOKENS = 1 << 20
+_MISSING_HEADS_HINT = (
+    'pass --allow-missing-heads --pooling mean (for e5 models also --query-instruction "query: " '
+    '--passage-instruction "passage: ")'
+)
+# Library messages name Python arguments; the command line shows the flag that sets each one.
+_FLAG_OF_ARGUMENT = re.compile(
+    r"\b(allow_missing_heads|pooling|query_instruction|passage_instruction|device|batch_size|"
+    r"query_max_length|passage_max_length|lexical|bm25_tokenizer|bm25_stemmer|bm25_stopwords)"
+    r"=(True|'[^']*'|\"[^\"]*\"|[\w.:-]+)"
+)
 
 
 class CliError(Exception):
-    """An error with an exit code and a message meant for the user."""
+    """An error with an exit code and a one-line message meant for the user.
 
-    def __init__(self, message: str, code: int = EXIT_INPUT) -> None:
+    Args:
+        message: what is wrong and what to do about it, naming command-line flags.
+        code: the exit code (2 for a bad command line, 3 for bad input data, 4 for an impossible mode).
+        prog: the command the message is about (``m3-integrations search``); ``None`` for the caller's.
+    """
+
+    def __init__(self, message: str, code: int = EXIT_INPUT, prog: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line with exit code 2, instead of a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CliError(f"{message} (see {self.prog} --help)", EXIT_USAGE, prog=self.prog)
+
+
+# ---------------------------------------------------------------------------- argument types
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        msg = f"must be a positive integer, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        msg = f"must be an integer >= 0, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _device(text: str) -> str:
+    """A torch device this machine has; refused here so that a typo costs no model load."""
+    import torch
+
+    value = text.strip()
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError, TypeError) as err:
+        msg = f"{text!r} is not a device; use cpu, cuda, cuda:N or mps"
+        raise argparse.ArgumentTypeError(msg) from err
+    if device.type == "cpu":
+        return value
+    backends = {
+        "cuda": torch.cuda,
+        "mps": getattr(torch.backends, "mps", None),
+        "xpu": getattr(torch, "xpu", None),
+    }
+    backend = backends.get(device.type)
+    if backend is None:
+        msg = f"{text!r} is not a device the model runs on; use cpu, cuda, cuda:N or mps"
+        raise argparse.ArgumentTypeError(msg)
+    if not backend.is_available():
+        msg = f"{text!r}: {device.type.upper()} is not available on this machine; use --device cpu"
+        raise argparse.ArgumentTypeError(msg)
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if device.index is not None and device.index >= count:
+        msg = f"{text!r}: this machine has {count} {device.type} device(s), numbered from 0"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _weights(text: str) -> dict[str, float] | tuple[float, ...]:
+    """``--weights``: a JSON object by signal name, or a list of 3 (dense, sparse, colbert) or 4 (+ bm25)."""
+    example = '\'{"dense": 0.4, "sparse": 0.2, "colbert": 0.4}\''
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        msg = f"not JSON ({err.msg}); write it like {example}"
+        raise argparse.ArgumentTypeError(msg) from err
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(SIGNALS))
+        if unknown:
+            msg = f"unknown signal {unknown[0]!r}; the signals are {', '.join(SIGNALS)}"
+            raise argparse.ArgumentTypeError(msg)
+        items = list(value.items())
+    elif isinstance(value, list) and len(value) in (3, 4):
+        items = list(zip(SIGNALS, value, strict=False))
+    else:
+        msg = f"must be a JSON object such as {example} or a list of 3 or 4 numbers"
+        raise argparse.ArgumentTypeError(msg)
+    weights: dict[str, float] = {}
+    for name, weight in items:
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight):
+            msg = f"the weight of {name!r} must be a finite number, got {json.dumps(weight)}"
+            raise argparse.ArgumentTypeError(msg)
+        if weight < 0:
+            msg = f"the weight of {name!r} must be >= 0, got {weight}"
+            raise argparse.ArgumentTypeError(msg)
+        weights[name] = float(weight)
+    if isinstance(value, list):
+        if not any(weights.values()):
+            msg = "the weights are all zero"
+            raise argparse.ArgumentTypeError(msg)
+        return tuple(weights.values())
+    return weights
+
+
+# ---------------------------------------------------------------------------- shared model options
+def add_model_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    default_model: str | None = DEFAULT_MODEL,
+    model_help: str | None = None,
+) -> None:
+    """Add the options that choose and configure the encoder (``--model``, ``--device``...) to a parser.
+
+    The ``m3-integrations`` commands and both example chatbots take the same options; values are checked
+    as they are parsed (an unknown or unavailable ``--device`` is a parse error), before any model loads.
+    Turn the parsed options into :class:`~m3_integrations.M3Model` arguments with :func:`model_kwargs`.
+
+    Args:
+        parser: the parser (or argument group) to extend.
+        default_model: the ``--model`` default; ``None`` when the caller resolves it later.
+        model_help: the ``--model`` help text; default names the default model.
+
+    Example:
+        .. code-block:: python
+
+            import argparse
+
+            from m3_integrations.cli import add_model_arguments, load_model, model_kwargs
+
+            parser = argparse.ArgumentParser()
+            add_model_arguments(parser)
+            args = parser.parse_args(["--model", "/models/e5", "--allow-missing-heads", "--pooling", "mean"])
+            model = load_model(args.model, model_kwargs(args))
+    """
+    parser.add_argument(
+        "--model",
+        default=default_model,
+        metavar="MODEL",
+        help=model_help or f"hub id or local checkpoint folder (default: {default_model})",
+    )
+    parser.add_argument(
+        "--allow-missing-heads",
+        action="store_true",
+        default=None,
+        help="run a plain encoder without BGE-M3's sparse/ColBERT heads (BM25 and identity ColBERT)",
+    )
+    parser.add_argument(
+        "--pooling",
+        choices=("cls", "mean"),
+        default=None,
+        help="dense pooling (bge-m3: cls; e5, MiniLM: mean)",
+    )
+    parser.add_argument(
+        "--query-instruction", metavar="TEXT", default=None, help='query prefix, e.g. "query: " for e5'
+    )
+    parser.add_argument(
+        "--passage-instruction", metavar="TEXT", default=None, help='passage prefix, e.g. "passage: " for e5'
+    )
+    parser.add_argument(
+        "--device", type=_device, default=None, help="cpu, cuda, cuda:1, mps (default: cuda if present)"
+    )
+    parser.add_argument(
+        "--batch-size", type=_positive_int, metavar="N", default=None, help="texts per forward pass"
+    )
+    parser.add_argument(
+        "--query-max-length", type=_positive_int, metavar="N", default=None, help="token limit of queries"
+    )
+    parser.add_argument(
+        "--passage-max-length", type=_positive_int, metavar="N", default=None, help="token limit of passages"
+    )
+
+
+_MODEL_OPTIONS = (
+    "device",
+    "allow_missing_heads",
+    "pooling",
+    "query_instruction",
+    "passage_instruction",
+    "batch_size",
+    "query_max_length",
+    "passage_max_length",
+)
+
+
+def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~m3_integrations.M3Model` keyword arguments set by :func:`add_model_arguments` options.
+
+    Only options given on the command line appear, so they can override settings recorded elsewhere.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        Keyword arguments such as ``{"pooling": "mean", "allow_missing_heads": True}``.
+
+    Example:
+        >>> import argparse
+        >>> model_kwargs(argparse.Namespace(pooling="mean", allow_missing_heads=True, device=None))
+        {'allow_missing_heads': True, 'pooling': 'mean'}
+    """
+    return {name: getattr(args, name) for name in _MODEL_OPTIONS if getattr(args, name, None) is not None}
+
+
+def load_model(name: str, kwargs: dict[str, Any] | None = None, *, show_progress: bool = False) -> M3Model:
+    """Load :class:`~m3_integrations.M3Model`, turning failures into a :class:`CliError` with the next step.
+
+    A local checkpoint without BGE-M3's heads is refused before it loads, naming the flags it needs; a hub
+    id that cannot be fetched suggests ``--model /path/to/folder``. Messages name command-line flags,
+    never Python arguments. Nothing here passes ``trust_remote_code``.
+
+    Args:
+        name: a hub id or a local folder.
+        kwargs: ``M3Model`` options (from :func:`model_kwargs`).
+        show_progress: the model's own progress bar on every encode call (an index shows its own).
+
+    Returns:
+        The model.
+
+    Raises:
+        CliError: exit code 3, with a one-line message.
+    """
+    from m3_integrations import M3Model
+    from m3_integrations.errors import CheckpointError, MissingHeadsError
+    from m3_integrations.model import COLBERT_HEAD_FILE, SPARSE_HEAD_FILE
+
+    kwargs = dict(kwargs or {})
+    path = Path(name).expanduser()
+    local = name.startswith((".", "/", "~", "\\")) or path.exists() or not _HUB_ID.fullmatch(name)
+    if local and not path.is_dir():
+        msg = f"model folder {name!r} does not exist; pass --model with a checkpoint folder or a hub id"
+        raise CliError(msg, EXIT_INPUT)
+    if local and not kwargs.get("allow_missing_heads"):
+        missing = [head for head in (COLBERT_HEAD_FILE, SPARSE_HEAD_FILE) if not (path / head).is_file()]
+        if missing:
+            msg = (
+                f"model {name!r} has no {' and no '.join(missing)} (BGE-M3's heads); to run it as a plain "
+                f"encoder, {_MISSING_HEADS_HINT}"
+            )
+            raise CliError(msg, EXIT_INPUT)
+    try:
+        return M3Model(name, show_progress=show_progress, **kwargs)
+    except MissingHeadsError as err:
+        msg = f"{_as_flags(str(err))} To run it as a plain encoder, {_MISSING_HEADS_HINT}"
+        raise CliError(msg, EXIT_INPUT) from err
+    except CheckpointError as err:
+        raise CliError(f"cannot load model {name!r}: {_as_flags(str(err))}", EXIT_INPUT) from err
+    except Exception as err:  # transformers, safetensors and torch raise many types for a bad checkpoint
+        if local:
+            msg = f"cannot load model folder {name!r}: {_as_flags(str(err)) or type(err).__name__}"
+        else:
+            root = err
+            while root.__cause__ is not None:  # the Hub client's error, not the layers that wrapped it
+                root = root.__cause__
+            reason = f"{type(root).__name__}: {_one_line(str(root))}"
+            msg = (
+                f"cannot load model {name!r} from the Hugging Face Hub ({reason[:300]}). Offline? Pass a "
+                "local checkpoint folder: --model /path/to/folder (a checkpoint without BGE-M3's heads "
+                "also needs --allow-missing-heads --pooling mean)"
+            )
+        raise CliError(msg, EXIT_INPUT) from err
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to ``sys.stderr`` as it is when a record comes (callers and tests may replace it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def configure_logging(quiet: bool = False, verbose: int = 0) -> None:
+    """Show the package's log on stderr: warnings by default, errors only if ``quiet``, DEBUG if ``verbose``.
+
+    ``quiet`` also hides the progress bars of transformers and the Hub; ``verbose >= 2`` adds transformers'
+    own INFO log. Only command lines call this: the library never configures logging.
+
+    Args:
+        quiet: errors only, no progress bars.
+        verbose: 1 for the package's DEBUG log, 2 to add transformers' INFO log.
+    """
+    level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING
+    root = logging.getLogger("m3_integrations")
+    root.setLevel(level)
+    handler = next((h for h in root.handlers if isinstance(h, _StderrHandler)), None)
+    if handler is None:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    handler.setLevel(level)
+    if quiet or verbose > 1:
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as hf_logging
+
+        if quiet:
+            # transformers 5 shows a "Loading weights" bar of its own; --quiet means no bars at all.
+            hf_logging.disable_progress_bar()
+            hf_logging.set_verbosity_error()
+            disable_progress_bars()
+        else:
+            hf_logging.set_verbosity_info()
+
+
+def _as_flags(text: str) -> str:
+    """Rewrite ``allow_missing_heads=True`` as ``--allow-missing-heads`` (and so on) in a message."""
+
+    def flag(match: re.Match[str]) -> str:
+        name, value = match.groups()
+        option = "--" + name.replace("_", "-")
+        if value == "True":
+            return option
+        value = value.strip("'\"")
+        return f'{option} "{value}"' if not value or " " in value else f"{option} {value}"
+
+    return _FLAG_OF_ARGUMENT.sub(flag, text)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 # ---------------------------------------------------------------------------- parser
@@ -62,90 +438,122 @@ def _build_parser() -> argparse.ArgumentParser:
         "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars or logs"
     )
     common.add_argument(
-        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output (repeatable)"
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="DEBUG log and tracebacks"
     )
 
-    model = argparse.ArgumentParser(add_help=False)
-    model.add_argument("--pooling", choices=("cls", "mean"), default=None, help="dense pooling (bge-m3: cls)")
-    model.add_argument(
-        "--allow-missing-heads",
-        action="store_true",
-        default=None,
-        help="run a plain encoder without BGE-M3's sparse/ColBERT heads (BM25 and identity ColBERT)",
-    )
-    model.add_argument("--query-instruction", default=None, help='query prefix, e.g. "query: " for e5')
-    model.add_argument("--passage-instruction", default=None, help='passage prefix, e.g. "passage: "')
-    model.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
-    model.add_argument("--batch-size", type=int, default=None, help="texts per forward pass")
-    model.add_argument("--passage-max-length", type=int, default=None, help="token limit of passages")
-
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="m3-integrations",
         description="BGE-M3 dense + lexical + ColBERT retrieval: index files, search, evaluate.",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or logs")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (repeatable)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="DEBUG log and tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{index,search,eval}")
 
-    p_index = sub.add_parser(
-        "index", parents=[common, model], help="encode files or folders into an index folder"
-    )
+    p_index = sub.add_parser("index", parents=[common], help="encode files or folders into an index folder")
     p_index.add_argument(
         "paths",
         nargs="+",
         help=f"files or folders ({', '.join(TEXT_SUFFIXES)} files become one document each; "
         "a .jsonl file holds BEIR corpus records with _id, title, text)",
     )
-    p_index.add_argument("--out", required=True, help="index folder to write (replaced atomically)")
-    p_index.add_argument("--model", default="BAAI/bge-m3", help="model folder or hub id")
     p_index.add_argument(
-        "--lexical",
-        choices=("auto", "m3", "bm25"),
-        default="auto",
-        help="lexical signal (auto: m3 if the model has it)",
+        "--out",
+        required=True,
+        help="index folder to write: a new or empty folder, or an index to replace (atomically)",
     )
+    add_model_arguments(p_index)
+    _add_lexical(p_index)
     p_index.add_argument("--no-colbert", action="store_true", help="do not store ColBERT vectors")
     _add_bm25_tokenizer(p_index)
 
-    p_search = sub.add_parser("search", parents=[common, model], help="search an index folder")
+    recorded = (
+        "hub id or local checkpoint folder (default: the index's own model when it is a hub id such as "
+        f"{DEFAULT_MODEL}; a local folder must be named here)"
+    )
+    p_search = sub.add_parser("search", parents=[common], help="search an index folder")
     p_search.add_argument("index", help="index folder written by `m3-integrations index`")
-    p_search.add_argument("query", help="the query text")
-    p_search.add_argument("-k", type=int, default=5, help="number of hits (default 5)")
-    p_search.add_argument("--model", default=None, help="model folder (default: the index's)")
+    p_search.add_argument(
+        "queries", nargs="*", metavar="query", help='query texts (one model load for all; "-" reads stdin)'
+    )
+    p_search.add_argument(
+        "--queries-file",
+        metavar="FILE",
+        help="more queries: one per line, or a BEIR queries.jsonl (_id, text)",
+    )
+    p_search.add_argument("-k", type=_positive_int, metavar="N", default=5, help="hits per query (default 5)")
+    add_model_arguments(p_search, default_model=None, model_help=recorded)
     _add_search_options(p_search, multiple=False)
-    p_search.add_argument("--snippet-chars", type=int, default=160, help="characters of text shown per hit")
-    p_search.add_argument("--json", action="store_true", help="print hits as JSON")
+    p_search.add_argument(
+        "--snippet-chars",
+        type=_positive_int,
+        metavar="N",
+        default=160,
+        help="characters of text shown per hit",
+    )
+    p_search.add_argument("--json", action="store_true", help="print one JSON entry per query")
 
-    p_eval = sub.add_parser("eval", parents=[common, model], help="evaluate on a BEIR-layout folder")
+    p_eval = sub.add_parser("eval", parents=[common], help="evaluate on a BEIR-layout folder")
     p_eval.add_argument("--data", required=True, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
     p_eval.add_argument("--queries", default=None, help="take queries.jsonl from this folder (cross-lingual)")
     p_eval.add_argument("--split", default="test", help="qrels split (default test)")
-    p_eval.add_argument("--model", required=True, help="model folder or hub id")
-    _add_search_options(p_eval, multiple=True)
     p_eval.add_argument(
-        "--lexical",
-        choices=("auto", "m3", "bm25"),
-        default="auto",
-        help="lexical signal (auto: m3 if the model has it)",
+        "--index",
+        default=None,
+        metavar="INDEX",
+        help="evaluate this index (built by `m3-integrations index` from the same corpus) instead of "
+        "encoding the corpus again",
     )
+    add_model_arguments(
+        p_eval,
+        default_model=None,
+        model_help=f"hub id or local checkpoint folder (default: {DEFAULT_MODEL}; with --index, the "
+        "index's own model when it is a hub id)",
+    )
+    _add_search_options(p_eval, multiple=True)
+    _add_lexical(p_eval)
     _add_bm25_tokenizer(p_eval)
-    p_eval.add_argument("-k", type=int, default=100, help="hits per query (default 100, for recall@100)")
-    p_eval.add_argument("--max-queries", type=int, default=None, help="evaluate a seeded sample of queries")
     p_eval.add_argument(
-        "--latency-queries", type=int, default=50, help="single-query calls timed for p50 (default 50)"
+        "-k",
+        type=_positive_int,
+        metavar="N",
+        default=100,
+        help="hits per query (default 100, for recall@100)",
+    )
+    p_eval.add_argument(
+        "--max-queries",
+        type=_positive_int,
+        metavar="N",
+        default=None,
+        help="evaluate a seeded sample of queries",
+    )
+    p_eval.add_argument(
+        "--latency-queries",
+        type=_non_negative_int,
+        metavar="N",
+        default=50,
+        help="single-query calls timed for p50 (default 50)",
     )
     p_eval.add_argument("--json", dest="json_out", default=None, help="write results as JSON to this file")
     p_eval.add_argument("--report", default=None, help="write a Markdown report to this file")
     return parser
 
 
+def _add_lexical(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lexical",
+        choices=("auto", "m3", "bm25"),
+        default=None,
+        help="lexical signal of a new index (default auto: m3 if the model has it, else BM25)",
+    )
+
+
 def _add_bm25_tokenizer(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bm25-tokenizer",
         choices=("auto", "model", "word"),
-        default="auto",
-        help="BM25 tokens: lower-cased words, the model's subword ids, or auto (words when BM25 is the "
-        "lexical signal, i.e. the model has no sparse head; the model's ids otherwise)",
+        default=None,
+        help="BM25 tokens: lower-cased words, the model's subword ids, or auto (the default: words when "
+        "BM25 is the lexical signal, i.e. the model has no sparse head; the model's ids otherwise)",
     )
     parser.add_argument(
         "--bm25-stemmer",
@@ -159,28 +567,6 @@ def _add_bm25_tokenizer(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="leave this language's stop words out of BM25 (implies word tokens)",
     )
-
-
-def _bm25_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The BM25 tokenizer options of ``index``/``eval``, checked before any model is loaded."""
-    if args.bm25_tokenizer == "model" and (args.bm25_stemmer or args.bm25_stopwords):
-        msg = "--bm25-stemmer and --bm25-stopwords apply to words, not --bm25-tokenizer model"
-        raise CliError(msg, EXIT_USAGE)
-    if args.bm25_stemmer is not None:
-        from m3_integrations.bm25 import stemmer_languages
-
-        try:
-            languages = stemmer_languages()
-        except ImportError as err:
-            raise CliError(str(err), EXIT_USAGE) from err
-        if args.bm25_stemmer not in languages:
-            msg = f"unknown --bm25-stemmer {args.bm25_stemmer!r}; available: {', '.join(languages)}"
-            raise CliError(msg, EXIT_USAGE)
-    return {
-        "bm25_tokenizer": args.bm25_tokenizer,
-        "bm25_stemmer": args.bm25_stemmer,
-        "bm25_stopwords": args.bm25_stopwords,
-    }
 
 
 def _add_search_options(parser: argparse.ArgumentParser, *, multiple: bool) -> None:
@@ -201,92 +587,49 @@ def _add_search_options(parser: argparse.ArgumentParser, *, multiple: bool) -> N
     )
     parser.add_argument(
         "--weights",
+        type=_weights,
         default=None,
-        help='signal weights as JSON, e.g. \'{"dense": 0.4, "sparse": 0.2, "colbert": 0.4}\'',
+        help='signal weights as JSON, e.g. \'{"dense": 0.4, "sparse": 0.2, "colbert": 0.4}\' '
+        "(dense, sparse, colbert, bm25; finite, >= 0)",
     )
     parser.add_argument("--rerank", choices=("m3",), default=None, help="re-score the candidates with M3")
 
 
-# ---------------------------------------------------------------------------- helpers
-def _configure_logging(quiet: bool, verbose: int) -> None:
-    level = (
-        logging.ERROR
-        if quiet
-        else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
-    )
-    root = logging.getLogger("m3_integrations")
-    root.setLevel(level)
-    if not any(getattr(h, "_m3_cli", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        handler._m3_cli = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-    for handler in root.handlers:
-        if getattr(handler, "_m3_cli", False):
-            handler.setLevel(level)
-    if quiet:
-        # transformers 5 shows a "Loading weights" bar of its own; --quiet means no bars at all.
-        try:
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()
-            hf_logging.set_verbosity_error()
-        except ImportError:  # pragma: no cover - transformers is a core dependency
-            pass
-
-
-def _model_kwargs(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> dict[str, Any]:
-    kwargs: dict[str, Any] = dict(saved or {})
-    for option in ("pooling", "allow_missing_heads", "query_instruction", "passage_instruction", "device"):
-        value = getattr(args, option, None)
-        if value is not None:
-            kwargs[option] = value
-    if args.batch_size is not None:
-        kwargs["batch_size"] = args.batch_size
-    if args.passage_max_length is not None:
-        kwargs["passage_max_length"] = args.passage_max_length
-    return kwargs
-
-
-def _load_model(name_or_path: str, kwargs: dict[str, Any], *, quiet: bool) -> Any:
-    from m3_integrations import M3Model
-
-    path = Path(name_or_path).expanduser()
-    looks_local = name_or_path.startswith((".", "/", "~")) or path.exists()
-    if looks_local and not path.is_dir():
-        msg = f"model folder {name_or_path!r} does not exist"
-        raise CliError(msg, EXIT_INPUT)
-    try:
-        return M3Model(name_or_path, show_progress=not quiet, **kwargs)
-    except FileNotFoundError as err:
-        raise CliError(str(err), EXIT_INPUT) from err
-
-
-def _parse_weights(text: str | None) -> dict[str, float] | None:
-    if text is None:
-        return None
-    try:
-        weights = json.loads(text)
-    except json.JSONDecodeError as err:
-        msg = f'--weights must be JSON such as \'{{"dense": 1, "sparse": 0.3}}\': {err.msg}'
-        raise CliError(msg, EXIT_USAGE) from err
-    if isinstance(weights, list):
-        weights = dict(zip(("dense", "sparse", "colbert"), weights, strict=False))
-    if not isinstance(weights, dict) or not all(isinstance(v, int | float) for v in weights.values()):
-        msg = "--weights must map signal names to numbers"
+# ---------------------------------------------------------------------------- checks before loading
+def _bm25_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The BM25 tokenizer options of ``index``/``eval``, checked before any model is loaded."""
+    tokenizer = args.bm25_tokenizer or "auto"
+    if tokenizer == "model" and (args.bm25_stemmer or args.bm25_stopwords):
+        msg = "--bm25-stemmer and --bm25-stopwords apply to words, not --bm25-tokenizer model"
         raise CliError(msg, EXIT_USAGE)
-    return {str(k): float(v) for k, v in weights.items()}
+    if args.bm25_stemmer is not None:
+        from m3_integrations.bm25 import stemmer_languages
+
+        try:
+            languages = stemmer_languages()
+        except ImportError as err:
+            raise CliError(str(err), EXIT_USAGE) from err
+        if args.bm25_stemmer not in languages:
+            msg = f"unknown --bm25-stemmer {args.bm25_stemmer!r}; available: {', '.join(languages)}"
+            raise CliError(msg, EXIT_USAGE)
+    return {
+        "bm25_tokenizer": tokenizer,
+        "bm25_stemmer": args.bm25_stemmer,
+        "bm25_stopwords": args.bm25_stopwords,
+    }
 
 
-def _check_modes(model: Any, modes: Sequence[str], *, lexical: str, store_colbert: bool) -> None:
+def _check_modes(
+    model_name: str, modes: Sequence[str], *, lexical: str, has_sparse: bool, store_colbert: bool
+) -> None:
     """Refuse a mode this model and index settings cannot produce, before any encoding."""
     for mode in modes:
         needs_lexical = mode in ("sparse", "dense+sparse", "hybrid")
         needs_colbert = mode in ("colbert", "hybrid")
-        if needs_lexical and lexical == "m3" and not model.has_sparse:
+        if needs_lexical and lexical == "m3" and not has_sparse:
             msg = (
-                f"mode {mode!r} needs lexical weights but model {model.model_name_or_path!r} has no "
-                "sparse head (sparse_linear.pt); use --lexical bm25 (or auto) for BM25 instead"
+                f"mode {mode!r} needs lexical weights but model {model_name!r} has no sparse head "
+                "(sparse_linear.pt); use --lexical bm25 (or auto) for BM25 instead"
             )
             raise CliError(msg, EXIT_MODE)
         if needs_colbert and not store_colbert:
@@ -294,6 +637,193 @@ def _check_modes(model: Any, modes: Sequence[str], *, lexical: str, store_colber
             raise CliError(msg, EXIT_MODE)
 
 
+def _check_output_folder(out: str, inputs: Sequence[str]) -> Path:
+    """Refuse an ``--out`` that saving would destroy, before anything loads; return it as a path.
+
+    Allowed: a new path, an empty folder, or a folder holding an index (replaced atomically). Refused,
+    touching nothing: a file or link at the path, a folder of anything else, an input path or a folder
+    holding one.
+    """
+    target = Path(out).expanduser()
+    if target.is_symlink():
+        msg = f"--out {out!r} is a symbolic link; name the folder itself (nothing was written)"
+        raise CliError(msg, EXIT_INPUT)
+    if target.exists() and not target.is_dir():
+        msg = f"--out {out!r} is a file, not an index folder; name a new folder (nothing was written)"
+        raise CliError(msg, EXIT_INPUT)
+    resolved = target.resolve()
+    for raw in inputs:
+        source = Path(raw).expanduser().resolve()
+        if source == resolved or resolved in source.parents:
+            msg = f"--out {out!r} would replace the input {raw!r}; write the index to another folder"
+            raise CliError(msg, EXIT_INPUT)
+    if target.is_dir() and any(target.iterdir()) and not _is_index_folder(target):
+        msg = (
+            f"--out {out!r} is a folder that is not an m3-integrations index; it was left untouched. "
+            "Name a new or empty folder, or an index to replace"
+        )
+        raise CliError(msg, EXIT_INPUT)
+    return target
+
+
+def _is_index_folder(folder: Path) -> bool:
+    try:
+        _read_manifest(folder)
+    except CliError:
+        return False
+    return True
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    """An index folder's ``manifest.json``: a regular file (no link, FIFO or device), small, an M3Index's."""
+    from m3_integrations.index import FORMAT_NAME
+
+    path = folder / MANIFEST_FILE
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError as err:
+        msg = f"{str(folder)!r} is not an index folder: it has no {MANIFEST_FILE}"
+        raise CliError(msg, EXIT_INPUT) from err
+    except OSError as err:  # ELOOP for a link, EACCES...
+        msg = f"cannot read {path}: {err.strerror or err}"
+        raise CliError(msg, EXIT_INPUT) from err
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            msg = f"{path} is not a regular file; refusing to read it"
+            raise CliError(msg, EXIT_INPUT)
+        if info.st_size > _MAX_MANIFEST_BYTES:
+            msg = f"{path} is {info.st_size} bytes, too large for an index manifest"
+            raise CliError(msg, EXIT_INPUT)
+        raw = fh.read(_MAX_MANIFEST_BYTES + 1)
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        msg = f"{path} is not valid JSON: {err}"
+        raise CliError(msg, EXIT_INPUT) from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        msg = f"{path} is not an m3-integrations index manifest"
+        raise CliError(msg, EXIT_INPUT)
+    return manifest
+
+
+def _recorded_value(manifest_path: Path, key: str, value: Any) -> Any:
+    """Check one encoder setting read from a manifest; an index may come from anyone."""
+    ok: bool
+    if key == "pooling":
+        ok = value in ("cls", "mean")
+    elif key in ("allow_missing_heads", "normalize_embeddings"):
+        ok = isinstance(value, bool)
+    elif key in ("query_instruction", "passage_instruction"):
+        ok = value is None or (isinstance(value, str) and len(value) <= _MAX_INSTRUCTION_CHARS)
+    else:  # query_max_length, passage_max_length
+        ok = isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _MAX_LENGTH_TOKENS
+    if not ok:
+        msg = f"{manifest_path} records an invalid model setting {key} = {json.dumps(value)[:80]}"
+        raise CliError(msg, EXIT_INPUT)
+    return value
+
+
+# The encoder settings search takes from an index: plain values only, each checked.
+_RECORDED_SETTINGS = (
+    "pooling",
+    "normalize_embeddings",
+    "query_instruction",
+    "passage_instruction",
+    "query_max_length",
+    "passage_max_length",
+    "allow_missing_heads",
+)
+
+
+class _IndexModel(NamedTuple):
+    name: str
+    kwargs: dict[str, Any]
+    has_sparse: bool
+    store_colbert: bool
+    lexical: str
+
+
+def _model_for_index(folder: Path, args: argparse.Namespace) -> _IndexModel:
+    """The model to load for an existing index: ``--model`` or the recorded hub id, plus checked settings.
+
+    The settings recorded in the manifest come first and the command line's options override them; the
+    recorded model is used only when it is a plain hub id, never a path an index folder could choose.
+    """
+    manifest = _read_manifest(folder)
+    manifest_path = folder / MANIFEST_FILE
+    if (folder / LEGACY_MODEL_FILE).exists():
+        logger.warning(
+            "ignoring %s: the model settings now come from %s only (an index folder cannot choose "
+            "code to run); pass --model and its flags if the index was built with a local model",
+            folder / LEGACY_MODEL_FILE,
+            MANIFEST_FILE,
+        )
+    identity = manifest.get("model")
+    if not isinstance(identity, dict):
+        msg = f"{manifest_path} does not record the model that built the index"
+        raise CliError(msg, EXIT_INPUT)
+    kwargs = {
+        key: _recorded_value(manifest_path, key, identity[key])
+        for key in _RECORDED_SETTINGS
+        if key in identity
+    }
+    has_sparse, has_colbert_head = identity.get("has_sparse"), identity.get("has_colbert_head")
+    if "allow_missing_heads" not in kwargs and (has_sparse is False or has_colbert_head is False):
+        kwargs["allow_missing_heads"] = True  # indexes saved before the setting was recorded
+    if kwargs.get("allow_missing_heads") is False:
+        del kwargs["allow_missing_heads"]
+    kwargs.update(model_kwargs(args))
+    store_colbert, lexical = manifest.get("store_colbert", True), manifest.get("lexical", "m3")
+    if not isinstance(store_colbert, bool) or lexical not in ("m3", "bm25"):
+        msg = f"{manifest_path} records an invalid store_colbert or lexical setting"
+        raise CliError(msg, EXIT_INPUT)
+
+    recorded = identity.get("model_name_or_path")
+    name = args.model
+    if name is None:
+        if not isinstance(recorded, str) or not _is_plain_hub_id(recorded):
+            built = (
+                f"with the local model {json.dumps(recorded)[:200]}"
+                if isinstance(recorded, str)
+                else "with a model its manifest does not name"
+            )
+            msg = (
+                f"the index {str(folder)!r} was built {built}; an index cannot choose a folder to load: "
+                "pass --model PATH (the same checkpoint)"
+            )
+            raise CliError(msg, EXIT_USAGE)
+        name = recorded
+        logger.info("using the model recorded in %s: %s", manifest_path, name)
+    logger.debug("model settings for %s: %s", name, kwargs)
+    return _IndexModel(name, kwargs, bool(has_sparse), store_colbert, lexical)
+
+
+def _is_plain_hub_id(name: str) -> bool:
+    # A name that is also a folder here would load that folder rather than the hub's model.
+    return bool(_HUB_ID.fullmatch(name)) and ".." not in name and not Path(name).exists()
+
+
+def _load_index(folder: Path, model: M3Model) -> M3Index:
+    from m3_integrations import M3Index
+
+    try:
+        return M3Index.load(folder, model)
+    except (OSError, ValueError) as err:  # IndexLoadError is a ValueError
+        msg = f"cannot load index {str(folder)!r}: {_as_flags(str(err))}"
+        raise CliError(msg, EXIT_INPUT) from err
+
+
+def _index_folder(raw: str) -> Path:
+    folder = Path(raw).expanduser()
+    if not folder.is_dir():
+        msg = f"index folder {raw!r} does not exist"
+        raise CliError(msg, EXIT_INPUT)
+    return folder
+
+
+# ---------------------------------------------------------------------------- documents and queries
 def _collect_documents(paths: Sequence[str]) -> tuple[list[str], list[str], list[dict[str, Any]]]:
     from m3_integrations.evaluation.beir import iter_jsonl, join_title_text
 
@@ -338,114 +868,232 @@ def _collect_documents(paths: Sequence[str]) -> tuple[list[str], list[str], list
     return ids, texts, metadatas
 
 
+class _Query(NamedTuple):
+    text: str
+    id: str | None
+    origin: str  # where it came from, for messages: "query 2", "q.txt:5"
+
+
+def _collect_queries(args: argparse.Namespace) -> list[_Query]:
+    """The queries of ``search``, from the command line, stdin and ``--queries-file``; none may be blank."""
+    queries: list[_Query] = []
+    for position, text in enumerate(args.queries, 1):
+        if text == "-":
+            queries.extend(_query_lines(sys.stdin, "stdin"))
+        else:
+            queries.append(_Query(text, None, f"query {position}"))
+    if args.queries_file is not None:
+        queries.extend(_read_queries_file(args.queries_file))
+    if not queries:
+        msg = "no query: give one or more queries, --queries-file FILE, or - to read them from stdin"
+        raise CliError(msg, EXIT_USAGE)
+    for query in queries:
+        if not query.text.strip():
+            msg = f"{query.origin} is empty"
+            raise CliError(msg, EXIT_USAGE)
+    return queries
+
+
+def _query_lines(lines: Iterable[str], origin: str) -> list[_Query]:
+    # Blank lines separate queries in a file; they are not queries.
+    return [
+        _Query(line.rstrip("\r\n"), None, f"{origin}:{n}") for n, line in enumerate(lines, 1) if line.strip()
+    ]
+
+
+def _read_queries_file(raw: str) -> list[_Query]:
+    from m3_integrations.evaluation.beir import iter_jsonl
+
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        msg = f"--queries-file {raw!r} does not exist or is not a file"
+        raise CliError(msg, EXIT_INPUT)
+    try:
+        if path.suffix.lower() != ".jsonl":
+            with open(path, encoding="utf-8") as fh:
+                return _query_lines(fh, raw)
+        queries = []
+        for line_no, record in iter_jsonl(path):
+            text = record.get("text")
+            if not isinstance(text, str):
+                msg = f"{raw}:{line_no}: the query record has no text"
+                raise CliError(msg, EXIT_INPUT)
+            queries.append(_Query(text, str(record["_id"]), f"{raw}:{line_no}"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        msg = f"cannot read --queries-file {raw!r}: {err}"
+        raise CliError(msg, EXIT_INPUT) from err
+    return queries
+
+
 # ---------------------------------------------------------------------------- commands
 def _cmd_index(args: argparse.Namespace) -> int:
     from m3_integrations import M3Index
 
+    bm25_kwargs = _bm25_kwargs(args)
+    out = _check_output_folder(args.out, args.paths)
     ids, texts, metadatas = _collect_documents(args.paths)
     if not texts:
         kinds = ", ".join((*TEXT_SUFFIXES, ".jsonl"))
         msg = f"no documents with text found in {', '.join(args.paths)} (looked for {kinds} files)"
         raise CliError(msg, EXIT_INPUT)
-    bm25_kwargs = _bm25_kwargs(args)
-    model_kwargs = _model_kwargs(args)
-    model = _load_model(args.model, model_kwargs, quiet=args.quiet)
-    if args.lexical == "m3" and not model.has_sparse:
+    lexical = args.lexical or "auto"
+    model = load_model(args.model, model_kwargs(args))
+    if lexical == "m3" and not model.has_sparse:
         msg = f"--lexical m3 needs a sparse head, and model {args.model!r} has none; use --lexical bm25"
         raise CliError(msg, EXIT_MODE)
     start = time.perf_counter()
     index = M3Index(
-        model,
-        lexical=args.lexical,
-        **bm25_kwargs,
-        store_colbert=not args.no_colbert,
-        show_progress=not args.quiet,
+        model, lexical=lexical, **bm25_kwargs, store_colbert=not args.no_colbert, show_progress=not args.quiet
     )
     index.add(texts, ids=ids, metadatas=metadatas)
-    index.save(args.out)
-    (Path(args.out) / MODEL_CONFIG_FILE).write_text(
-        json.dumps(
-            {"model": args.model, "model_kwargs": model_kwargs, "store_colbert": not args.no_colbert},
-            indent=2,
-        ),
-        encoding="utf-8",
-    )
+    try:
+        index.save(out)
+    except FileExistsError as err:  # the library's own refusal to replace what is not an index
+        raise CliError(f"--out {args.out!r}: {err}", EXIT_INPUT) from err
     seconds = time.perf_counter() - start
     print(f"indexed {len(texts)} documents into {args.out} in {seconds:.1f}s")
     return EXIT_OK
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from m3_integrations import M3Index
+    from tqdm.auto import tqdm
 
-    folder = Path(args.index).expanduser()
-    if not folder.is_dir():
-        msg = f"index folder {args.index!r} does not exist"
-        raise CliError(msg, EXIT_INPUT)
-    if args.k <= 0:
-        msg = f"-k must be a positive integer, got {args.k}"
-        raise CliError(msg, EXIT_USAGE)
-    saved: dict[str, Any] = {}
-    config_file = folder / MODEL_CONFIG_FILE
-    if config_file.is_file():
-        saved = json.loads(config_file.read_text(encoding="utf-8"))
-    model_name = args.model or saved.get("model")
-    if not model_name:
-        msg = f"{args.index!r} does not say which model built it; pass --model"
-        raise CliError(msg, EXIT_USAGE)
-    model = _load_model(model_name, _model_kwargs(args, saved.get("model_kwargs")), quiet=True)
-    _check_modes(model, [args.mode], lexical="auto", store_colbert=saved.get("store_colbert", True))
-    try:
-        index = M3Index.load(folder, model)
-    except (FileNotFoundError, ValueError) as err:
-        msg = f"cannot load index {args.index!r}: {err}"
-        raise CliError(msg, EXIT_INPUT) from err
-    hits = index.search(args.query, k=args.k, **_search_kwargs(args, args.mode, args.fusion))
+    queries = _collect_queries(args)
+    folder = _index_folder(args.index)
+    recorded = _model_for_index(folder, args)
+    _check_modes(
+        recorded.name,
+        [args.mode],
+        lexical=recorded.lexical,
+        has_sparse=recorded.has_sparse,
+        store_colbert=recorded.store_colbert,
+    )
+    model = load_model(recorded.name, recorded.kwargs)
+    index = _load_index(folder, model)
+    kwargs = _search_kwargs(args, args.mode, args.fusion)
+    _check_search_options(index, args.k, kwargs)
+    results = []
+    with tqdm(
+        total=len(queries), desc="Searching", unit="query", disable=args.quiet or len(queries) < 2
+    ) as progress:
+        for start in range(0, len(queries), _SEARCH_CHUNK):
+            chunk = queries[start : start + _SEARCH_CHUNK]
+            results.extend(index.search_batch([q.text for q in chunk], k=args.k, **kwargs))
+            progress.update(len(chunk))
     if args.json:
-        print(
-            json.dumps(
-                [
+        entries = [
+            {
+                "query": query.text,
+                "query_id": query.id,
+                "hits": [
                     {"id": h.id, "score": h.score, "scores": h.scores, "text": h.text, "metadata": h.metadata}
                     for h in hits
                 ],
-                ensure_ascii=False,
-                indent=2,
-            )
-        )
+            }
+            for query, hits in zip(queries, results, strict=True)
+        ]
+        print(json.dumps(entries, ensure_ascii=False, indent=2))
         return EXIT_OK
+    for number, (query, hits) in enumerate(zip(queries, results, strict=True), 1):
+        if len(queries) > 1:
+            label = f" [{query.id}]" if query.id is not None else ""
+            print(f"{'' if number == 1 else chr(10)}query {number}/{len(queries)}{label}: {query.text}")
+        _print_hits(hits, args.snippet_chars)
+    return EXIT_OK
+
+
+def _print_hits(hits: Sequence[Any], snippet_chars: int) -> None:
     if not hits:
         print("no hits")
     for rank, hit in enumerate(hits, 1):
         signals = "  ".join(f"{name}={value:.4f}" for name, value in hit.scores.items())
         print(f"{rank}. {hit.id}  score={hit.score:.4f}  {signals}")
         snippet = " ".join(hit.text.split())
-        if len(snippet) > args.snippet_chars:
-            snippet = snippet[: args.snippet_chars].rstrip() + "…"
+        if len(snippet) > snippet_chars:
+            snippet = snippet[:snippet_chars].rstrip() + "…"
         print(f"   {snippet}")
-    return EXIT_OK
 
 
 def _search_kwargs(args: argparse.Namespace, mode: str, fusion: str | None) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"mode": mode}
     if fusion is not None:
         kwargs["fusion"] = fusion
-    weights = _parse_weights(args.weights)
-    if weights is not None:
-        kwargs["weights"] = weights
+    if args.weights is not None:
+        kwargs["weights"] = args.weights
     if args.rerank:
         kwargs["rerank"] = args.rerank
     return kwargs
 
 
+def _check_search_options(index: M3Index, k: int, kwargs: dict[str, Any]) -> None:
+    try:
+        index.check_search_options(k, **kwargs)
+    except ValueError as err:  # weights that leave the mode no signal, say
+        raise CliError(_as_flags(str(err)), EXIT_USAGE) from err
+
+
+def _dataset_label(data: str, queries: str | None) -> str:
+    """``autorag-ko/page`` for ``.../autorag-ko/page``: a folder name alone is often ambiguous."""
+
+    def label(raw: str) -> str:
+        path = Path(raw).expanduser().resolve()
+        return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+    return label(data) if queries is None else f"{label(data)} (queries: {label(queries)})"
+
+
+def _check_index_matches_corpus(index: M3Index, dataset: BeirDataset, index_arg: str) -> None:
+    """Refuse an index not built from this corpus, saying what differs."""
+
+    def some(ids: Iterable[str]) -> str:
+        shown = sorted(ids)[:3]
+        return ", ".join(repr(i) for i in shown) + (", ..." if len(shown) == 3 else "")
+
+    index_ids, corpus_ids = set(index.ids), set(dataset.corpus)
+    extra, missing = index_ids - corpus_ids, corpus_ids - index_ids
+    shared = sorted(index_ids & corpus_ids)
+    changed = [hit.id for hit in index.get(shared) if hit.text != dataset.corpus[hit.id].content]
+    problems = []
+    if extra:
+        problems.append(f"{len(extra)} of its documents are not in the corpus ({some(extra)})")
+    if missing:
+        problems.append(f"{len(missing)} corpus documents are not in it ({some(missing)})")
+    if changed:
+        problems.append(f"{len(changed)} documents have another text ({some(changed)})")
+    if problems:
+        corpus = dataset.info.get("corpus", "corpus.jsonl")
+        msg = (
+            f"the index {index_arg!r} was not built from the corpus of {dataset.name}: "
+            f"{'; '.join(problems)}. Build it with `m3-integrations index {corpus} --out INDEX`"
+        )
+        raise CliError(msg, EXIT_INPUT)
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from m3_integrations.evaluation import build_index, evaluate_index, format_table, load_beir
 
-    if args.k <= 0:
-        msg = f"-k must be a positive integer, got {args.k}"
-        raise CliError(msg, EXIT_USAGE)
     bm25_kwargs = _bm25_kwargs(args)
+    if args.index is not None:
+        build_only = [
+            flag
+            for flag, value in (
+                ("--lexical", args.lexical),
+                ("--bm25-tokenizer", args.bm25_tokenizer),
+                ("--bm25-stemmer", args.bm25_stemmer),
+                ("--bm25-stopwords", args.bm25_stopwords),
+            )
+            if value is not None
+        ]
+        if build_only:
+            msg = f"{', '.join(build_only)} set how eval builds an index; with --index the index's own apply"
+            raise CliError(msg, EXIT_USAGE)
     try:
-        dataset = load_beir(args.data, split=args.split, queries_folder=args.queries)
+        dataset = load_beir(
+            args.data,
+            split=args.split,
+            queries_folder=args.queries,
+            name=_dataset_label(args.data, args.queries),
+        )
     except FileNotFoundError as err:
         raise CliError(str(err), EXIT_INPUT) from err
     except ValueError as err:
@@ -455,41 +1103,61 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise CliError(msg, EXIT_INPUT)
     if args.max_queries:
         dataset = dataset.subsample_queries(args.max_queries)
-    model = _load_model(args.model, _model_kwargs(args), quiet=args.quiet)
-    _check_modes(model, args.mode, lexical=args.lexical, store_colbert=True)
 
-    index, build_seconds = build_index(
-        model,
-        dataset,
-        show_progress=not args.quiet,
-        lexical=args.lexical,
-        **bm25_kwargs,
-    )
+    build_seconds: float | None = None
+    if args.index is not None:
+        folder = _index_folder(args.index)
+        recorded = _model_for_index(folder, args)
+        _check_modes(
+            recorded.name,
+            args.mode,
+            lexical=recorded.lexical,
+            has_sparse=recorded.has_sparse,
+            store_colbert=recorded.store_colbert,
+        )
+        model_name = recorded.name
+        model = load_model(model_name, recorded.kwargs)
+        index = _load_index(folder, model)
+        _check_index_matches_corpus(index, dataset, args.index)
+    else:
+        model_name = args.model or DEFAULT_MODEL
+        model = load_model(model_name, model_kwargs(args))
+        lexical = args.lexical or "auto"
+        _check_modes(model_name, args.mode, lexical=lexical, has_sparse=model.has_sparse, store_colbert=True)
+        index, build_seconds = build_index(
+            model, dataset, show_progress=not args.quiet, lexical=lexical, **bm25_kwargs
+        )
     fusions = args.fusion or [None]
+    configurations = [
+        (mode, fusion)
+        for mode in dict.fromkeys(args.mode)
+        for fusion in ([None] if mode in ("dense", "sparse", "colbert") else fusions)
+    ]
+    for mode, fusion in configurations:
+        _check_search_options(index, args.k, _search_kwargs(args, mode, fusion))
     results = []
-    for mode in dict.fromkeys(args.mode):
-        single = mode in ("dense", "sparse", "colbert")
-        for fusion in [None] if single else fusions:
-            kwargs = _search_kwargs(args, mode, fusion)
-            name = mode if fusion is None else f"{mode}/{fusion}"
-            results.append(
-                evaluate_index(
-                    index,
-                    dataset,
-                    k=args.k,
-                    name=name + ("+rerank" if args.rerank else ""),
-                    build_seconds=build_seconds,
-                    latency_queries=args.latency_queries,
-                    show_progress=not args.quiet,
-                    **kwargs,
-                )
+    for mode, fusion in configurations:
+        name = mode if fusion is None else f"{mode}/{fusion}"
+        results.append(
+            evaluate_index(
+                index,
+                dataset,
+                k=args.k,
+                name=name + ("+rerank" if args.rerank else ""),
+                build_seconds=build_seconds,
+                latency_queries=args.latency_queries,
+                show_progress=not args.quiet,
+                **_search_kwargs(args, mode, fusion),
             )
+        )
     table = format_table(results)
     print(table)
     meta = {
         "data": args.data,
+        "dataset": dataset.name,
         "queries": args.queries,
-        "model": args.model,
+        "index": args.index,
+        "model": model_name,
         "num_documents": len(dataset.corpus),
         "num_queries": len(dataset.queries),
     }
@@ -498,10 +1166,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             json.dumps({**meta, "results": [r.to_dict() for r in results]}, indent=2), encoding="utf-8"
         )
     if args.report:
+        source = f"index `{args.index}`" if args.index else f"data `{args.data}`"
         lines = [
-            f"# Evaluation of {args.model} on {dataset.name}",
+            f"# Evaluation of {model_name} on {dataset.name}",
             "",
-            f"{meta['num_documents']} documents, {meta['num_queries']} judged queries; data `{args.data}`.",
+            f"{meta['num_documents']} documents, {meta['num_queries']} judged queries; {source}.",
             "",
             table,
             "",
@@ -522,29 +1191,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: arguments without the program name; default ``sys.argv[1:]``.
 
     Returns:
-        0 on success, 2 for a bad command line, 3 for missing or empty input, 4 when the model cannot give
-        a requested mode, 1 for anything else.
+        0 on success, 2 for a bad command line, 3 for missing or unreadable input (data, checkpoint,
+        index), 4 when the model cannot give a requested mode, 1 for anything else.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _build_parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits 2 on errors and 0 on --help
+        args, extras = parser.parse_known_args(argv)
+        # argparse matches `search INDEX -k 3 "query"` as no query plus an extra argument.
+        if args.command == "search" and not any(e.startswith("-") and e != "-" for e in extras):
+            args.queries.extend(extras)
+        elif extras:
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    except CliError as err:
+        print(f"{err.prog or parser.prog}: error: {_one_line(str(err))}", file=sys.stderr)
+        return err.code
+    except SystemExit as exc:  # --help
         return int(exc.code or 0)
     args.argv = argv
     args.quiet = bool(getattr(args, "quiet", False))
-    _configure_logging(args.quiet, int(getattr(args, "verbose", 0) or 0))
+    verbose = int(getattr(args, "verbose", 0) or 0)
+    configure_logging(args.quiet, verbose)
+    prog = f"{parser.prog} {args.command}"
     try:
         return _COMMANDS[args.command](args)
     except CliError as err:
-        print(f"m3-integrations {args.command}: error: {err}", file=sys.stderr)
+        if err.__cause__ is not None:
+            logger.debug("the error behind the message below:", exc_info=err.__cause__)
+        print(f"{prog}: error: {_one_line(str(err))}", file=sys.stderr)
         return err.code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as err:
         logger.debug("unexpected error", exc_info=True)
-        print(f"m3-integrations {args.command}: error: {type(err).__name__}: {err}", file=sys.stderr)
+        hint = "" if verbose else " (run with -v for the traceback)"
+        message = _one_line(_as_flags(str(err)))
+        print(f"{prog}: error: {type(err).__name__}: {message}{hint}", file=sys.stderr)
         return EXIT_ERROR
 
 

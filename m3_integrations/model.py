@@ -250,7 +250,18 @@ class M3Model:
 
     @property
     def identity(self) -> dict[str, Any]:
-        """What an index needs to know to refuse vectors from another model (name, dims, heads, digest)."""
+        """What an index records about its model, as plain JSON values.
+
+        Name, dimensions, heads and weight digest let an index refuse vectors from another model; the
+        encoder settings (pooling, normalisation, instructions, max lengths, whether the heads were
+        optional) let ``m3-integrations search`` rebuild the same query encoder. Nothing here names code
+        to load: a reader takes these settings from a fixed list and checks each value.
+
+        Example:
+            .. code-block:: python
+
+                model.identity["pooling"], model.identity["query_instruction"]  # ("mean", "query: ")
+        """
         return {
             "model_name_or_path": self.model_name_or_path,
             "model_type": getattr(self.config, "model_type", None),
@@ -258,6 +269,13 @@ class M3Model:
             "colbert_dim": self.colbert_dim,
             "vocab_size": self.vocab_size,
             "pooling": self.pooling,
+            "normalize_embeddings": bool(self.normalize_embeddings),
+            "query_instruction": self.query_instruction,
+            "passage_instruction": self.passage_instruction,
+            "query_max_length": self.query_max_length,
+            "passage_max_length": self.passage_max_length,
+            # A checkpoint lacking a head loads only with allow_missing_heads=True.
+            "allow_missing_heads": not (self.has_sparse and self.has_colbert_head),
             "has_sparse": self.has_sparse,
             "has_colbert_head": self.has_colbert_head,
             "fingerprint": self.fingerprint,

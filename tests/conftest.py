@@ -36,3 +36,28 @@ def checkpoint_copy(tiny_checkpoint: str, tmp_path: Path) -> Path:
     target = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, target)
     return target
+
+
+@pytest.fixture
+def plain_checkpoint(checkpoint_copy: Path) -> Path:
+    """A private copy of the tiny checkpoint without BGE-M3's heads: a plain encoder, like e5 or MiniLM."""
+    for head in ("colbert_linear.pt", "sparse_linear.pt"):
+        (checkpoint_copy / head).unlink()
+    return checkpoint_copy
+
+
+@pytest.fixture
+def model_loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict]]:
+    """Every ``M3Model`` built during the test, as ``(name, kwargs)``; the real constructor still runs.
+
+    A check that must come before any model loads asserts the list is empty.
+    """
+    calls: list[tuple[str, dict]] = []
+    original = M3Model.__init__
+
+    def record(self: M3Model, model_name_or_path: str | Path = "BAAI/bge-m3", **kwargs: object) -> None:
+        calls.append((str(model_name_or_path), dict(kwargs)))
+        original(self, model_name_or_path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(M3Model, "__init__", record)
+    return calls

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -75,7 +75,7 @@ class EvalResult:
         return asdict(self)
 
 
-def median_latency_ms(search_one: Callable[[str], object], queries: Sequence[str]) -> float | None:
+def median_latency_ms(search_one: Callable[[str], object], queries: Iterable[str]) -> float | None:
     """Median wall-clock milliseconds of ``search_one(query)`` over ``queries`` (``None`` if empty)."""
     timings = []
     for query in queries:
@@ -95,6 +95,7 @@ def evaluate_search(
     build_seconds: float | None = None,
     metrics: Sequence[str] = DEFAULT_METRICS,
     params: dict[str, Any] | None = None,
+    show_progress: bool = False,
 ) -> EvalResult:
     """Evaluate any retriever given as a batch function returning ``[(doc id, score), ...]`` per query.
 
@@ -107,6 +108,7 @@ def evaluate_search(
         build_seconds: recorded as is.
         metrics: metric names.
         params: recorded as is.
+        show_progress: a progress bar over the timed single-query calls.
 
     Returns:
         An :class:`EvalResult`.
@@ -121,7 +123,8 @@ def evaluate_search(
     p50 = None
     if search_one is not None:
         sample = list(texts if latency_queries is None else texts[:latency_queries])
-        p50 = median_latency_ms(search_one, sample)
+        timed = tqdm(sample, desc=f"Timing {name}", unit="query", disable=not show_progress or not sample)
+        p50 = median_latency_ms(search_one, timed)
     return EvalResult(
         name=name,
         dataset=dataset.name,
@@ -174,7 +177,7 @@ def evaluate_index(
     build_seconds: float | None = None,
     latency_queries: int | None = 50,
     metrics: Sequence[str] = DEFAULT_METRICS,
-    batch_size: int = 256,
+    batch_size: int = 16,
     show_progress: bool = False,
     **search_kwargs: Any,
 ) -> EvalResult:
@@ -188,8 +191,9 @@ def evaluate_index(
         build_seconds: recorded as is.
         latency_queries: time this many single-query calls (``None``: all; ``0``: none).
         metrics: metric names.
-        batch_size: queries per ``search_batch`` call.
-        show_progress: progress bar over query batches.
+        batch_size: queries per ``search_batch`` call (small, so that the progress bar moves: each
+            query costs milliseconds to seconds, and batching saves little beyond the encoder's batch).
+        show_progress: progress bars over the queries searched, then over the timed calls.
         **search_kwargs: ``mode``, ``fusion``, ``weights``, ``rerank``... for ``index.search``.
 
     Returns:
@@ -201,11 +205,14 @@ def evaluate_index(
 
     def search_batch(queries: list[str]) -> list[Ranked]:
         out: list[Ranked] = []
-        for start in tqdm(
-            range(0, len(queries), batch_size), desc=f"Searching {label}", disable=not show_progress
-        ):
-            hits = index.search_batch(queries[start : start + batch_size], k=k, **search_kwargs)
-            out.extend([(h.id, h.score) for h in per_query] for per_query in hits)
+        with tqdm(
+            total=len(queries), desc=f"Searching {label}", unit="query", disable=not show_progress
+        ) as progress:
+            for start in range(0, len(queries), batch_size):
+                chunk = queries[start : start + batch_size]
+                hits = index.search_batch(chunk, k=k, **search_kwargs)
+                out.extend([(h.id, h.score) for h in per_query] for per_query in hits)
+                progress.update(len(chunk))
         return out
 
     return evaluate_search(
@@ -217,6 +224,7 @@ def evaluate_index(
         build_seconds=build_seconds,
         metrics=metrics,
         params={"k": k, **{p: _jsonable(v) for p, v in search_kwargs.items()}},
+        show_progress=show_progress,
     )
 
 

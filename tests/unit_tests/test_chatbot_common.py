@@ -75,6 +75,31 @@ def test_parser_defaults(common, tmp_path: Path) -> None:
     assert Path(args.data) == EXAMPLES / "data"
     assert (args.llm, args.query, args.rebuild, args.quiet) == (None, None, False, False)
     assert parser.parse_args(["--chunk-size", "300"]).chunk_size == 300
+    # The model options are the m3-integrations CLI's, turned into M3Model arguments the same way.
+    from m3_integrations.cli import model_kwargs
+
+    assert args.model == "BAAI/bge-m3" and model_kwargs(args) == {}
+    plain = parser.parse_args(
+        ["--model", "e5", "--allow-missing-heads", "--pooling", "mean", "--query-instruction", "query: "]
+    )
+    assert model_kwargs(plain) == {
+        "allow_missing_heads": True,
+        "pooling": "mean",
+        "query_instruction": "query: ",
+    }
+
+
+def test_check_arguments(common, tmp_path: Path) -> None:
+    parser = common.build_parser("d", llm_help="h", chunk_unit="tokens")
+    parser.set_defaults(index_dir=str(tmp_path / "index"), chunk_size=160, chunk_overlap=20)
+    (tmp_path / "a.md").write_text("x", encoding="utf-8")
+    data = ["--data", str(tmp_path)]
+    assert common.check_arguments(parser.parse_args(data)) is None
+    assert common.check_arguments(parser.parse_args([*data, "--query", " "])) == "--query is empty"
+    assert "does not exist" in common.check_arguments(parser.parse_args(["--data", str(tmp_path / "x")]))
+    too_much = parser.parse_args([*data, "--chunk-size", "20", "--chunk-overlap", "20"])
+    assert common.check_arguments(too_much) == "--chunk-overlap (20) must be smaller than --chunk-size (20)"
+    assert common.run(parser, ["-k", "0"], start=None, greeting="") == 2  # refused before starting
 
 
 def test_answer_or_chat(common, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
