@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
@@ -111,8 +111,6 @@ FIELD_OPERATORS = (
 LOGICAL_OPERATORS = ("$and", "$or", "$not")
 OPERATORS = tuple(dict.fromkeys(FIELD_OPERATORS + LOGICAL_OPERATORS))
 _RANGE_OPS = ("gt", "gte", "lt", "lte")
-# Above this magnitude an int may not survive the float64 that the range index sorts by.
-_EXACT_INT = 2**53
 
 
 # ---------------------------------------------------------------------------------------------- values
@@ -249,40 +247,25 @@ def _json_equal(stored: Any, target: Any) -> bool:
             and len(stored) == len(target.items)
             and all(key in stored and _json_equal(stored[key], item) for key, item in target.items)
         )
-    key = _scalar_key(target)
-    return key is not None and _scalar_key(stored) == key
+    kind = _SCALAR_KINDS.get(type(target))
+    return kind is not None and _SCALAR_KINDS.get(type(stored)) == kind and stored == target
 
 
-def _scalar_key(value: Any) -> tuple[str, Any] | None:
-    """A hashable key that keeps JSON's types apart (``True`` vs ``1``); ``None`` for lists, dicts, NaN."""
-    if value is None:
-        return ("null", None)
-    if isinstance(value, bool):
-        return ("bool", value)
-    if isinstance(value, int):
-        return ("number", value)
-    if isinstance(value, float):
-        return None if math.isnan(value) else ("number", value)  # NaN (old saved files) equals nothing
-    if isinstance(value, str):
-        return ("string", value)
-    return None
+# JSON's scalar types (metadata and filter values are normalised to exactly these types). ``int`` and
+# ``float`` are one kind, so 1 == 1.0; ``bool`` is its own, so True != 1 although Python says equal.
+_SCALAR_KINDS: dict[type, str] = {
+    type(None): "null",
+    bool: "bool",
+    int: "number",
+    float: "number",
+    str: "string",
+}
+_MISSING = object()
 
 
-def _range_kind(value: Any) -> str | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return "number"
-    if isinstance(value, float):
-        return None if math.isnan(value) else "number"
-    return "string" if isinstance(value, str) else None
-
-
-def _as_float(value: int | float) -> float:
-    try:
-        return float(value)
-    except OverflowError:  # an int beyond float64: sorts with the infinities, ties checked exactly
-        return math.inf if value > 0 else -math.inf
+def _is_nan(value: Any) -> bool:
+    """NaN can only come from files saved before metadata was checked; it equals nothing."""
+    return type(value) is float and math.isnan(value)
 
 
 # ------------------------------------------------------------------------------------------ expressions
@@ -479,13 +462,13 @@ def _parse_operator(key: str, operator: str, operand: Any) -> FilterExpr:
         return equals[0] if len(equals) == 1 else And(equals)
     if operator == "$contains":
         value = _filter_value(operand, key, operator)
-        if _scalar_key(value) is None:
+        if type(value) not in _SCALAR_KINDS:
             msg = f"filter on key {key!r}: $contains needs a string, number, bool or None, got {operand!r}"
             raise ValueError(msg)
         return Compare(key, "eq", value)
     if operator in ("$gt", "$gte", "$lt", "$lte"):
         value = _filter_value(operand, key, operator)
-        if _range_kind(value) is None:
+        if _SCALAR_KINDS.get(type(value)) not in ("number", "string"):
             msg = f"filter on key {key!r}: {operator} needs a number or a string, got {operand!r}"
             raise ValueError(msg)
         return Compare(key, operator[1:], value)  # type: ignore[arg-type]
@@ -511,9 +494,11 @@ class KeyIndex:
     """The rows of one metadata key by value, so that a filter looks rows up instead of looping.
 
     Rows are only appended between compactions (deletes are tombstones the caller masks), so the index
-    catches up with new rows on each use; the caller drops it when rows are renumbered. Equality and
-    ``$in`` are hash lookups; ranges are binary searches in sorted float64 (numbers) and string arrays,
-    rebuilt after rows were added; text matching tests each distinct string once, not each row.
+    catches up with new rows on each use; the caller drops it when rows are renumbered. Scalar values
+    (and the scalar elements of stored lists) are kept by kind and value: equality and ``$in`` are hash
+    lookups. Ranges bisect the kind's distinct values, sorted by Python's exact comparison (an int
+    beyond 2**53 is not rounded) after rows were added, and take the rows of a slice at once. Text
+    matching tests each distinct string once, not each row.
     """
 
     def __init__(self, key: str) -> None:
@@ -521,44 +506,41 @@ class KeyIndex:
         self.covered = 0
         self._present: list[int] = []
         self._empty: list[int] = []
-        self._by_value: dict[tuple[str, Any], list[int]] = {}
+        self._by_kind: dict[str, dict[Any, list[int]]] = {kind: {} for kind in set(_SCALAR_KINDS.values())}
         self._containers: list[tuple[int, Any]] = []  # stored lists and dicts: compared one by one
-        self._numbers: list[tuple[float, int, int | float]] = []  # (sort key, row, exact value)
-        self._strings: list[tuple[str, int]] = []
-        self._inexact = False  # an int that float64 rounds: ties in the range index are checked exactly
-        self._sorted: tuple[np.ndarray, np.ndarray, list[int | float], list[str], np.ndarray] | None = None
+        self._sorted: dict[str, tuple[list[Any], np.ndarray, np.ndarray]] = {}
 
     def catch_up(self, metadatas: Sequence[Mapping[str, Any]]) -> None:
         """Index the rows added since the last call."""
         if self.covered == len(metadatas):
             return
-        key = self.key
+        key, kinds, by_kind = self.key, _SCALAR_KINDS, self._by_kind
         for row in range(self.covered, len(metadatas)):
-            meta = metadatas[row]
-            if key not in meta:
+            value = metadatas[row].get(key, _MISSING)
+            if value is _MISSING:
                 continue
-            value = meta[key]
             self._present.append(row)
-            if value is None or (isinstance(value, str | list | dict) and not value):
-                self._empty.append(row)
-            if isinstance(value, list | dict):
+            kind = kinds.get(type(value))
+            if kind is None:  # a list or a dict
+                if not value:
+                    self._empty.append(row)
                 self._containers.append((row, value))
-            for item in value if isinstance(value, list) else (value,):
-                self._add_scalar(row, item)
+                for item in value if isinstance(value, list) else ():
+                    item_kind = kinds.get(type(item))
+                    if item_kind is not None and not _is_nan(item):
+                        by_kind[item_kind].setdefault(item, []).append(row)
+                continue
+            if value is None or value == "":
+                self._empty.append(row)
+            if not _is_nan(value):
+                bucket = by_kind[kind]
+                rows = bucket.get(value)
+                if rows is None:
+                    bucket[value] = [row]
+                else:
+                    rows.append(row)
         self.covered = len(metadatas)
-        self._sorted = None
-
-    def _add_scalar(self, row: int, value: Any) -> None:
-        scalar = _scalar_key(value)
-        if scalar is None:
-            return
-        self._by_value.setdefault(scalar, []).append(row)
-        kind = _range_kind(value)
-        if kind == "number":
-            self._numbers.append((_as_float(value), row, value))
-            self._inexact |= isinstance(value, int) and abs(value) > _EXACT_INT
-        elif kind == "string":
-            self._strings.append((value, row))
+        self._sorted = {}
 
     def present(self) -> np.ndarray:
         """Rows that have the key."""
@@ -570,9 +552,9 @@ class KeyIndex:
 
     def equal(self, value: Any) -> np.ndarray:
         """Rows with a value equal to the frozen ``value`` (itself, or an element of a stored list)."""
-        scalar = _scalar_key(value)
-        if scalar is not None:
-            return np.asarray(self._by_value.get(scalar, ()), dtype=np.int64)
+        kind = _SCALAR_KINDS.get(type(value))
+        if kind is not None:
+            return np.asarray(self._by_kind[kind].get(value, ()), dtype=np.int64)
         rows = [
             row
             for row, stored in self._containers
@@ -586,50 +568,32 @@ class KeyIndex:
         if fold:
             needle = needle.casefold()
         rows: list[int] = []
-        for (kind, stored), value_rows in self._by_value.items():
-            if kind == "string" and needle in (stored.casefold() if fold else stored):
+        for stored, value_rows in self._by_kind["string"].items():
+            if needle in (stored.casefold() if fold else stored):
                 rows.extend(value_rows)
         return np.asarray(rows, dtype=np.int64)
 
-    def compare(self, op: str, bound: int | float | str) -> np.ndarray:
+    def compare(self, op: str, bound: float | str) -> np.ndarray:
         """Rows with a value of ``bound``'s kind that compares to it as ``op`` (gt, gte, lt or lte)."""
-        keys, rows, exact, strings, string_rows = self._sorted_values()
-        if isinstance(bound, str):
-            lo, hi = bisect.bisect_left(strings, bound), bisect.bisect_right(strings, bound)
-            inside = string_rows[hi:] if op in ("gt", "gte") else string_rows[:lo]
-            ties = string_rows[lo:hi] if op in ("gte", "lte") else string_rows[:0]
-            return np.concatenate([inside, ties])
-        target = _as_float(bound)
-        lo, hi = int(np.searchsorted(keys, target, "left")), int(np.searchsorted(keys, target, "right"))
-        inside = rows[hi:] if op in ("gt", "gte") else rows[:lo]
-        if not self._inexact and (isinstance(bound, float) or abs(bound) <= _EXACT_INT):
-            # float64 holds every stored value and the bound exactly: equal keys are equal values.
-            ties = rows[lo:hi] if op in ("gte", "lte") else rows[:0]
-        else:
-            check = _EXACT_COMPARE[op]
-            ties = np.asarray([rows[i] for i in range(lo, hi) if check(exact[i], bound)], dtype=np.int64)
-        return np.concatenate([inside, ties])
+        values, offsets, rows = self._sorted_kind("string" if isinstance(bound, str) else "number")
+        if op in ("gt", "gte"):
+            start = (bisect.bisect_right if op == "gt" else bisect.bisect_left)(values, bound)
+            return rows[offsets[start] :]
+        stop = (bisect.bisect_left if op == "lt" else bisect.bisect_right)(values, bound)
+        return rows[: offsets[stop]]
 
-    def _sorted_values(self) -> tuple[np.ndarray, np.ndarray, list[int | float], list[str], np.ndarray]:
-        if self._sorted is None:
-            numbers = sorted(self._numbers, key=lambda entry: entry[0])
-            strings = sorted(self._strings)
-            self._sorted = (
-                np.asarray([entry[0] for entry in numbers], dtype=np.float64),
-                np.asarray([entry[1] for entry in numbers], dtype=np.int64),
-                [entry[2] for entry in numbers],
-                [entry[0] for entry in strings],
-                np.asarray([entry[1] for entry in strings], dtype=np.int64),
+    def _sorted_kind(self, kind: str) -> tuple[list[Any], np.ndarray, np.ndarray]:
+        """The kind's distinct values in order, and their rows laid out in that order with offsets."""
+        if kind not in self._sorted:
+            bucket = self._by_kind[kind]
+            values = sorted(bucket)
+            sizes = np.fromiter((len(bucket[v]) for v in values), dtype=np.int64, count=len(values))
+            offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+            rows = np.fromiter(
+                (row for v in values for row in bucket[v]), dtype=np.int64, count=int(offsets[-1])
             )
-        return self._sorted
-
-
-_EXACT_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
-    "gt": lambda a, b: a > b,
-    "gte": lambda a, b: a >= b,
-    "lt": lambda a, b: a < b,
-    "lte": lambda a, b: a <= b,
-}
+            self._sorted[kind] = (values, offsets, rows)
+        return self._sorted[kind]
 
 
 def evaluate(

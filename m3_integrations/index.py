@@ -176,6 +176,7 @@ class M3Index:
         .. code-block:: python
 
             index.search("capital", filter={"lang": "ko"})
+            index.search("capital", filter={"year": {"$gte": 2020}, "tags": {"$in": ["geo", "rag"]}})
             index.search("capital", filter=lambda meta: meta.get("year", 0) > 2020)
 
     Persist:
@@ -705,8 +706,12 @@ class M3Index:
             candidates: first-stage size per cheap signal; ``None`` scores every document (with
                 ``weighted`` fusion, ColBERT is skipped where an exact bound shows a document cannot
                 reach the top ``k``; the results are identical).
-            filter: a dict of exact metadata matches, or a callable on the metadata; applied before
-                the top-k, so ``k`` hits come back whenever ``k`` documents match.
+            filter: a dict filter (:mod:`m3_integrations.filters`, MongoDB style): ``{"lang": "ko"}``
+                (equality; on a list field, one element equal), operators ``$eq $ne $gt $gte $lt $lte
+                $in $nin $all $contains $text $itext $exists $empty`` on a key
+                (``{"year": {"$gte": 2020}}``), and ``$and $or $not``; several keys must all match.
+                Or a callable on (a copy of) the metadata dict. Applied before the top-k, so ``k`` hits
+                come back whenever ``k`` documents match.
             rerank: ``"m3"`` (re-score with all M3 representations), or a reranker such as
                 :class:`~m3_integrations.rerank.CrossEncoderReranker`.
             rerank_top_n: how many fused hits the reranker sees (default ``max(k, 20)``; at least ``k``).
@@ -715,7 +720,11 @@ class M3Index:
             Up to ``k`` hits, best first; ties are broken by insertion order.
 
         Raises:
-            ValueError: empty query, ``k <= 0``, unknown mode or fusion, bad weights or candidates.
+            ValueError: empty query, ``k <= 0``, unknown mode or fusion, bad weights or candidates, a
+                bad dict filter (unknown operator, value of the wrong shape: the message names the key
+                and the operator; raised before the query is encoded), or a reranker returning NaN,
+                infinity, the wrong number of scores or no number array (naming the reranker).
+            TypeError: a filter that is neither a dict nor a callable.
         """
         options = self._search_options(
             k,
@@ -749,8 +758,9 @@ class M3Index:
         at construction rather than at the first query.
 
         Raises:
-            ValueError: what :meth:`search` raises for ``k``, mode, weights, fusion, candidates or
-                rerank options; ``TypeError`` for a filter that is neither a dict nor a callable.
+            ValueError: what :meth:`search` raises for ``k``, mode, weights, fusion, candidates, a dict
+                filter or rerank options; ``TypeError`` for a filter that is neither a dict nor a
+                callable.
 
         Example:
             .. code-block:: python
