@@ -197,7 +197,11 @@ def normalize_metadata(metadata: Mapping[str, Any] | None, where: str) -> dict[s
 
 def copy_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
     """A deep copy of normalised metadata (only lists and dicts are copied; scalars are immutable)."""
-    return {key: _copy_json(value) for key, value in metadata.items()}
+    out = dict(metadata)
+    for key, value in out.items():
+        if type(value) is list or type(value) is dict:
+            out[key] = _copy_json(value)
+    return out
 
 
 def _copy_json(value: Any) -> Any:
@@ -509,6 +513,7 @@ class KeyIndex:
         self._by_kind: dict[str, dict[Any, list[int]]] = {kind: {} for kind in set(_SCALAR_KINDS.values())}
         self._containers: list[tuple[int, Any]] = []  # stored lists and dicts: compared one by one
         self._sorted: dict[str, tuple[list[Any], np.ndarray, np.ndarray]] = {}
+        self._equal_rows: dict[tuple[str, Any], np.ndarray] = {}  # arrays of looked-up values
 
     def catch_up(self, metadatas: Sequence[Mapping[str, Any]]) -> None:
         """Index the rows added since the last call."""
@@ -540,7 +545,7 @@ class KeyIndex:
                 else:
                     rows.append(row)
         self.covered = len(metadatas)
-        self._sorted = {}
+        self._sorted, self._equal_rows = {}, {}
 
     def present(self) -> np.ndarray:
         """Rows that have the key."""
@@ -554,7 +559,11 @@ class KeyIndex:
         """Rows with a value equal to the frozen ``value`` (itself, or an element of a stored list)."""
         kind = _SCALAR_KINDS.get(type(value))
         if kind is not None:
-            return np.asarray(self._by_kind[kind].get(value, ()), dtype=np.int64)
+            rows = self._equal_rows.get((kind, value))
+            if rows is None:
+                rows = np.asarray(self._by_kind[kind].get(value, ()), dtype=np.int64)
+                self._equal_rows[kind, value] = rows
+            return rows
         rows = [
             row
             for row, stored in self._containers
