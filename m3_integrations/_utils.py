@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, MappingView, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -24,31 +25,68 @@ def import_optional(module: str, extra: str) -> ModuleType:
         raise ImportError(msg) from err
 
 
+def check_surrogates(text: str, what: str) -> None:
+    """Raise ``ValueError`` naming ``what`` and the position if ``text`` holds a lone surrogate.
+
+    Such a string is not Unicode text: it cannot be encoded as UTF-8, so it fails later in the
+    tokenizer or in a save.
+    """
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        msg = (
+            f"{what} holds a lone surrogate {text[err.start]!r} at position {err.start}: "
+            "not valid Unicode text (it cannot be tokenized or saved)"
+        )
+        raise ValueError(msg) from None
+
+
 def validate_texts(texts: Any, *, what: str = "texts", allow_empty_strings: bool = True) -> list[str]:
     """Return ``texts`` as a list of strings, or raise naming the first bad item.
 
-    A single string is accepted and wrapped. ``None`` or non-string items raise ``TypeError`` with the
-    offending index so that a user with 10k documents can find it.
+    Accepted: a single string (wrapped in a list), a list, a tuple or another ordered sequence (a numpy
+    array or pandas Series of strings), or an iterator or generator (consumed once). Refused with
+    ``TypeError``: dicts, sets, frozensets and dict views, whose order is not the caller's (their items
+    would be indexed in an arbitrary order, or the keys instead of the values), bytes, ``None``, and
+    non-string items (the message gives the index, so a user with 10k documents can find it). A lone
+    surrogate in a text raises ``ValueError``.
+
+    Example:
+        >>> validate_texts("one")
+        ['one']
+        >>> validate_texts(t.strip() for t in [" a ", "b"])
+        ['a', 'b']
+        >>> validate_texts({"a", "b"})
+        Traceback (most recent call last):
+        ...
+        TypeError: texts must be a string or an ordered sequence of strings (list, tuple, iterator), got set
     """
-    if texts is None:
-        msg = f"{what} must be a string or a list of strings, got None"
-        raise TypeError(msg)
     if isinstance(texts, str):
         texts = [texts]
-    elif not isinstance(texts, Sequence) or isinstance(texts, bytes | bytearray):
+    elif texts is None or isinstance(texts, bytes | bytearray | Mapping | AbstractSet | MappingView):
+        msg = (
+            f"{what} must be a string or an ordered sequence of strings (list, tuple, iterator), "
+            f"got {type(texts).__name__}"
+        )
+        raise TypeError(msg)
+    elif not isinstance(texts, Sequence):
         try:
             texts = list(texts)
         except TypeError as err:
             msg = f"{what} must be a string or a list of strings, got {type(texts).__name__}"
             raise TypeError(msg) from err
     out: list[str] = []
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            msg = f"{what}[{i}] must be a string, got {type(text).__name__}"
+    for i, item in enumerate(texts):
+        if not isinstance(item, str):
+            msg = f"{what}[{i}] must be a string, got {type(item).__name__}"
             raise TypeError(msg)
+        text = item if type(item) is str else str.__str__(item)  # numpy.str_ etc.: the plain string
         if not allow_empty_strings and not text.strip():
             msg = f"{what}[{i}] is empty"
             raise ValueError(msg)
+        check_surrogates(text, f"{what}[{i}]")
         out.append(text)
     return out
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 import numpy as np
 import scipy.sparse as sp
 
-from m3_integrations import fusion, scoring
+from m3_integrations import filters, fusion, scoring
 from m3_integrations._utils import atomic_dir, validate_texts
 from m3_integrations.bm25 import BM25, WordTokenizer
 
@@ -77,7 +77,7 @@ class SearchHit:
     Attributes:
         id: the document id.
         text: the document text.
-        metadata: a copy of the document metadata.
+        metadata: a deep copy of the document metadata (changing it changes nothing in the index).
         score: the score that ranked it: fused, the single signal's, or the reranker's.
         scores: per-signal scores (``dense``, ``sparse``, ``colbert``, ``bm25``, ``rerank``) of the
             signals that were computed; empty for :meth:`M3Index.get`.
@@ -116,7 +116,9 @@ class Reranker(Protocol):
         ...
 
 
+# A dict in the filter language of m3_integrations.filters, or a predicate on a document's metadata.
 FilterType = Mapping[str, Any] | Callable[[Mapping[str, Any]], bool]
+_ParsedFilter = filters.FilterExpr | Callable[[Mapping[str, Any]], bool] | None
 
 
 class M3Index:
@@ -174,6 +176,7 @@ class M3Index:
         .. code-block:: python
 
             index.search("capital", filter={"lang": "ko"})
+            index.search("capital", filter={"year": {"$gte": 2020}, "tags": {"$in": ["geo", "rag"]}})
             index.search("capital", filter=lambda meta: meta.get("year", 0) > 2020)
 
     Persist:
@@ -244,7 +247,7 @@ class M3Index:
         self._row_ids: list[str] = []
         self._texts: list[str] = []
         self._metadatas: list[dict[str, Any]] = []
-        self._metadata_indexes: dict[str, _MetadataIndex] = {}  # dict filters; rows only appended
+        self._metadata_indexes: dict[str, filters.KeyIndex] = {}  # dict filters; rows only appended
         self._row_of: dict[str, int] = {}
         self._alive = np.zeros(0, dtype=bool)
         self._dense = np.zeros((0, self.dense_dim), dtype=self.dense_dtype)
@@ -331,16 +334,23 @@ class M3Index:
         """Encode and store documents; a document whose id is already stored replaces it.
 
         Args:
-            texts: the documents (empty strings are stored too).
+            texts: the documents (empty strings are stored too): a list, tuple or other ordered
+                sequence, or an iterator; a dict or a set raises ``TypeError`` (no defined order).
             ids: one unique string id per text; random UUID4 strings when ``None``.
-            metadatas: one metadata dict per text (``None`` entries become ``{}``).
+            metadatas: one metadata dict per text (``None`` entries become ``{}``): JSON only (string
+                keys; str, int, float, bool, None, lists and dicts; tuples become lists; at most 32
+                levels deep). The index stores a deep copy.
 
         Returns:
             The ids, in input order.
 
         Raises:
-            TypeError: a text or id is not a string, or a metadata entry is not a mapping.
-            ValueError: ids or metadatas of the wrong length, or an id repeated within the call.
+            TypeError: a text or id is not a string, ``texts`` is a dict or set, a metadata entry is not a
+                dict, or metadata holds a non-string key or a non-JSON value (the message names the id
+                and the key path).
+            ValueError: ids or metadatas of the wrong length, an id repeated within the call, NaN or
+                infinity in metadata, nesting deeper than 32 levels, or a lone surrogate in a text, id or
+                metadata string. Nothing is stored when anything is refused.
         """
         texts, ids, metas = self._validate_documents(texts, ids, metadatas)
         if not texts:
@@ -411,17 +421,12 @@ class M3Index:
         if ids is None:
             ids = [str(uuid.uuid4()) for _ in texts]
         else:
-            if isinstance(ids, str):
-                ids = [ids]
-            ids = list(ids)
+            ids = validate_texts(ids, what="ids")
             if len(ids) != len(texts):
                 msg = f"got {len(ids)} ids for {len(texts)} texts"
                 raise ValueError(msg)
             seen: set[str] = set()
-            for i, doc_id in enumerate(ids):
-                if not isinstance(doc_id, str):
-                    msg = f"ids[{i}] must be a string, got {type(doc_id).__name__}"
-                    raise TypeError(msg)
+            for doc_id in ids:
                 if doc_id in seen:
                     msg = f"duplicate id {doc_id!r} within one add call"
                     raise ValueError(msg)
@@ -429,19 +434,17 @@ class M3Index:
         if metadatas is None:
             metas: list[dict[str, Any]] = [{} for _ in texts]
         else:
+            if isinstance(metadatas, Mapping):
+                msg = "metadatas must be a list with one dict (or None) per text, got a single dict"
+                raise TypeError(msg)
             metadatas = list(metadatas)
             if len(metadatas) != len(texts):
                 msg = f"got {len(metadatas)} metadatas for {len(texts)} texts"
                 raise ValueError(msg)
-            metas = []
-            for i, meta in enumerate(metadatas):
-                if meta is None:
-                    metas.append({})
-                elif isinstance(meta, Mapping):
-                    metas.append(dict(meta))
-                else:
-                    msg = f"metadatas[{i}] must be a dict or None, got {type(meta).__name__}"
-                    raise TypeError(msg)
+            metas = [
+                filters.normalize_metadata(meta, f"metadatas[{i}] (document {doc_id!r})")
+                for i, (meta, doc_id) in enumerate(zip(metadatas, ids, strict=True))
+            ]
         return texts, ids, metas
 
     def _bm25_tokens(self, texts: Sequence[str]) -> list[list[Any]]:
@@ -561,7 +564,7 @@ class M3Index:
                 SearchHit(
                     id=self._row_ids[r],
                     text=self._texts[r],
-                    metadata=dict(self._metadatas[r]),
+                    metadata=filters.copy_metadata(self._metadatas[r]),
                     score=math.nan,
                 )
                 for r in rows
@@ -703,8 +706,12 @@ class M3Index:
             candidates: first-stage size per cheap signal; ``None`` scores every document (with
                 ``weighted`` fusion, ColBERT is skipped where an exact bound shows a document cannot
                 reach the top ``k``; the results are identical).
-            filter: a dict of exact metadata matches, or a callable on the metadata; applied before
-                the top-k, so ``k`` hits come back whenever ``k`` documents match.
+            filter: a dict filter (:mod:`m3_integrations.filters`, MongoDB style): ``{"lang": "ko"}``
+                (equality; on a list field, one element equal), operators ``$eq $ne $gt $gte $lt $lte
+                $in $nin $all $contains $text $itext $exists $empty`` on a key
+                (``{"year": {"$gte": 2020}}``), and ``$and $or $not``; several keys must all match.
+                Or a callable on (a copy of) the metadata dict. Applied before the top-k, so ``k`` hits
+                come back whenever ``k`` documents match.
             rerank: ``"m3"`` (re-score with all M3 representations), or a reranker such as
                 :class:`~m3_integrations.rerank.CrossEncoderReranker`.
             rerank_top_n: how many fused hits the reranker sees (default ``max(k, 20)``; at least ``k``).
@@ -713,7 +720,11 @@ class M3Index:
             Up to ``k`` hits, best first; ties are broken by insertion order.
 
         Raises:
-            ValueError: empty query, ``k <= 0``, unknown mode or fusion, bad weights or candidates.
+            ValueError: empty query, ``k <= 0``, unknown mode or fusion, bad weights or candidates, a
+                bad dict filter (unknown operator, value of the wrong shape: the message names the key
+                and the operator; raised before the query is encoded), or a reranker returning NaN,
+                infinity, the wrong number of scores or no number array (naming the reranker).
+            TypeError: a filter that is neither a dict nor a callable.
         """
         options = self._search_options(
             k,
@@ -747,8 +758,9 @@ class M3Index:
         at construction rather than at the first query.
 
         Raises:
-            ValueError: what :meth:`search` raises for ``k``, mode, weights, fusion, candidates or
-                rerank options; ``TypeError`` for a filter that is neither a dict nor a callable.
+            ValueError: what :meth:`search` raises for ``k``, mode, weights, fusion, candidates, a dict
+                filter or rerank options; ``TypeError`` for a filter that is neither a dict nor a
+                callable.
 
         Example:
             .. code-block:: python
@@ -885,6 +897,8 @@ class M3Index:
         if filter_ is not None and not (isinstance(filter_, Mapping) or callable(filter_)):
             msg = f"filter must be a dict or a callable, got {type(filter_).__name__}"
             raise TypeError(msg)
+        # A dict is checked and parsed once per call, before any work.
+        parsed_filter = filters.parse_filter(filter_) if isinstance(filter_, Mapping) else filter_
         if rerank is not None and rerank != "m3" and not isinstance(rerank, Reranker):
             msg = f"rerank must be 'm3' or an object with score(query, passages), got {rerank!r}"
             raise ValueError(msg)
@@ -897,7 +911,7 @@ class M3Index:
             "weights": self._resolve_weights(mode, weights),
             "fusion": fusion_method,
             "candidates": None if candidates is None else int(candidates),
-            "filter": filter_,
+            "filter": parsed_filter,
             "rerank": rerank,
             "rerank_top_n": top_n,
         }
@@ -951,37 +965,26 @@ class M3Index:
         else:
             msg = f"weights must be None, a tuple or a dict, got {type(weights).__name__}"
             raise TypeError(msg)
-        if sum(resolved.values()) <= 0:
+        largest = max(resolved.values())
+        if largest <= 0:
             msg = f"the weights of mode {mode!r} are all zero: {resolved}"
             raise ValueError(msg)
+        # Every fusion is invariant to one common scale; dividing by the largest weight keeps sums of
+        # extreme but finite weights (1e308 overflows, 1e-320 loses all precision) in range.
+        resolved = {name: weight / largest for name, weight in resolved.items()}
         if "colbert" in resolved and not self.store_colbert:
             logger.debug("ColBERT vectors are not stored; candidates are re-encoded at query time")
         return resolved
 
-    def _allowed_rows(self, filter_: FilterType | None) -> np.ndarray:
+    def _allowed_rows(self, filter_: _ParsedFilter) -> np.ndarray:
         alive = self._alive
         if filter_ is None:
             return alive
-        if isinstance(filter_, Mapping):
-            allowed = alive.copy()
-            for key, value in filter_.items():
-                matches = np.zeros_like(alive)
-                try:
-                    hash(value)
-                except TypeError:  # a list or dict to match: compare row by row
-                    for row in np.flatnonzero(allowed):
-                        meta = self._metadatas[row]
-                        matches[row] = key in meta and bool(meta[key] == value)
-                else:
-                    index = self._metadata_indexes.get(key)
-                    if index is None:
-                        index = self._metadata_indexes[key] = _MetadataIndex(key)
-                    matches[index.rows_equal(self._metadatas, value)] = True
-                allowed &= matches
-            return allowed
+        if not callable(filter_):
+            return alive & filters.evaluate(filter_, self._metadatas, self._metadata_indexes)
         allowed = np.zeros_like(alive)
         for row in np.flatnonzero(alive):
-            allowed[row] = bool(filter_(dict(self._metadatas[row])))
+            allowed[row] = bool(filter_(filters.copy_metadata(self._metadatas[row])))
         return allowed
 
     def _full_scores(self, signal: str, encoded: EncodedQuery, *, exact: bool = True) -> np.ndarray:
@@ -1152,7 +1155,7 @@ class M3Index:
                 SearchHit(
                     id=self._row_ids[r],
                     text=self._texts[r],
-                    metadata=dict(self._metadatas[r]),
+                    metadata=filters.copy_metadata(self._metadatas[r]),
                     score=float(fused[i]),
                     scores={s: float(v[i]) for s, v in signals.items()},
                 )
@@ -1166,7 +1169,9 @@ class M3Index:
             if query is None:
                 msg = "a cross-encoder rerank needs the query text"
                 raise ValueError(msg)
-            rerank_scores = np.asarray(rerank.score(query, [h.text for h in hits]), dtype=np.float32)
+            rerank_scores = _checked_rerank_scores(
+                rerank, rerank.score(query, [h.text for h in hits]), len(hits)
+            )
         for hit, value in zip(hits, rerank_scores, strict=True):
             hit.score = float(value)
             hit.scores["rerank"] = float(value)
@@ -1389,32 +1394,29 @@ class M3Index:
         self._bm25 = bm25
 
 
-class _MetadataIndex:
-    """Rows by metadata value for one key, for dict filters: a lookup instead of a loop over all rows.
+def _checked_rerank_scores(reranker: Reranker, scores: Any, n_passages: int) -> np.ndarray:
+    """The reranker's scores as float64, or a ``ValueError`` naming the reranker.
 
-    Rows are only ever appended between compactions (deletes are tombstones, the caller masks them), so
-    the index catches up with new rows on each lookup and is dropped when rows are renumbered.
+    A NaN, an infinity or a missing score would otherwise reorder or drop hits without a word.
     """
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.rows_by_value: dict[Any, list[int]] = {}
-        self.unhashable_rows: list[int] = []  # stored lists/dicts: compared one by one
-        self.covered = 0
-
-    def rows_equal(self, metadatas: Sequence[Mapping[str, Any]], value: Any) -> np.ndarray:
-        """Rows whose metadata has ``key`` with a value ``== value`` (``value`` must be hashable)."""
-        for row in range(self.covered, len(metadatas)):
-            meta = metadatas[row]
-            if self.key in meta:
-                try:
-                    self.rows_by_value.setdefault(meta[self.key], []).append(row)
-                except TypeError:
-                    self.unhashable_rows.append(row)
-        self.covered = len(metadatas)
-        candidates = self.rows_by_value.get(value, []) + self.unhashable_rows
-        # A dict lookup also matches by identity (NaN) and relies on hashes: confirm with ``==``.
-        return np.asarray([r for r in candidates if bool(metadatas[r][self.key] == value)], dtype=np.int64)
+    name = type(reranker).__qualname__
+    try:
+        values = np.asarray(scores)
+    except (TypeError, ValueError) as err:
+        msg = f"reranker {name} returned {type(scores).__name__}, not an array of numbers: {err}"
+        raise ValueError(msg) from err
+    if values.dtype.kind not in "iuf":
+        msg = f"reranker {name} returned {type(scores).__name__} of {values.dtype}, not an array of numbers"
+        raise ValueError(msg)
+    if values.shape != (n_passages,):
+        msg = f"reranker {name} returned scores of shape {values.shape} for {n_passages} passages"
+        raise ValueError(msg)
+    values = values.astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        msg = f"reranker {name} returned {values[bad[0]]} for passage {int(bad[0])} (scores must be finite)"
+        raise ValueError(msg)
+    return values
 
 
 def _check_weight(name: str, value: Any) -> float:

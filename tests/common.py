@@ -136,3 +136,127 @@ def naive_min_max_average(scores: Mapping[str, list[float]], weights: Mapping[st
             total += weight * (scores[name][i] - low) / (high - low)
         fused.append(total / sum(weights.values()))
     return fused
+
+
+def naive_fuse(scores: Mapping[str, list[float]], weights: Mapping[str, float], method: str) -> list[float]:
+    """Every fusion method in plain Python, straight from docs/engine.md (no coverage scaling).
+
+    Signals with a zero weight or no nonzero score take no part; ``relative_score`` and ``confidence``
+    also leave out constant signals; BM25 is divided by its maximum before a weighted sum; in RRF tied
+    scores share the best rank and a lexical score of exactly 0 contributes nothing.
+    """
+    n = len(next(iter(scores.values())))
+    used = {s: w for s, w in weights.items() if w > 0 and any(scores[s])}
+    if method in ("relative_score", "confidence"):
+        used = {s: w for s, w in used.items() if max(scores[s]) != min(scores[s])}
+    if method == "confidence":
+        used = {s: w * naive_peak_z(list(scores[s])) ** 2 for s, w in used.items()}
+        used = {s: w for s, w in used.items() if w > 0}
+    if not used:
+        return [0.0] * n
+    total = sum(used.values())
+    fused = []
+    for i in range(n):
+        value = 0.0
+        for s, w in used.items():
+            column = scores[s]
+            if method == "weighted":
+                value += w * (column[i] / max(column) if s == "bm25" else column[i])
+            elif method == "rrf":
+                rank = 1 + sum(1 for other in column if other > column[i])
+                value += 0.0 if s in ("sparse", "bm25") and column[i] == 0 else w / (60 + rank)
+            else:
+                value += w * (column[i] - min(column)) / (max(column) - min(column))
+        fused.append(value / total)
+    return fused
+
+
+_EMPTY_VALUES: tuple = (None, "", [], {})
+
+
+def _naive_same(a: object, b: object) -> bool:
+    """JSON equality: booleans apart from numbers, lists and tuples alike, dicts by keys and values."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is bool and type(b) is bool and a == b
+    if isinstance(a, int | float) or isinstance(b, int | float):
+        return isinstance(a, int | float) and isinstance(b, int | float) and a == b
+    if isinstance(a, list | tuple) or isinstance(b, list | tuple):
+        return (
+            isinstance(a, list | tuple)
+            and isinstance(b, list | tuple)
+            and len(a) == len(b)
+            and all(_naive_same(x, y) for x, y in zip(a, b, strict=True))
+        )
+    if isinstance(a, dict) or isinstance(b, dict):
+        return (
+            isinstance(a, dict)
+            and isinstance(b, dict)
+            and a.keys() == b.keys()
+            and all(_naive_same(a[k], b[k]) for k in a)
+        )
+    return type(a) is type(b) and a == b
+
+
+def _naive_values(meta: Mapping, key: str) -> list:
+    if key not in meta:
+        return []
+    value = meta[key]
+    return [value, *value] if isinstance(value, list) else [value]
+
+
+def _naive_ordered(value: object, bound: object, op: str) -> bool:
+    numbers = all(isinstance(x, int | float) and not isinstance(x, bool) for x in (value, bound))
+    strings = isinstance(value, str) and isinstance(bound, str)
+    if not (numbers or strings):
+        return False
+    return {"$gt": value > bound, "$gte": value >= bound, "$lt": value < bound, "$lte": value <= bound}[op]
+
+
+def _naive_operator(meta: Mapping, key: str, op: str, arg: object) -> bool:
+    values = _naive_values(meta, key)
+    if op in ("$eq", "$contains"):
+        return any(_naive_same(v, arg) for v in values)
+    if op == "$ne":
+        return not _naive_operator(meta, key, "$eq", arg)
+    if op == "$in":
+        return any(_naive_same(v, a) for v in values for a in arg)
+    if op == "$nin":
+        return not _naive_operator(meta, key, "$in", arg)
+    if op == "$all":
+        return all(any(_naive_same(v, a) for v in values) for a in arg)
+    if op in ("$gt", "$gte", "$lt", "$lte"):
+        return any(_naive_ordered(v, arg, op) for v in values)
+    if op == "$text":
+        return any(isinstance(v, str) and arg in v for v in values)
+    if op == "$itext":
+        return any(isinstance(v, str) and arg.casefold() in v.casefold() for v in values)
+    if op == "$exists":
+        return (key in meta) == arg
+    if op == "$empty":
+        empty = key not in meta or any(_naive_same(meta[key], e) for e in _EMPTY_VALUES)
+        return empty == arg
+    if op == "$not":
+        return not _naive_field(meta, key, arg)
+    raise AssertionError(op)
+
+
+def _naive_field(meta: Mapping, key: str, condition: object) -> bool:
+    if isinstance(condition, dict) and condition and all(k.startswith("$") for k in condition):
+        return all(_naive_operator(meta, key, op, arg) for op, arg in condition.items())
+    return _naive_operator(meta, key, "$eq", condition)
+
+
+def naive_filter_match(filter_: Mapping, meta: Mapping) -> bool:
+    """The dict filter language of docs/engine.md evaluated on one metadata dict, directly from its rules."""
+    for key, condition in filter_.items():
+        if key == "$and":
+            ok = all(naive_filter_match(f, meta) for f in condition)
+        elif key == "$or":
+            ok = any(naive_filter_match(f, meta) for f in condition)
+        elif key == "$not":
+            ok = not naive_filter_match(condition, meta)
+        else:
+            ok = _naive_field(meta, key, condition)
+        if not ok:
+            return False
+    return True

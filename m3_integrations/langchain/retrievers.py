@@ -45,7 +45,9 @@ class M3Retriever(BaseRetriever):
         fusion: ``"weighted"``, ``"rrf"``, ``"relative_score"`` or ``"confidence"``; ``None`` (default)
             lets the index choose.
         candidates: first-stage candidates per signal (``None``: score every document).
-        filter: a dict of exact metadata matches or a callable on the metadata.
+        filter: a dict filter in the index's language (``{"lang": "ko"}``,
+            ``{"year": {"$gte": 2020}}``, ``$in``, ``$or``...; see ``m3_integrations.filters``) or a
+            callable on the metadata.
         rerank: ``"m3"`` or a core reranker (e.g. ``CrossEncoderReranker``) applied by the index.
         rerank_top_n: how many fused hits the reranker sees.
 
@@ -120,7 +122,7 @@ class M3Retriever(BaseRetriever):
     candidates: int | None = Field(default=100, gt=0)
     """First-stage candidates per signal; ``None`` scores every document."""
     filter: dict[str, Any] | Callable[[Mapping[str, Any]], bool] | None = None
-    """Exact metadata matches (dict) or a predicate on the metadata."""
+    """A dict filter (``m3_integrations.filters``: equality, ``$gt``, ``$in``, ``$or``...) or a predicate."""
     rerank: Any = None
     """``"m3"`` or a core reranker with ``score(query, passages)``; ``None`` for no rerank."""
     rerank_top_n: int | None = Field(default=None, gt=0)

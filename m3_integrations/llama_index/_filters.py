@@ -1,9 +1,11 @@
-"""Translate LlamaIndex ``MetadataFilters`` into the callable metadata filter of ``M3Index.search``."""
+"""Translate LlamaIndex ``MetadataFilters`` into the dict filter language of ``M3Index.search``.
+
+Only the translation lives here; what each operator means is defined once, in
+:mod:`m3_integrations.filters`.
+"""
 
 from __future__ import annotations
 
-import operator as op
-from collections.abc import Callable, Mapping
 from typing import Any
 
 from llama_index.core.vector_stores.types import (
@@ -14,61 +16,32 @@ from llama_index.core.vector_stores.types import (
     MetadataFilters,
 )
 
-MetadataPredicate = Callable[[Mapping[str, Any]], bool]
+from m3_integrations import filters as core_filters
 
-_MISSING = object()
-_ORDERING = {
-    FilterOperator.GT: op.gt,
-    FilterOperator.GTE: op.ge,
-    FilterOperator.LT: op.lt,
-    FilterOperator.LTE: op.le,
+# LlamaIndex's IN and ANY both ask whether a value of the key is one of the given values.
+_OPERATORS = {
+    FilterOperator.EQ: "$eq",
+    FilterOperator.NE: "$ne",
+    FilterOperator.GT: "$gt",
+    FilterOperator.GTE: "$gte",
+    FilterOperator.LT: "$lt",
+    FilterOperator.LTE: "$lte",
+    FilterOperator.IN: "$in",
+    FilterOperator.NIN: "$nin",
+    FilterOperator.ANY: "$in",
+    FilterOperator.ALL: "$all",
+    FilterOperator.CONTAINS: "$contains",
+    FilterOperator.TEXT_MATCH: "$text",
+    FilterOperator.TEXT_MATCH_INSENSITIVE: "$itext",
 }
 _LIST_VALUED = {FilterOperator.IN, FilterOperator.NIN, FilterOperator.ANY, FilterOperator.ALL}
+_ORDERING = {FilterOperator.GT, FilterOperator.GTE, FilterOperator.LT, FilterOperator.LTE}
 _TEXT = {FilterOperator.TEXT_MATCH, FilterOperator.TEXT_MATCH_INSENSITIVE}
+# A filter no document matches: the negation of the empty filter, which matches every document.
+_NOTHING: dict[str, Any] = {"$not": {}}
 
 
-def _as_list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, list | tuple | set) else [value]
-
-
-def _matches(operator: FilterOperator, expected: Any, actual: Any) -> bool:
-    """One condition on one metadata value; ``actual`` is ``_MISSING`` when the key is absent."""
-    if operator == FilterOperator.IS_EMPTY:
-        return actual is _MISSING or actual is None or actual in ("", [])
-    # Like LlamaIndex's in-memory stores, an absent key differs from every value (so NE / NIN match it)
-    # but is not ordered, contained or equal.
-    if actual is _MISSING:
-        return operator in (FilterOperator.NE, FilterOperator.NIN)
-    if operator == FilterOperator.EQ:
-        return actual == expected
-    if operator == FilterOperator.NE:
-        return actual != expected
-    if operator in _ORDERING:
-        try:
-            return bool(_ORDERING[operator](actual, expected))
-        except TypeError:  # e.g. a str stored where the filter compares numbers: no match
-            return False
-    if operator == FilterOperator.IN:
-        return any(item in expected for item in _as_list(actual))
-    if operator == FilterOperator.NIN:
-        return not any(item in expected for item in _as_list(actual))
-    if operator == FilterOperator.CONTAINS:
-        return expected in _as_list(actual)
-    if operator == FilterOperator.ANY:
-        return any(item in _as_list(actual) for item in expected)
-    if operator == FilterOperator.ALL:
-        return all(item in _as_list(actual) for item in expected)
-    if operator in _TEXT:
-        if not isinstance(actual, str):
-            return False
-        if operator == FilterOperator.TEXT_MATCH_INSENSITIVE:
-            return expected.lower() in actual.lower()
-        return expected in actual
-    msg = f"internal error: operator {operator} has no rule"  # pragma: no cover - _compile_one checks
-    raise AssertionError(msg)
-
-
-def _compile_one(item: MetadataFilter | ExactMatchFilter) -> MetadataPredicate:
+def _translate_one(item: MetadataFilter | ExactMatchFilter) -> dict[str, Any]:
     operator = getattr(item, "operator", FilterOperator.EQ)
     try:
         operator = FilterOperator(operator)
@@ -77,43 +50,31 @@ def _compile_one(item: MetadataFilter | ExactMatchFilter) -> MetadataPredicate:
         msg = f"unsupported filter operator {operator!r} on key {item.key!r}; supported: {supported}"
         raise ValueError(msg) from err
     value = item.value
+    # Checked here too so that the message speaks LlamaIndex (IN, GT...), not the dict syntax.
     if operator in _LIST_VALUED and not isinstance(value, list):
         msg = f"filter {operator.name} on key {item.key!r} needs a list value, got {value!r}"
         raise ValueError(msg)
-    if operator in _ORDERING and not isinstance(value, int | float | str):
+    if operator in _ORDERING and (isinstance(value, bool) or not isinstance(value, int | float | str)):
         msg = f"filter {operator.name} on key {item.key!r} needs a number or string value, got {value!r}"
         raise ValueError(msg)
     if operator in _TEXT and not isinstance(value, str):
         msg = f"filter {operator.name} on key {item.key!r} needs a string value, got {value!r}"
         raise ValueError(msg)
-    key = item.key
-
-    def predicate(metadata: Mapping[str, Any]) -> bool:
-        return _matches(operator, value, metadata.get(key, _MISSING))
-
-    return predicate
+    if operator == FilterOperator.IS_EMPTY:
+        return {item.key: {"$empty": True}}
+    return {item.key: {_OPERATORS[operator]: value}}
 
 
-def compile_metadata_filters(filters: MetadataFilters) -> MetadataPredicate:
-    """Turn (possibly nested) ``MetadataFilters`` into ``metadata -> bool``.
-
-    Every :class:`FilterOperator` is supported and the ``and`` / ``or`` / ``not`` conditions combine
-    them (``not`` matches when none of its filters does). Structural mistakes raise at once, naming
-    the key, so a bad filter fails when it is set, not silently at search time.
-
-    Raises:
-        TypeError: ``filters`` or one of its items is not a LlamaIndex filter object.
-        ValueError: an unsupported operator or condition, or a value of the wrong shape.
-    """
+def _translate(filters: MetadataFilters) -> dict[str, Any]:
     if not isinstance(filters, MetadataFilters):
         msg = f"filters must be llama_index MetadataFilters, got {type(filters).__name__}"
         raise TypeError(msg)
-    parts: list[MetadataPredicate] = []
+    parts: list[dict[str, Any]] = []
     for i, item in enumerate(filters.filters):
         if isinstance(item, MetadataFilters):
-            parts.append(compile_metadata_filters(item))
+            parts.append(_translate(item))
         elif isinstance(item, MetadataFilter | ExactMatchFilter):
-            parts.append(_compile_one(item))
+            parts.append(_translate_one(item))
         else:
             kind = type(item).__name__
             msg = f"filters.filters[{i}] must be a MetadataFilter or MetadataFilters, got {kind}"
@@ -124,9 +85,35 @@ def compile_metadata_filters(filters: MetadataFilters) -> MetadataPredicate:
     except ValueError as err:
         msg = f"unsupported filter condition {condition!r}; supported: and, or, not"
         raise ValueError(msg) from err
-
     if condition == FilterCondition.AND:
-        return lambda metadata: all(p(metadata) for p in parts)
-    if condition == FilterCondition.OR:
-        return lambda metadata: any(p(metadata) for p in parts)
-    return lambda metadata: not any(p(metadata) for p in parts)
+        return parts[0] if len(parts) == 1 else {"$and": parts} if parts else {}
+    either = parts[0] if len(parts) == 1 else {"$or": parts} if parts else _NOTHING
+    # LlamaIndex's NOT matches a node when none of its filters does.
+    return either if condition == FilterCondition.OR else {"$not": either}
+
+
+def metadata_filters_to_dict(filters: MetadataFilters) -> dict[str, Any]:
+    """Translate (possibly nested) ``MetadataFilters`` into the dict filter of ``M3Index.search``.
+
+    Every :class:`FilterOperator` has a counterpart (``ANY`` is ``$in``, ``IS_EMPTY`` is
+    ``$empty``, ``TEXT_MATCH_INSENSITIVE`` is ``$itext``...) and ``and`` / ``or`` / ``not`` become
+    ``$and`` / ``$or`` / ``$not`` (``not`` matches when none of its filters does). The result is
+    checked by the core at once, so a bad filter fails when it is set, not at search time.
+
+    Raises:
+        TypeError: ``filters`` or one of its items is not a LlamaIndex filter object.
+        ValueError: an unsupported operator or condition, or a value of the wrong shape (the message
+            names the key).
+
+    Example:
+        .. code-block:: python
+
+            metadata_filters_to_dict(
+                MetadataFilters(
+                    filters=[MetadataFilter(key="year", value=2020, operator=FilterOperator.GT)]
+                )
+            )  # {"year": {"$gt": 2020}}
+    """
+    translated = _translate(filters)
+    core_filters.parse_filter(translated)
+    return translated

@@ -27,9 +27,9 @@ from llama_index.core.storage.docstore import BaseDocumentStore, SimpleDocumentS
 from llama_index.core.vector_stores.types import MetadataFilters
 
 from m3_integrations._utils import atomic_dir
-from m3_integrations.index import M3Index
+from m3_integrations.index import FilterType, M3Index
 from m3_integrations.llama_index._common import resolve_model
-from m3_integrations.llama_index._filters import MetadataPredicate, compile_metadata_filters
+from m3_integrations.llama_index._filters import metadata_filters_to_dict
 from m3_integrations.model import M3Model
 
 logger = logging.getLogger(__name__)
@@ -327,13 +327,13 @@ class M3Retriever(BaseRetriever):
 
     @filters.setter
     def filters(self, value: MetadataFilters | Callable[[Mapping[str, Any]], bool] | None) -> None:
-        predicate: MetadataPredicate | None
+        index_filter: FilterType | None
         if value is None:
-            predicate = None
+            index_filter = None
         elif isinstance(value, MetadataFilters):
-            predicate = compile_metadata_filters(value)
+            index_filter = metadata_filters_to_dict(value)
         elif callable(value):
-            predicate = value
+            index_filter = value
         else:
             msg = (
                 "filters must be llama_index MetadataFilters, a callable on the metadata dict, or None; "
@@ -341,7 +341,7 @@ class M3Retriever(BaseRetriever):
             )
             raise TypeError(msg)
         self._filters = value
-        self._predicate = predicate
+        self._index_filter = index_filter
 
     # ------------------------------------------------------------------ updates
     def insert(self, nodes: BaseNode | Sequence[BaseNode]) -> list[str]:
@@ -398,7 +398,7 @@ class M3Retriever(BaseRetriever):
             "weights": self.weights,
             "fusion": self.fusion,
             "candidates": self.candidates,
-            "filter": self._predicate,
+            "filter": self._index_filter,
             "rerank": self.rerank,
             "rerank_top_n": self.rerank_top_n,
         }

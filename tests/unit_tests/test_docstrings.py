@@ -10,6 +10,8 @@ import pytest
 MODULES = [
     "m3_integrations.scoring",
     "m3_integrations.fusion",
+    "m3_integrations.filters",
+    "m3_integrations._utils",
     "m3_integrations.bm25",
     "m3_integrations.testing",
 ]

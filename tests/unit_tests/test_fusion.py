@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from m3_integrations.fusion import competition_ranks, effective_weights, fuse, peak_zscore
-from tests.common import naive_min_max_average, naive_peak_z
+from tests.common import naive_fuse, naive_min_max_average, naive_peak_z
 
 RNG = np.random.default_rng(0)
 SCORES = {
@@ -144,3 +144,13 @@ def test_coverage_for_a_signal_without_scores_is_named() -> None:
 def test_coverage_with_another_fusion_is_an_error(method: str) -> None:
     with pytest.raises(ValueError, match="confidence' only"):
         fuse(SCORES, WEIGHTS, method=method, coverage={"bm25": 0.5})
+
+
+@pytest.mark.parametrize("method", ["weighted", "rrf", "relative_score", "confidence"])
+@pytest.mark.parametrize("scale", [1e-30, 1e-3, 1.0, 7.0, 1e30])
+def test_every_fusion_is_invariant_to_a_common_weight_scale(method: str, scale: float) -> None:
+    # M3Index divides the weights by the largest one; this is why that changes no ranking or score.
+    expected = naive_fuse(PLAIN_SCORES, WEIGHTS, method)
+    scaled = fuse(SCORES, {s: w * scale for s, w in WEIGHTS.items()}, method=method)
+    assert scaled.tolist() == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    assert len(set(np.round(expected, 6))) == len(expected)  # a strict ranking: order is checked too

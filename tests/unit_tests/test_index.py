@@ -8,6 +8,7 @@ import pytest
 from m3_integrations import M3Index, M3Model, SearchHit
 from tests.common import (
     INDEX_TEXTS,
+    naive_filter_match,
     naive_m3_scores,
     naive_min_max_average,
     naive_peak_z,
@@ -399,15 +400,14 @@ def test_defaults_follow_the_model_heads(tiny_checkpoint: str, index: M3Index) -
 
 def test_dict_filters_match_the_same_predicate_through_updates(tiny_model: M3Model, tmp_path) -> None:
     # Dict filters use a per-key value index; a callable takes the row-by-row path. They must agree.
-    nan = float("nan")
-    values = [1, True, 1.0, 2, "a", None, [1, 2], nan, {"x": 1}, "b"]
+    values = [1, True, 1.0, 2, "a", None, [1, 2], [[1, 2]], {"x": 1}, "b"]
     texts = [f"document number {i}" for i in range(len(values) * 2)]
     metas = [{"v": values[i % len(values)], "even": i % 2 == 0} if i % 7 else {} for i in range(len(texts))]
     index = M3Index(tiny_model)
     index.add(texts, ids=[f"d{i}" for i in range(len(texts))], metadatas=metas)
 
     def check(index: M3Index) -> None:
-        for value in [1, 2.0, "a", None, [1, 2], nan, {"x": 1}, "missing"]:
+        for value in [1, 2.0, True, "a", None, [1, 2], {"x": 1}, "missing"]:
             for extra in ({}, {"even": True}):
                 conditions = {"v": value, **extra}
                 got = index.search("document", k=len(index), mode="dense", filter=conditions)
@@ -415,7 +415,7 @@ def test_dict_filters_match_the_same_predicate_through_updates(tiny_model: M3Mod
                     "document",
                     k=len(index),
                     mode="dense",
-                    filter=lambda m, c=conditions: all(key in m and m[key] == v for key, v in c.items()),
+                    filter=lambda m, c=conditions: naive_filter_match(c, m),
                 )
                 assert _ids(got) == _ids(expected), conditions
 

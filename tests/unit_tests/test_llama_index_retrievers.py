@@ -196,6 +196,66 @@ def test_metadata_filters(
     assert {int(n.node.node_id[1:]) for n in got} == expected
 
 
+def _translations() -> list[tuple[MetadataFilters, dict]]:
+    one = [
+        (FilterOperator.EQ, "en", {"lang": {"$eq": "en"}}),
+        (FilterOperator.NE, "en", {"lang": {"$ne": "en"}}),
+        (FilterOperator.GT, 1, {"lang": {"$gt": 1}}),
+        (FilterOperator.GTE, 1.5, {"lang": {"$gte": 1.5}}),
+        (FilterOperator.LT, "b", {"lang": {"$lt": "b"}}),
+        (FilterOperator.LTE, 2, {"lang": {"$lte": 2}}),
+        (FilterOperator.IN, ["en"], {"lang": {"$in": ["en"]}}),
+        (FilterOperator.NIN, ["en"], {"lang": {"$nin": ["en"]}}),
+        (FilterOperator.ANY, ["a", "b"], {"lang": {"$in": ["a", "b"]}}),
+        (FilterOperator.ALL, ["a", "b"], {"lang": {"$all": ["a", "b"]}}),
+        (FilterOperator.CONTAINS, "a", {"lang": {"$contains": "a"}}),
+        (FilterOperator.TEXT_MATCH, "An", {"lang": {"$text": "An"}}),
+        (FilterOperator.TEXT_MATCH_INSENSITIVE, "an", {"lang": {"$itext": "an"}}),
+        (FilterOperator.IS_EMPTY, None, {"lang": {"$empty": True}}),
+    ]
+    assert {op for op, _, _ in one} == set(FilterOperator)  # every operator has its translation
+    cases = [(MetadataFilters(filters=[_f("lang", value, op)]), expected) for op, value, expected in one]
+    a, b = _f("lang", "en"), _f("year", 2024)
+    da, db = {"lang": {"$eq": "en"}}, {"year": {"$eq": 2024}}
+    return [
+        *cases,
+        (MetadataFilters(filters=[a, b]), {"$and": [da, db]}),
+        (MetadataFilters(filters=[a, b], condition=FilterCondition.OR), {"$or": [da, db]}),
+        (MetadataFilters(filters=[a, b], condition=FilterCondition.NOT), {"$not": {"$or": [da, db]}}),
+        (MetadataFilters(filters=[a], condition=FilterCondition.NOT), {"$not": da}),
+        (
+            MetadataFilters(filters=[a, MetadataFilters(filters=[a, b], condition=FilterCondition.OR)]),
+            {"$and": [da, {"$or": [da, db]}]},
+        ),
+        (MetadataFilters(filters=[]), {}),
+        (MetadataFilters(filters=[], condition=FilterCondition.OR), {"$not": {}}),
+    ]
+
+
+def test_filters_are_translated_to_the_core_dict_syntax(
+    all_nodes_retriever: M3Retriever, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from m3_integrations.llama_index._filters import metadata_filters_to_dict
+
+    for filters, expected in _translations():
+        assert metadata_filters_to_dict(filters) == expected
+    # The retriever hands the index the dict, so the semantics are the core's, defined once.
+    seen: list[object] = []
+    search = M3Index.search
+
+    def spy(self: M3Index, *args: object, **kwargs: object) -> object:
+        seen.append(kwargs["filter"])
+        return search(self, *args, **kwargs)
+
+    monkeypatch.setattr(M3Index, "search", spy)
+    all_nodes_retriever.filters = MetadataFilters(filters=[_f("year", 2021, FilterOperator.GT)])
+    try:
+        all_nodes_retriever.retrieve("capital")
+    finally:
+        all_nodes_retriever.filters = None
+    assert seen == [{"year": {"$gt": 2021}}]
+
+
 def test_filters_can_be_changed_and_cleared(all_nodes_retriever: M3Retriever) -> None:
     retriever = all_nodes_retriever
     retriever.filters = MetadataFilters(filters=[_f("lang", "ko")])
