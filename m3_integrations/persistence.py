@@ -653,7 +653,10 @@ def _load_once(cls: type[M3Index], folder: Path, model: M3Model, kwargs: dict[st
             except FileNotFoundError as err:
                 raise _VanishedError(str(folder / layout.data)) from err
             except OSError as err:
-                msg = f"{folder / layout.data} (named by {manifest_path}) is not a plain folder: {err}"
+                msg = (
+                    f"{folder / layout.data} (named by {manifest_path}) is not a plain folder "
+                    f"(a symbolic link or a file?): {err.strerror}"
+                )
                 raise IndexLoadError(msg) from err
         blobs = {
             name: _read_file(data_dir, name, max_bytes=limit, declared=size, sha256=digest)
