@@ -127,7 +127,7 @@ def test_index_with_word_bm25_tokens(docs_dir: Path, tmp_path: Path, tiny_checkp
     assert main([*args, "--lexical", "bm25", "--bm25-tokenizer", "word"]) == EXIT_OK
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["bm25_tokenizer"] == "word"
-    assert (out / "bm25_vocab.json").is_file()  # word columns are persisted with the index
+    assert "bm25_vocab.json" in manifest["files"]  # word columns are persisted with the index
     capsys.readouterr()
     assert (
         main(["search", str(out), "quick brown fox", "-k", "1", "--json", "--mode", "sparse", "-q"])
