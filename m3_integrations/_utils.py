@@ -90,13 +90,18 @@ def _fsync_dir(path: Path) -> None:
         if child.is_file():
             with open(child, "rb") as fh:
                 os.fsync(fh.fileno())
+    fsync_folder(path)
+
+
+def fsync_folder(path: str | os.PathLike[str]) -> None:
+    """Flush a folder's entries (names created, renamed or removed in it) to disk, where supported."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:  # pragma: no cover - platforms without directory fds
         return
     try:
         os.fsync(fd)
-    except OSError:  # pragma: no cover
+    except OSError:  # pragma: no cover - filesystems that cannot sync a folder
         pass
     finally:
         os.close(fd)

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 import scipy.sparse as sp
 
+from m3_integrations._utils import fsync_folder
 from m3_integrations.bm25 import BM25, WordTokenizer
 from m3_integrations.errors import IndexLoadError, IndexNotFoundError
 
@@ -212,7 +213,7 @@ def write_folder(
                     "bytes": (data_dir / name).stat().st_size,
                     "sha256": _sha256_file(data_dir / name),
                 }
-            _fsync_dir(data_dir)
+            fsync_folder(data_dir)
             body = {**manifest, "data": data_name, "files": table}
             tmp_manifest = folder / f".{MANIFEST}.tmp-{uuid.uuid4().hex}"
             with open(tmp_manifest, "xb") as fh:
@@ -221,7 +222,7 @@ def write_folder(
                 os.fsync(fh.fileno())
             os.replace(tmp_manifest, folder / MANIFEST)  # the one atomic switch
             tmp_manifest = None
-            _fsync_dir(folder)
+            fsync_folder(folder)
         except BaseException:
             _remove(data_dir)
             if tmp_manifest is not None:
@@ -414,19 +415,6 @@ def _sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | _O_DIRECTORY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------- reading files safely

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from m3_integrations import IndexLoadError, IndexNotFoundError, M3Index, M3Model
+from m3_integrations import IndexLoadError, IndexNotFoundError, M3Index, M3Model, persistence
 from m3_integrations.persistence import LOCK_FILE
 from tests.common import INDEX_TEXTS
 from tests.legacy_format1 import save_format1
@@ -461,3 +461,54 @@ def test_saved_files_hash_to_the_manifest(saved: tuple[M3Index, Path]) -> None:
     for name, info in manifest["files"].items():
         data = (path / manifest["data"] / name).read_bytes()
         assert (len(data), hashlib.sha256(data).hexdigest()) == (info["bytes"], info["sha256"])
+
+
+@pytest.mark.parametrize(
+    ("options", "texts"),
+    [
+        ({"dense_dtype": "float16", "store_colbert": False}, INDEX_TEXTS[:6]),
+        ({"lexical": "bm25", "bm25_tokenizer": "model"}, INDEX_TEXTS[:6]),
+        ({"lexical": "bm25"}, []),  # an empty index, word vocabulary empty
+        ({"colbert_dtype": "int8"}, []),
+    ],
+)
+def test_every_storage_option_roundtrips(
+    tiny_model: M3Model, tmp_path: Path, options: dict, texts: list
+) -> None:
+    index = M3Index(tiny_model, **options)
+    index.add(texts, ids=[f"d{i}" for i in range(len(texts))])
+    index.save(tmp_path / "idx")
+    loaded = M3Index.load(tmp_path / "idx", model=tiny_model)
+    assert loaded.ids == index.ids
+    assert (loaded.dense_dtype, loaded.store_colbert, loaded.lexical, loaded.bm25_tokenizer) == (
+        index.dense_dtype,
+        index.store_colbert,
+        index.lexical,
+        index.bm25_tokenizer,
+    )
+    if texts:
+        assert _state(loaded.search(QUERY, k=3)) == _state(index.search(QUERY, k=3))
+    loaded.add(["added after loading"], ids=["late"])
+    assert loaded.get(["late"])[0].text == "added after loading"
+
+
+def test_load_starts_again_when_a_save_removes_the_version_it_is_reading(
+    saved: tuple[M3Index, Path], tiny_model: M3Model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, path = saved
+    target = _copy(path, tmp_path)
+    other = M3Index(tiny_model)
+    other.add(["the index saved in between"], ids=["between"])
+    real_open = persistence._Dir.open
+    saves = []
+
+    def open_after_a_save(folder: Path, **kwargs):
+        if folder.name.startswith("v-") and not saves:
+            saves.append(folder.name)
+            other.save(target)  # switches the manifest and removes the version the load was about to read
+        return real_open(folder, **kwargs)
+
+    monkeypatch.setattr(persistence._Dir, "open", open_after_a_save)
+    loaded = M3Index.load(target, model=tiny_model)
+    assert saves and not (target / saves[0]).exists()
+    assert loaded.ids == ["between"]
