@@ -391,13 +391,14 @@ def _uid() -> int:
 
 
 def _process_alive(pid: int) -> bool:
+    """False only when no process ``pid`` exists (its folder is then provably stale)."""
     if pid <= 0 or pid == os.getpid():
-        return pid == os.getpid()
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):
+    except OSError:
         return True  # exists (another user's), or we cannot tell: keep the folder
     return True
 
@@ -485,7 +486,7 @@ def _read_file(
             msg = f"{label} has {size} bytes but the manifest says {declared}: truncated or modified"
             raise IndexLoadError(msg)
         if size > max_bytes:
-            msg = f"{label} has {size} bytes, more than the {max_bytes} the index's counts allow"
+            msg = f"{label} has {size} bytes, more than the {max_bytes} allowed for it"
             raise IndexLoadError(msg)
         chunks = []
         remaining = size
@@ -608,8 +609,8 @@ def load_index(cls: type[M3Index], path: str | os.PathLike[str], model: M3Model,
             vanished = str(err)
             time.sleep(0.002 * (attempt + 1))
     msg = (
-        f"{vanished} disappeared while the index at {folder} was read, {LOAD_ATTEMPTS} times "
-        "(saves keep replacing it); try again"
+        f"{vanished}, named by {folder / MANIFEST}, is missing ({LOAD_ATTEMPTS} attempts): the index is "
+        "damaged, or saves kept replacing it while it was read (then try again)"
     )
     raise IndexLoadError(msg)
 
