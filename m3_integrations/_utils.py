@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator, Mapping, MappingView, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
@@ -95,22 +95,24 @@ def validate_texts(texts: Any, *, what: str = "texts", allow_empty_strings: bool
 def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary sibling folder that replaces ``target`` only if the block succeeds.
 
-    The previous ``target`` is moved aside and removed only after the new folder is in place, so a crash
-    at any point leaves either the old or the new folder loadable, never a mix.
+    The previous ``target`` is moved aside and removed only after the new folder is in place. Temporary
+    names are unique (two writers never share one) and folders are created with the process's umask.
+    Between the two renames ``target`` is briefly absent, so a crash there leaves the old folder in
+    ``.NAME.old-*``: :meth:`M3Index.save <m3_integrations.M3Index.save>` uses a manifest switch instead.
     """
     import shutil
 
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    unique = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    tmp = target.parent / f".{target.name}.tmp-{unique}"
+    os.mkdir(tmp)  # not tempfile.mkdtemp: that forces mode 0700 whatever the umask
     try:
         yield tmp
         _fsync_dir(tmp)
         backup: Path | None = None
         if target.exists():
-            backup = target.parent / f".{target.name}.old-{os.getpid()}"
-            if backup.exists():
-                shutil.rmtree(backup)
+            backup = target.parent / f".{target.name}.old-{unique}"
             os.replace(target, backup)
         os.replace(tmp, target)
         _fsync_dir(target.parent)
@@ -126,13 +128,18 @@ def _fsync_dir(path: Path) -> None:
         if child.is_file():
             with open(child, "rb") as fh:
                 os.fsync(fh.fileno())
+    fsync_folder(path)
+
+
+def fsync_folder(path: str | os.PathLike[str]) -> None:
+    """Flush a folder's entries (names created, renamed or removed in it) to disk, where supported."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:  # pragma: no cover - platforms without directory fds
         return
     try:
         os.fsync(fd)
-    except OSError:  # pragma: no cover
+    except OSError:  # pragma: no cover - filesystems that cannot sync a folder
         pass
     finally:
         os.close(fd)

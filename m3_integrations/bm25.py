@@ -273,11 +273,56 @@ class BM25:
         self._stats = None
 
     def keep_rows(self, rows: np.ndarray) -> None:
-        """Compact: keep only ``rows`` (in that order)."""
+        """Compact: keep only ``rows`` (in that order), and forget the words no live row uses any more."""
         matrix = self.matrix()[rows]
         self._chunks = [sp.csr_matrix(matrix)]
         self._doc_len = self._doc_len[rows]
         self._alive = self._alive[rows]
+        self._invalidate()
+        self.drop_unused_terms()
+
+    def words(self) -> list[Hashable]:
+        """The word vocabulary in column order (empty for integer tokens)."""
+        words: list[Hashable] = [None] * len(self.vocab)
+        for word, column in self.vocab.items():
+            words[column] = word
+        return words
+
+    def drop_unused_terms(self) -> None:
+        """Forget the words that no live row uses and renumber the columns (word vocabularies only).
+
+        Deleted documents' words would otherwise stay in the vocabulary, in memory and in saved indexes.
+        Columns keep their order; entries of dead rows in dropped columns go with them. Scores do not
+        change: a word no live row holds has no document frequency, so it takes no part in the idf mean.
+
+        Example:
+            >>> bm25 = BM25()
+            >>> bm25.add([["red", "apple"], ["secret", "word"], ["red", "pear"]])
+            >>> bm25.set_alive(np.array([True, False, True]))
+            >>> bm25.drop_unused_terms()
+            >>> bm25.words()
+            ['red', 'apple', 'pear']
+        """
+        if self.num_columns is not None:
+            return
+        matrix = self.matrix()
+        rows_of_entries = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+        used = np.zeros(self.width, dtype=bool)
+        used[matrix.indices[self._alive[rows_of_entries]]] = True
+        if used.all():
+            return
+        new_column = np.cumsum(used) - 1
+        keep = used[matrix.indices]
+        indptr = np.zeros(matrix.shape[0] + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows_of_entries[keep], minlength=matrix.shape[0]), out=indptr[1:])
+        words = self.words()
+        self.vocab = {word: i for i, word in enumerate(w for w, u in zip(words, used, strict=True) if u)}
+        self._chunks = [
+            sp.csr_matrix(
+                (matrix.data[keep], new_column[matrix.indices[keep]].astype(np.int64), indptr),
+                shape=(matrix.shape[0], max(self.width, 1)),
+            )
+        ]
         self._invalidate()
 
     def _invalidate(self) -> None:

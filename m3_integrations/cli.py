@@ -41,9 +41,7 @@ import argparse
 import json
 import logging
 import math
-import os
 import re
-import stat
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -81,7 +79,6 @@ TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst")
 # shared folder could name code to run in it.
 LEGACY_MODEL_FILE = "cli_model.json"
 MANIFEST_FILE = "manifest.json"
-_MAX_MANIFEST_BYTES = 16 << 20
 _SEARCH_CHUNK = 16  # queries per search_batch call: one model call each, and a progress step
 # A hub id is "name" or "org/name"; anything with other path characters is a folder.
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(?:/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?")
@@ -641,71 +638,34 @@ def _check_output_folder(out: str, inputs: Sequence[str]) -> Path:
     """Refuse an ``--out`` that saving would destroy, before anything loads; return it as a path.
 
     Allowed: a new path, an empty folder, or a folder holding an index (replaced atomically). Refused,
-    touching nothing: a file or link at the path, a folder of anything else, an input path or a folder
-    holding one.
+    touching nothing: what :meth:`M3Index.save` refuses (a file or link at the path, a folder of anything
+    else), and an input path or a folder holding one.
     """
+    from m3_integrations.persistence import check_save_target
+
     target = Path(out).expanduser()
-    if target.is_symlink():
-        msg = f"--out {out!r} is a symbolic link; name the folder itself (nothing was written)"
-        raise CliError(msg, EXIT_INPUT)
-    if target.exists() and not target.is_dir():
-        msg = f"--out {out!r} is a file, not an index folder; name a new folder (nothing was written)"
-        raise CliError(msg, EXIT_INPUT)
     resolved = target.resolve()
     for raw in inputs:
         source = Path(raw).expanduser().resolve()
         if source == resolved or resolved in source.parents:
             msg = f"--out {out!r} would replace the input {raw!r}; write the index to another folder"
             raise CliError(msg, EXIT_INPUT)
-    if target.is_dir() and any(target.iterdir()) and not _is_index_folder(target):
-        msg = (
-            f"--out {out!r} is a folder that is not an m3-integrations index; it was left untouched. "
-            "Name a new or empty folder, or an index to replace"
-        )
-        raise CliError(msg, EXIT_INPUT)
+    try:
+        check_save_target(target)
+    except FileExistsError as err:
+        raise CliError(f"--out {out!r}: {err} (nothing was written)", EXIT_INPUT) from err
     return target
 
 
-def _is_index_folder(folder: Path) -> bool:
-    try:
-        _read_manifest(folder)
-    except CliError:
-        return False
-    return True
-
-
 def _read_manifest(folder: Path) -> dict[str, Any]:
-    """An index folder's ``manifest.json``: a regular file (no link, FIFO or device), small, an M3Index's."""
-    from m3_integrations.index import FORMAT_NAME
+    """An index folder's ``manifest.json``, read safely by the library (see ``persistence.read_manifest``)."""
+    from m3_integrations.errors import IndexLoadError
+    from m3_integrations.persistence import read_manifest
 
-    path = folder / MANIFEST_FILE
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        fd = os.open(path, flags)
-    except FileNotFoundError as err:
-        msg = f"{str(folder)!r} is not an index folder: it has no {MANIFEST_FILE}"
-        raise CliError(msg, EXIT_INPUT) from err
-    except OSError as err:  # ELOOP for a link, EACCES...
-        msg = f"cannot read {path}: {err.strerror or err}"
-        raise CliError(msg, EXIT_INPUT) from err
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            msg = f"{path} is not a regular file; refusing to read it"
-            raise CliError(msg, EXIT_INPUT)
-        if info.st_size > _MAX_MANIFEST_BYTES:
-            msg = f"{path} is {info.st_size} bytes, too large for an index manifest"
-            raise CliError(msg, EXIT_INPUT)
-        raw = fh.read(_MAX_MANIFEST_BYTES + 1)
-    try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        msg = f"{path} is not valid JSON: {err}"
-        raise CliError(msg, EXIT_INPUT) from err
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        msg = f"{path} is not an m3-integrations index manifest"
-        raise CliError(msg, EXIT_INPUT)
-    return manifest
+        return read_manifest(folder)
+    except IndexLoadError as err:
+        raise CliError(str(err), EXIT_INPUT) from err
 
 
 def _recorded_value(manifest_path: Path, key: str, value: Any) -> Any:

@@ -20,22 +20,19 @@ every signal of the mode (ColBERT included) and fused by :mod:`m3_integrations.f
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
 
-from m3_integrations import filters, fusion, scoring
-from m3_integrations._utils import atomic_dir, validate_texts
+from m3_integrations import filters, fusion, persistence, scoring
+from m3_integrations._utils import validate_texts
 from m3_integrations.bm25 import BM25, WordTokenizer
 
 if TYPE_CHECKING:
@@ -47,8 +44,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["MODES", "EncodedQuery", "M3Index", "Reranker", "SearchHit"]
 
-FORMAT_NAME = "m3-index"
-FORMAT_VERSION = 1
+FORMAT_NAME = persistence.FORMAT_NAME
+FORMAT_VERSION = persistence.FORMAT_VERSION
 MODES: dict[str, tuple[str, ...]] = {
     "dense": ("dense",),
     "sparse": ("lexical",),
@@ -1194,79 +1191,39 @@ class M3Index:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the index to a folder, atomically (a failed save leaves the previous folder intact).
+        """Write the index to the folder ``path``, atomically: a crash at any moment keeps it loadable.
 
-        The folder holds ``manifest.json`` (format version, model identity, dims, counts, dtypes and
-        a SHA-256 per file), ``arrays.npz`` (plain numeric arrays) and ``documents.json`` (ids, texts,
-        metadata). Nothing is pickled.
+        ``path`` holds ``manifest.json`` (format version, model identity, dims, counts, dtypes, and the
+        size and SHA-256 of every data file) and one data folder ``v-<id>/`` with ``arrays.npz`` (plain
+        numeric arrays), ``documents.json`` (ids, texts, metadata) and, for word BM25, ``bm25_vocab.json``.
+        Nothing is pickled. A save writes a new data folder and switches ``manifest.json`` to it with
+        one atomic rename; loads running meanwhile see the old or the new index, never a mix. Saves to one
+        folder are serialised across threads and processes. Deleted documents are compacted away first,
+        so their texts and words are not written. See "Safety" in ``docs/engine.md``.
+
+        Args:
+            path: a new path, an empty folder, or a folder written by :meth:`save` (replaced).
 
         Raises:
+            FileExistsError: ``path`` is something else (a folder with other files, a file, a symbolic
+                link); nothing is touched then.
             TypeError: a metadata value is not JSON-serialisable (the message names the id).
+
+        Example:
+            .. code-block:: python
+
+                index.save("my_index")
+                index.save("my_index")  # replaces the index saved before
         """
-        with self._lock:
-            self.compact()
-            documents = {"ids": self._row_ids, "texts": self._texts, "metadatas": self._metadatas}
-            for doc_id, meta in zip(self._row_ids, self._metadatas, strict=True):
-                try:
-                    json.dumps(meta)
-                except (TypeError, ValueError) as err:
-                    msg = f"metadata of document {doc_id!r} is not JSON-serialisable: {err}"
-                    raise TypeError(msg) from err
-            n = len(self._alive)
-            arrays: dict[str, np.ndarray] = {"dense": self._dense[:n]}
-            if self.lexical == "m3":
-                lex = self._lexical_matrix()
-                arrays |= {
-                    "lex_data": lex.data,
-                    "lex_indices": lex.indices.astype(np.int64),
-                    "lex_indptr": lex.indptr.astype(np.int64),
-                }
-            if self.store_colbert:
-                used = self._colbert_used
-                arrays |= {
-                    "colbert": self._colbert[:used],
-                    "colbert_scale": self._colbert_scale[:used],
-                    "colbert_len": self._colbert_len,
-                }
-            arrays |= self._bm25.to_arrays()
-            vocab = list(self._bm25.vocab) if self.bm25_tokenizer == "word" else None
-            manifest = {
-                "format": FORMAT_NAME,
-                "format_version": FORMAT_VERSION,
-                "model": self.model.identity,
-                "count": n,
-                "dense_dim": self.dense_dim,
-                "colbert_dim": self.colbert_dim,
-                "vocab_size": self.vocab_size,
-                "dense_dtype": self.dense_dtype,
-                "colbert_dtype": self.colbert_dtype,
-                "store_colbert": self.store_colbert,
-                "lexical": self.lexical,
-                "bm25_tokenizer": self.bm25_tokenizer,
-                "bm25_words": self._word_tokenizer.config() if self._word_tokenizer is not None else None,
-                "bm25": {"k1": self._bm25.k1, "b": self._bm25.b, "epsilon": self._bm25.epsilon},
-                "colbert_vectors": int(self._colbert_used),
-            }
-            files: dict[str, dict[str, Any]] = {}
-            with atomic_dir(path) as tmp:
-                with open(tmp / "arrays.npz", "wb") as fh:
-                    np.savez(fh, **arrays)  # type: ignore[arg-type]
-                (tmp / "documents.json").write_text(json.dumps(documents, ensure_ascii=False), "utf-8")
-                if vocab is not None:
-                    (tmp / "bm25_vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), "utf-8")
-                for name in sorted(p.name for p in tmp.iterdir()):
-                    files[name] = {
-                        "sha256": _sha256(tmp / name),
-                        "bytes": (tmp / name).stat().st_size,
-                    }
-                manifest["files"] = files
-                (tmp / "manifest.json").write_text(
-                    json.dumps(manifest, indent=2, ensure_ascii=False), "utf-8"
-                )
+        persistence.save_index(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], model: M3Model, **kwargs: Any) -> M3Index:
-        """Load an index written by :meth:`save`, checking it against ``model``.
+        """Load an index written by :meth:`save` (or by the previous release), checking it against ``model``.
+
+        The folder is untrusted input: every file is read once, checked against the manifest's size and
+        SHA-256, and every value search relies on is validated; nothing is unpickled or followed outside
+        the folder.
 
         Args:
             path: the folder.
@@ -1274,124 +1231,50 @@ class M3Index:
             **kwargs: ``show_progress`` / ``batch_size`` for the loaded index.
 
         Raises:
-            FileNotFoundError: no index at ``path``.
-            ValueError: a truncated or corrupted file, an unknown format version, or a model whose
-                identity or dimensions differ from the index's.
+            IndexNotFoundError: no index at ``path``.
+            IndexLoadError: a missing, truncated, damaged or hostile file, an unknown format version, or
+                a model whose identity or dimensions differ from the index's (message starting "model
+                mismatch"); the message names the file.
+
+        Example:
+            .. code-block:: python
+
+                index = M3Index.load("my_index", model=M3Model("BAAI/bge-m3"))
         """
-        folder = Path(path)
-        manifest_path = folder / "manifest.json"
-        if not manifest_path.is_file():
-            msg = f"no M3Index at {folder} (manifest.json is missing)"
-            raise FileNotFoundError(msg)
-        try:
-            manifest = json.loads(manifest_path.read_text("utf-8"))
-        except (ValueError, UnicodeDecodeError) as err:
-            msg = f"corrupted index at {folder}: manifest.json is not valid JSON ({err})"
-            raise ValueError(msg) from err
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-            msg = f"{manifest_path} is not an M3Index manifest"
-            raise ValueError(msg)
-        version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
-            msg = (
-                f"unknown M3Index format version {version!r} at {folder} "
-                f"(this library reads version {FORMAT_VERSION})"
-            )
-            raise ValueError(msg)
-        _check_model(manifest, model, folder)
-        for name, info in manifest.get("files", {}).items():
-            file = folder / name
-            if not file.is_file():
-                msg = f"corrupted index at {folder}: {name} is missing"
-                raise ValueError(msg)
-            if file.stat().st_size != info["bytes"] or _sha256(file) != info["sha256"]:
-                msg = f"corrupted index at {folder}: {name} is truncated or modified (checksum mismatch)"
-                raise ValueError(msg)
-        words = manifest.get("bm25_words") or {}  # absent from indexes saved before stemming existed
-        if not isinstance(words, dict) or set(words) - {"stemmer", "stopwords"}:
-            msg = f"corrupted index at {folder}: bm25_words in manifest.json is {words!r}"
-            raise ValueError(msg)
-        index = cls(
-            model,
-            store_colbert=manifest["store_colbert"],
-            colbert_dtype=manifest["colbert_dtype"],
-            dense_dtype=manifest["dense_dtype"],
-            lexical=manifest["lexical"],
-            bm25_tokenizer=manifest["bm25_tokenizer"],
-            bm25_stemmer=words.get("stemmer"),
-            bm25_stopwords=words.get("stopwords"),
-            **kwargs,
-        )
-        try:
-            with np.load(folder / "arrays.npz", allow_pickle=False) as npz:
-                arrays = {key: npz[key] for key in npz.files}
-            documents = json.loads((folder / "documents.json").read_text("utf-8"))
-            vocab = (
-                json.loads((folder / "bm25_vocab.json").read_text("utf-8"))
-                if manifest["bm25_tokenizer"] == "word"
-                else None
-            )
-            index._restore(manifest, arrays, documents, vocab)
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            msg = f"corrupted index at {folder}: {type(err).__name__}: {err}"
-            raise ValueError(msg) from err
-        return index
+        return persistence.load_index(cls, path, model, **kwargs)
 
     def _restore(
         self,
-        manifest: dict[str, Any],
-        arrays: dict[str, np.ndarray],
-        documents: dict[str, Any],
-        vocab: list[Any] | None,
+        *,
+        ids: list[str],
+        texts: list[str],
+        metadatas: list[dict[str, Any]],
+        dense: np.ndarray,
+        lexical: sp.csr_matrix | None,
+        colbert: np.ndarray | None,
+        colbert_scale: np.ndarray | None,
+        colbert_len: np.ndarray | None,
+        bm25: BM25,
     ) -> None:
-        n = int(manifest["count"])
-        ids, texts, metas = documents["ids"], documents["texts"], documents["metadatas"]
-        if not (len(ids) == len(texts) == len(metas) == n) or len(set(ids)) != n:
-            msg = f"documents.json does not hold {n} distinct documents"
-            raise ValueError(msg)
-        dense = arrays["dense"]
-        if dense.shape != (n, self.dense_dim) or dense.dtype != np.dtype(self.dense_dtype):
-            msg = f"dense array has shape {dense.shape} {dense.dtype}, expected ({n}, {self.dense_dim})"
-            raise ValueError(msg)
-        bm25 = BM25.from_arrays(
-            arrays,
-            vocab=vocab,
-            num_columns=self.vocab_size if self.bm25_tokenizer == "model" else None,
-            **manifest["bm25"],
-        )
-        if len(bm25) != n:
-            msg = f"BM25 arrays hold {len(bm25)} rows, expected {n}"
-            raise ValueError(msg)
-        lex_chunks = []
-        if self.lexical == "m3":
-            lex = sp.csr_matrix(
-                (arrays["lex_data"], arrays["lex_indices"], arrays["lex_indptr"]), shape=(n, self.vocab_size)
-            )
-            lex.check_format(full_check=True)
-            lex_chunks = [lex]
-        colbert_start = colbert_len = np.zeros(n, dtype=np.int64)
-        if self.store_colbert:
-            colbert, scale, colbert_len = arrays["colbert"], arrays["colbert_scale"], arrays["colbert_len"]
-            total = int(colbert_len.sum())
-            if (
-                colbert_len.shape != (n,)
-                or colbert.shape != (total, self.colbert_dim)
-                or scale.shape != ((total,) if self.colbert_dtype == "int8" else (0,))
-                or (colbert_len < 0).any()
-            ):
-                msg = "ColBERT arrays are inconsistent with the document count"
-                raise ValueError(msg)
-            colbert_start = np.concatenate([[0], np.cumsum(colbert_len)[:-1]]).astype(np.int64)
-            self._colbert, self._colbert_scale, self._colbert_used = colbert, scale, total
-        self._row_ids, self._texts = list(ids), list(texts)
-        self._metadatas = [dict(m) for m in metas]
-        self._metadata_indexes = {}
-        self._row_of = {doc_id: i for i, doc_id in enumerate(self._row_ids)}
-        self._alive = np.ones(n, dtype=bool)
-        self._dense = dense
-        self._lex_chunks, self._lex_csr, self._lex_csc = lex_chunks, None, None
-        self._colbert_start, self._colbert_len = colbert_start, colbert_len.astype(np.int64)
-        self._bm25 = bm25
+        """Install state read and validated by :func:`m3_integrations.persistence.load_index`."""
+        n = len(ids)
+        with self._lock:
+            if self.store_colbert and colbert is not None and colbert_len is not None:
+                self._colbert = colbert
+                self._colbert_scale = colbert_scale if colbert_scale is not None else np.zeros(0, np.float32)
+                self._colbert_used = len(colbert)
+                self._colbert_len = colbert_len.astype(np.int64, copy=False)
+                self._colbert_start = np.concatenate([[0], np.cumsum(colbert_len)[:-1]]).astype(np.int64)
+            else:
+                self._colbert_len = self._colbert_start = np.zeros(n, dtype=np.int64)
+            self._row_ids, self._texts, self._metadatas = ids, texts, metadatas
+            self._metadata_indexes = {}
+            self._row_of = {doc_id: i for i, doc_id in enumerate(ids)}
+            self._alive = np.ones(n, dtype=bool)
+            self._dense = dense
+            self._lex_chunks = [lexical] if lexical is not None else []
+            self._lex_csr = self._lex_csc = None
+            self._bm25 = bm25
 
 
 def _checked_rerank_scores(reranker: Reranker, scores: Any, n_passages: int) -> np.ndarray:
@@ -1429,36 +1312,6 @@ def _check_weight(name: str, value: Any) -> float:
         msg = f"weight {name!r} must be a finite non-negative number, got {value!r}"
         raise ValueError(msg)
     return weight
-
-
-def _check_model(manifest: dict[str, Any], model: M3Model, folder: Path) -> None:
-    for key, actual in (
-        ("dense_dim", model.dense_dim),
-        ("colbert_dim", model.colbert_dim),
-        ("vocab_size", model.vocab_size),
-    ):
-        if manifest.get(key) != actual:
-            msg = (
-                f"model mismatch: the index at {folder} has {key}={manifest.get(key)}, "
-                f"the model {model.model_name_or_path!r} has {actual}"
-            )
-            raise ValueError(msg)
-    saved = manifest.get("model", {}).get("fingerprint")
-    if saved != model.fingerprint:
-        msg = (
-            f"model identity mismatch: the index at {folder} was built with "
-            f"{manifest.get('model', {}).get('model_name_or_path')!r} (fingerprint {saved}), "
-            f"the model given is {model.model_name_or_path!r} (fingerprint {model.fingerprint})"
-        )
-        raise ValueError(msg)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _append_rows(buffer: np.ndarray, rows: np.ndarray, used: int) -> np.ndarray:

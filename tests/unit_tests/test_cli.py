@@ -146,7 +146,7 @@ def test_index_with_word_bm25_tokens(docs_dir: Path, tmp_path: Path, tiny_checkp
     assert main([*args, "--lexical", "bm25", "--bm25-tokenizer", "word"]) == EXIT_OK
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["bm25_tokenizer"] == "word"
-    assert (out / "bm25_vocab.json").is_file()  # word columns are persisted with the index
+    assert "bm25_vocab.json" in manifest["files"]  # word columns are persisted with the index
     capsys.readouterr()
     search = ["search", str(out), "quick brown fox", "-k", "1", "--json", "--mode", "sparse", "-q"]
     assert main([*search, "--model", tiny_checkpoint]) == EXIT_OK
@@ -347,13 +347,10 @@ def test_index_records_the_encoder_in_the_manifest_only(
     settings = ["--allow-missing-heads", "--pooling", "mean", "--query-instruction", "query: "]
     settings += ["--passage-instruction", "passage: ", "--query-max-length", "64"]
     assert main(["index", str(docs_dir), "--out", str(out), "--model", checkpoint, "-q", *settings]) == 0
-    assert sorted(p.name for p in out.iterdir()) == [
-        "arrays.npz",
-        "bm25_vocab.json",
-        "documents.json",
-        "manifest.json",
-    ]
-    recorded = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["model"]
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert sorted(p.name for p in out.iterdir()) == [".m3-index.lock", "manifest.json", manifest["data"]]
+    assert sorted(manifest["files"]) == ["arrays.npz", "bm25_vocab.json", "documents.json"]
+    recorded = manifest["model"]
     assert {k: recorded[k] for k in ("pooling", "query_instruction", "passage_instruction")} == {
         "pooling": "mean",
         "query_instruction": "query: ",
@@ -652,7 +649,8 @@ def test_checkpoint_and_index_problems_exit_3_with_one_line(
     assert main([*argv, "-v"]) == EXIT_INPUT
     assert "Traceback" in capsys.readouterr().err  # -v shows where it came from
 
-    (built_index / "documents.json").write_text('{"ids": []}', encoding="utf-8")
+    data = json.loads((built_index / "manifest.json").read_text(encoding="utf-8"))["data"]
+    (built_index / data / "documents.json").write_text('{"ids": []}', encoding="utf-8")
     assert main(["search", str(built_index), "fox", "--model", tiny_checkpoint, "-q"]) == EXIT_INPUT
     err = capsys.readouterr().err
     assert "cannot load index" in err and err.count("\n") == 1
