@@ -377,6 +377,12 @@ def _walk(root: Path, summary: ReadSummary) -> list[_Entry]:
     through_links: deque[tuple[Path, str, Path, bool]] = deque()
     while pending or through_links:
         folder, rel, real, via_link = pending.popleft() if pending else through_links.popleft()
+        if via_link:
+            # Checked only now that every folder reachable without links has been seen.
+            if real in visited:
+                summary.links_repeated.append(rel.rstrip("/"))
+                continue
+            visited.add(real)
         if is_beir_folder(folder):
             summary.beir_corpora.append(str(folder))
             corpus = folder / "corpus.jsonl"
@@ -406,12 +412,11 @@ def _walk(root: Path, summary: ReadSummary) -> list[_Entry]:
             else:
                 child_real = real / child.name
             if child.is_dir():
-                if child_real in visited:
-                    summary.links_repeated.append(child_rel)
-                    continue
-                visited.add(child_real)
-                queue = through_links if (is_link or via_link) else pending
-                queue.append((child_path, f"{child_rel}/", child_real, is_link or via_link))
+                if is_link or via_link:
+                    through_links.append((child_path, f"{child_rel}/", child_real, True))
+                else:
+                    visited.add(child_real)
+                    pending.append((child_path, f"{child_rel}/", child_real, False))
             elif _is_regular_file(child_path):
                 found.append(_Entry(child_rel, child_path, child_real, is_link or via_link))
             else:
@@ -563,18 +568,27 @@ def _pdf_title(reader: Any) -> str | None:
 
 
 def _join_pages(pages: list[str]) -> tuple[str, tuple[int, ...]]:
-    """Pages joined by blank lines, and where each page starts in the result."""
-    starts: list[int] = []
+    """Pages joined by blank lines, and where each page starts in the result.
+
+    An empty page starts where the next page with text does, so it holds no offset.
+    """
+    starts: list[int | None] = []
     parts: list[str] = []
     offset = 0
     for page in pages:
-        if parts and page:
+        if not page:
+            starts.append(None)
+            continue
+        if parts:
             parts.append("\n\n")
             offset += 2
         starts.append(offset)
         parts.append(page)
         offset += len(page)
-    return "".join(parts), tuple(starts)
+    filled: list[int] = []
+    for start in reversed(starts):
+        filled.append(start if start is not None else (filled[-1] if filled else offset))
+    return "".join(parts), tuple(reversed(filled))
 
 
 def _read_html(path: Path) -> tuple[str, dict[str, Any], tuple[int, ...]]:
@@ -619,10 +633,15 @@ def _html_text(soup: Any, bs4: Any) -> str:
             continue
         if isinstance(node, bs4.element.NavigableString):
             if type(node) is bs4.element.NavigableString:  # not a comment, doctype or CDATA
-                inside_pre = node.find_parent("pre") is not None
-                line.append(str(node) if inside_pre else re.sub(r"\s+", " ", str(node)))
+                line.append(re.sub(r"\s+", " ", str(node)))
             continue
         name = (node.name or "").lower()
+        if name == "pre":  # preformatted: white space is content
+            flush()
+            code = node.get_text().strip("\n")
+            if code.strip():
+                blocks.append(code)
+            continue
         if re.fullmatch(r"h[1-6]", name):
             flush()
             heading = " ".join(node.get_text(" ").split())

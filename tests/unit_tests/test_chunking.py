@@ -185,6 +185,12 @@ def check_chunks(
     """Every guarantee of the chunker, checked on every chunk."""
     text = generated.text
     word_characters = _word_characters(generated)
+    # Headings that, with the headings and punctuation next to them, leave no room for a word of text.
+    long_runs: set[int] = set()
+    for run_start, run_end in _heading_runs(generated):
+        run_tokens = len(tokenizer.tokenize([text[run_start:run_end]], add_special_tokens=False).input_ids[0])
+        if run_tokens + 1 > chunk_tokens:
+            long_runs.update(range(run_start, run_end))
     assert [c.index for c in chunks] == list(range(len(chunks)))
     for chunk in chunks:
         where = f"chunk {chunk.index} {chunk.text[:60]!r}"
@@ -195,6 +201,11 @@ def check_chunks(
         assert chunk.metadata["start"] == chunk.start and chunk.metadata["num_tokens"] == alone
         # Never only headings, white space or punctuation.
         assert any(word_characters[chunk.start : chunk.end]), where
+        # A heading sticks to the text after it: no chunk but the last ends with one.
+        if chunk.index < len(chunks) - 1:
+            for start, end in generated.headings:
+                if start < chunk.end <= end and not long_runs.intersection(range(start, end)):
+                    pytest.fail(f"{where} ends on the heading {text[start:end]!r}")
         # Never cut inside a character: no chunk starts with a combining mark.
         assert chunk.text[0] not in "\u0301\u0308", where
     for before, after in itertools.pairwise(chunks):
@@ -210,13 +221,9 @@ def check_chunks(
     # Nothing with words is lost: every letter or digit lies in some chunk, except in a heading that,
     # with the headings and punctuation after it, is too long to share a chunk with a word of text
     # (the documented exception).
-    covered = set()
+    covered = set(long_runs)
     for chunk in chunks:
         covered.update(range(chunk.start, chunk.end))
-    for run_start, run_end in _heading_runs(generated):
-        run_tokens = len(tokenizer.tokenize([text[run_start:run_end]], add_special_tokens=False).input_ids[0])
-        if run_tokens + 1 > chunk_tokens:
-            covered.update(range(run_start, run_end))
     missing = [i for i in range(len(text)) if text[i].isalnum() and i not in covered]
     if any(word_characters):
         assert not missing, [text[max(0, i - 20) : i + 20] for i in missing[:3]]
@@ -320,6 +327,16 @@ def test_text_without_spaces_or_punctuation_is_cut_between_tokens() -> None:
     assert "".join(c.text for c in chunks if c.start >= 0).replace(" ", "") != ""
 
 
+def test_never_cuts_between_a_letter_and_its_combining_mark() -> None:
+    # PieceTokenizer makes each combining mark a token of its own: a cut there would be a token cut.
+    text = "e\u0301" * 60 + " " + "n\u0303a" * 30
+    chunks = Chunker(PieceTokenizer(), chunk_tokens=9, chunk_overlap=2).split_text(text)
+    assert len(chunks) > 10
+    for chunk in chunks:
+        assert chunk.text[0] not in "\u0301\u0303"
+        assert chunk.end == len(text) or text[chunk.end] not in "\u0301\u0303"
+
+
 def test_a_heading_sticks_to_the_text_after_it() -> None:
     chunker = Chunker(WhitespaceTokenizer(), chunk_tokens=12, chunk_overlap=0)
     text = f"{words(9, 'a')}.\n\n# Second part\n\n{words(8, 'b')}.\n\n## Third\n\n{words(5, 'c')}."
@@ -333,11 +350,15 @@ def test_a_heading_sticks_to_the_text_after_it() -> None:
 
 def test_a_heading_is_never_left_at_the_end_of_a_chunk() -> None:
     chunker = Chunker(WhitespaceTokenizer(), chunk_tokens=12, chunk_overlap=0)
-    # A break right after the heading would fill the chunk best (9 + 3 words); it is not taken.
+    # A break before the heading fills the chunk best (9 words of 12): taken.
     text = f"{words(9, 'a')}\n\n# Heading here\n\n{words(20, 'b')}"
     chunks = chunker.split_text(text)
     assert chunks[0].text == words(9, "a")
     assert chunks[1].text.startswith("# Heading here\n\nb0")
+    # The break before it leaves the chunk too empty (3 words), the paragraph break after it would
+    # fill half: not taken, the chunk runs on into the section's text.
+    text = f"{words(3, 'a')}\n\n# Heading here\n\n{words(20, 'b')}"
+    assert chunker.split_text(text)[0].text == f"{words(3, 'a')}\n\n# Heading here\n\n{words(6, 'b')}"
 
 
 def test_a_closing_heading_joins_the_last_chunk() -> None:

@@ -12,6 +12,8 @@ MODULES = [
     "m3_integrations.fusion",
     "m3_integrations.bm25",
     "m3_integrations.testing",
+    "m3_integrations.chunking",
+    "m3_integrations.documents",
 ]
 
 
