@@ -10,11 +10,12 @@ Where it cuts, in order of preference, at the last such break that still fills a
 2. between paragraphs (a blank line);
 3. after a sentence: ``.`` ``!`` ``?`` followed by a space, CJK ``。`` ``！`` ``？`` (no space needed), and
    Korean ``다.`` written without the space before the next sentence;
-4. at a line break;  5. at white space;
+4. at a line break;
+5. at white space, or after a CJK comma or colon (``，`` ``、`` ``；`` ``：``);
 6. only then between two tokens of one word (CJK text without spaces, long URLs), never before a
    combining mark.
 
-The overlap starts at a sentence (or paragraph, line) start when one keeps at least half the requested
+The overlap starts at a sentence (or paragraph) start when one keeps at least half the requested
 overlap, else at a word start, else at a token. A chunk cut before a heading gets no overlap: a new
 section starts fresh.
 
@@ -481,6 +482,8 @@ _CJK_SENTENCE = re.compile(r"[。！？]+[」』”’）)]*(\s*)")
 _HANGUL_SENTENCE = re.compile(r"(?<=[가-힣][.!?])(?=[가-힣])")
 _LINE = re.compile(r"[^\S\n]*\n\s*")
 _SPACE = re.compile(r"\s+")
+# Chinese and Japanese clauses end at full-width commas and colons, with no space after them.
+_CJK_CLAUSE = re.compile(r"(?<=[，、；：])(?=\S)")
 _ALNUM = re.compile(r"[^\W_]")  # str.isalnum, as a pattern
 
 
@@ -579,7 +582,9 @@ class _Layout:
                 + [m.span() for m in _HANGUL_SENTENCE.finditer(text)]
             ),
             _Break.LINE: [m.span() for m in _LINE.finditer(text)],
-            _Break.WORD: [m.span() for m in _SPACE.finditer(text)],
+            _Break.WORD: sorted(
+                [m.span() for m in _SPACE.finditer(text)] + [m.span() for m in _CJK_CLAUSE.finditer(text)]
+            ),
         }
         # Per kind: where the chunk before the break ends (after its last non-space character) and
         # where the text after it starts; breaks that would end a chunk on a heading are removed.
@@ -709,9 +714,10 @@ class _Layout:
         last = int(np.searchsorted(self.token_starts, end, side="left"))
         first = last - overlap
         earliest = pos + 1 if first <= 0 else max(pos + 1, int(self.token_starts[first]))
-        # Sentence-like starts first (section, paragraph, sentence, line), if they keep half the overlap.
+        # Sentence starts first (section, paragraph, sentence), if they keep half the overlap. Line
+        # starts are not among them: hard-wrapped prose breaks lines inside sentences.
         best = None
-        for kind in (_Break.SECTION, _Break.PARAGRAPH, _Break.SENTENCE, _Break.LINE):
+        for kind in (_Break.SECTION, _Break.PARAGRAPH, _Break.SENTENCE):
             found = self._first_start(kind, earliest, end)
             if found is not None and (best is None or found < best):
                 best = found

@@ -409,6 +409,29 @@ def test_overlap_falls_back_to_a_word_boundary() -> None:
     assert len(chunks[0].text.split()) == 20
 
 
+def test_overlap_in_hard_wrapped_prose_is_not_cut_short_at_a_line_start() -> None:
+    # Sentences of 30 words, a line break every 4 words: a line start is no sentence start.
+    chunker = Chunker(WhitespaceTokenizer(), chunk_tokens=20, chunk_overlap=6)
+
+    def sentence(prefix: str) -> str:
+        lines = [" ".join(f"{prefix}{i}" for i in range(start, start + 4)) for start in range(0, 28, 4)]
+        return "\n".join(lines) + f"\n{prefix}28 {prefix}29."
+
+    text = " ".join(sentence(prefix) for prefix in "abcd")
+    chunks = chunker.split_text(text)
+    for before, after in itertools.pairwise(chunks):
+        assert len(text[after.start : before.end].split()) == 6
+
+
+def test_overlap_in_cjk_text_starts_after_a_comma() -> None:
+    chunker = Chunker(PieceTokenizer(), chunk_tokens=24, chunk_overlap=6)
+    text = "检索模型，比较向量，相似度高，没有空格，" * 12
+    chunks = chunker.split_text(text)
+    assert len(chunks) > 3
+    for chunk in chunks[1:]:
+        assert text[chunk.start - 1] == "，"
+
+
 def test_no_overlap_across_a_heading() -> None:
     chunker = Chunker(WhitespaceTokenizer(), chunk_tokens=14, chunk_overlap=4)
     text = f"{words(10, 'a')}.\n\n# Next\n\n{words(10, 'b')}."
