@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from m3_integrations import M3Model
 from m3_integrations.chunking import Chunker
 from m3_integrations.documents import (
     SUPPORTED_SUFFIXES,
@@ -406,3 +407,23 @@ def test_a_named_pipe_in_a_folder_is_skipped_not_read(tmp_path: Path) -> None:
 
 def test_summary_messages_without_anything_skipped_are_empty() -> None:
     assert ReadSummary().messages() == []
+
+
+def test_docs_recipes_run(tiny_model: M3Model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = Path(__file__).resolve().parents[2] / "docs" / "documents.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(encoding="utf-8"), flags=re.DOTALL)
+    assert len(blocks) == 3
+    code = "\n".join(blocks)
+    assert code.count('M3Model("BAAI/bge-m3")') == 1
+    code = code.replace('M3Model("BAAI/bge-m3")', "_tiny_model")
+    write(
+        tmp_path / "notes" / "bge.md",
+        "# BGE-M3\n\nBGE-M3 outputs dense, lexical and multi-vector representations.",
+    )
+    write(tmp_path / "notes" / "paper.pdf", make_pdf([["Page one text."], ["Page two text."]]))
+    write(tmp_path / "notes" / "skip.xyz", "?")
+    monkeypatch.chdir(tmp_path)
+    namespace = {"_tiny_model": tiny_model}
+    exec(compile(code, str(doc), "exec"), namespace)
+    assert len(namespace["nodes"]) == len(namespace["lc_docs"]) == len(namespace["chunks"]) == 2
+    assert namespace["nodes"][1].metadata["page"] == 1 and namespace["nodes"][1].metadata["page_end"] == 2
