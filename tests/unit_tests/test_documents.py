@@ -427,3 +427,6 @@ def test_docs_recipes_run(tiny_model: M3Model, tmp_path: Path, monkeypatch: pyte
     exec(compile(code, str(doc), "exec"), namespace)
     assert len(namespace["nodes"]) == len(namespace["lc_docs"]) == len(namespace["chunks"]) == 2
     assert namespace["nodes"][1].metadata["page"] == 1 and namespace["nodes"][1].metadata["page_end"] == 2
+    from llama_index.core.schema import MetadataMode
+
+    assert namespace["nodes"][1].get_content(metadata_mode=MetadataMode.EMBED) == namespace["chunks"][1].text
