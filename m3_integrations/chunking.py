@@ -40,7 +40,6 @@ Example:
 
 from __future__ import annotations
 
-import bisect
 import functools
 import itertools
 import logging
@@ -53,6 +52,8 @@ from typing import Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from m3_integrations.documents import page_at
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +78,9 @@ MIN_CHUNK_TOKENS = 8
 _MIN_FILL = 0.5
 # Documents tokenized per call: the tokenizer works through a batch in parallel.
 _DOCUMENTS_PER_BATCH = 16
-# Tokens kept free per 64 (at most 2) when cuts are placed on a document's own tokens: a chunk
-# tokenized alone may count one or two more (XLM-R adds "▁" before a first word that had none in the
-# document), and a chunk found too long makes its whole document be cut again, more slowly.
+# Tokens kept free (one per 64 of the chunk size, at most 2) when cuts are placed on a document's own
+# tokens: a chunk tokenized alone may count one or two more (XLM-R adds "▁" before a first word that
+# had none in the document), and a chunk found too long makes its whole document be cut again, slower.
 _PLANNING_MARGIN = 2
 
 
@@ -394,8 +395,8 @@ class Chunker:
                 "num_tokens": num_tokens,
             }
             if page_starts:
-                meta["page"] = _page_at(page_starts, start)
-                meta["page_end"] = _page_at(page_starts, end - 1)
+                meta["page"] = page_at(page_starts, start)
+                meta["page_end"] = page_at(page_starts, end - 1)
             chunks.append(Chunk(text[start:end], source_id, index, start, end, num_tokens, meta))
         return chunks
 
@@ -533,11 +534,6 @@ def _heading_spans(text: str) -> list[tuple[int, int]]:
             kind = "text"
         before_previous, previous = previous, (start, kind, adornment)
     return spans
-
-
-def _page_at(page_starts: tuple[int, ...], offset: int) -> int:
-    # The last page starting at or before the offset: an empty page shares its start with the next one.
-    return max(1, bisect.bisect_right(page_starts, offset))
 
 
 @functools.lru_cache(maxsize=4096)

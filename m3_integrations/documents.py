@@ -67,6 +67,7 @@ __all__ = [
     "is_beir_folder",
     "iter_jsonl",
     "join_title_text",
+    "page_at",
     "read_documents",
 ]
 
@@ -154,55 +155,42 @@ class ReadSummary:
             >>> ReadSummary(unsupported={".xyz": ["a.xyz"]}).messages()
             [(30, 'skipped 1 file of unsupported type .xyz: a.xyz')]
         """
-        lines: list[tuple[int, str]] = []
-        for folder in self.beir_corpora:
-            lines.append(
-                (
-                    logging.INFO,
-                    f"BEIR folder {folder}: read corpus.jsonl only (queries and qrels are not documents)",
-                )
+        lines = [
+            (
+                logging.INFO,
+                f"BEIR folder {folder}: read corpus.jsonl only (queries and qrels are not documents)",
             )
-        for suffix, paths in sorted(self.unsupported.items()):
-            kind = f"unsupported type {suffix}" if suffix else "unsupported type (no suffix)"
-            lines.append((logging.WARNING, f"skipped {_count(paths, 'file')} of {kind}: {_names(paths)}"))
-        if self.empty:
-            lines.append(
-                (logging.INFO, f"skipped {_count(self.empty, 'empty document')}: {_names(self.empty)}")
-            )
-        if self.unreadable:
-            named = [f"{path} ({why})" for path, why in self.unreadable.items()]
-            lines.append((logging.WARNING, f"skipped {_count(named, 'unreadable file')}: {_names(named)}"))
-        if self.links_skipped:
-            lines.append(
-                (
-                    logging.WARNING,
-                    f"skipped {_count(self.links_skipped, 'symbolic link')} leading outside the folder named "
-                    f"or nowhere: {_names(self.links_skipped)}",
-                )
-            )
-        if self.links_repeated:
-            lines.append(
-                (
-                    logging.INFO,
-                    f"read once {_count(self.links_repeated, 'path')} reached again through links: "
-                    f"{_names(self.links_repeated)}",
-                )
-            )
-        if self.hidden:
-            lines.append((logging.INFO, f"skipped {_count(self.hidden, 'hidden entry', 'hidden entries')}"))
-        if self.not_utf8:
-            lines.append(
-                (
-                    logging.WARNING,
-                    f"{_count(self.not_utf8, 'file')} not valid UTF-8, undecodable bytes replaced by U+FFFD: "
-                    f"{_names(self.not_utf8)}",
-                )
-            )
+            for folder in self.beir_corpora
+        ]
+        kinds: list[tuple[int, list[str], str]] = [
+            (logging.WARNING, paths, f"skipped {{n}} file{{s}} of unsupported type {suffix or '(no suffix)'}")
+            for suffix, paths in sorted(self.unsupported.items())
+        ]
+        kinds += [
+            (logging.INFO, self.empty, "skipped {n} empty document{s}"),
+            (
+                logging.WARNING,
+                [f"{path} ({why})" for path, why in self.unreadable.items()],
+                "skipped {n} unreadable file{s}",
+            ),
+            (
+                logging.WARNING,
+                self.links_skipped,
+                "skipped {n} symbolic link{s} leading outside the folder named or nowhere",
+            ),
+            (logging.INFO, self.links_repeated, "read once {n} path{s} reached again through links"),
+            (logging.INFO, self.hidden, "skipped {n} hidden path{s}"),
+            (
+                logging.WARNING,
+                self.not_utf8,
+                "{n} file{s} not valid UTF-8, undecodable bytes replaced by U+FFFD",
+            ),
+        ]
+        for level, items, what in kinds:
+            if items:
+                count = what.format(n=len(items), s="" if len(items) == 1 else "s")
+                lines.append((level, f"{count}: {_names(items)}"))
         return lines
-
-
-def _count(items: list[str], one: str, many: str | None = None) -> str:
-    return f"{len(items)} {one if len(items) == 1 else (many or one + 's')}"
 
 
 def _names(items: list[str]) -> str:
