@@ -18,7 +18,13 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "IndexLoadError", "IndexNotFoundError", "MissingHeadsError"]
+__all__ = [
+    "CheckpointError",
+    "DocumentReadError",
+    "IndexLoadError",
+    "IndexNotFoundError",
+    "MissingHeadsError",
+]
 
 
 class IndexLoadError(ValueError):
@@ -38,3 +44,11 @@ class CheckpointError(ValueError):
 
 class MissingHeadsError(CheckpointError, FileNotFoundError):
     """A checkpoint without BGE-M3's ``colbert_linear.pt`` / ``sparse_linear.pt`` heads."""
+
+
+class DocumentReadError(ValueError):
+    """A file or record that cannot be read as a document.
+
+    A damaged PDF/DOCX/HTML file, a malformed JSON-lines record, an unlistable folder, or two documents
+    with the same id. The message names the file (and line, for JSON lines).
+    """

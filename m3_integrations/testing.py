@@ -18,16 +18,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from m3_integrations.model import Tokenized
+
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
     from transformers import XLMRobertaConfig
 
-__all__ = ["TRAINING_SENTENCES", "build_tiny_checkpoint", "build_tiny_reranker"]
+__all__ = ["TRAINING_SENTENCES", "WhitespaceTokenizer", "build_tiny_checkpoint", "build_tiny_reranker"]
 
 TRAINING_SENTENCES = [
     "BGE-M3 produces dense, lexical and multi-vector representations from one forward pass.",
@@ -205,3 +209,39 @@ def build_tiny_reranker(
     model = XLMRobertaForSequenceClassification(_xlmr_config(actual_vocab, hidden_size, 512, num_labels=1))
     model.save_pretrained(str(folder))
     return str(folder)
+
+
+class WhitespaceTokenizer:
+    """A model-free stand-in for :meth:`M3Model.tokenize <m3_integrations.M3Model.tokenize>`.
+
+    One token per run of non-space characters, with its character span; ``<s>``/``</s>`` stand-ins
+    when special tokens are asked for. For tests and examples of code that only needs token counts and
+    offsets, such as :class:`m3_integrations.chunking.Chunker`.
+
+    Example:
+        >>> WhitespaceTokenizer().tokenize(["to be  or"], add_special_tokens=False, return_offsets=True)
+        Tokenized(input_ids=[[0, 0, 0]], offsets=[[(0, 2), (3, 5), (7, 9)]], num_truncated=0)
+    """
+
+    def tokenize(
+        self,
+        texts: str | Sequence[str],
+        *,
+        max_length: int | None = None,
+        add_special_tokens: bool = True,
+        return_offsets: bool = False,
+    ) -> Tokenized:
+        """Token ids (all 0; specials -1), optional ``(start, end)`` spans, and truncation count."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        ids: list[list[int]] = []
+        offsets: list[list[tuple[int, int]]] = []
+        truncated = 0
+        for text in texts:
+            spans = [m.span() for m in re.finditer(r"\S+", text)]
+            if add_special_tokens:
+                spans = [(0, 0), *spans, (0, 0)]
+            if max_length is not None and len(spans) > max_length:
+                spans, truncated = spans[:max_length], truncated + 1
+            ids.append([-1 if a == b else 0 for a, b in spans])
+            offsets.append(spans)
+        return Tokenized(input_ids=ids, offsets=offsets if return_offsets else None, num_truncated=truncated)

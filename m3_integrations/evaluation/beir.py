@@ -27,9 +27,11 @@ import json
 import logging
 import os
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# Defined in the core, which reads the same records for indexing: one join, one JSON-lines parser.
+from m3_integrations.documents import iter_jsonl, join_title_text
 
 logger = logging.getLogger(__name__)
 
@@ -98,35 +100,6 @@ class BeirDataset:
             qrels={qid: rel for qid, rel in self.qrels.items() if qid in keep},
             info={**self.info, "subsampled_queries": n, "seed": seed},
         )
-
-
-def join_title_text(title: str, text: str) -> str:
-    """Join a title and a body as BEIR's dense baselines do, skipping a title the body already starts with."""
-    title, text = (title or "").strip(), text or ""
-    if not title or text.lstrip().startswith(title):
-        return text
-    return f"{title}\n{text}"
-
-
-def iter_jsonl(path: str | os.PathLike[str], *, require_id: bool = True) -> Iterator[tuple[int, dict]]:
-    """``(line number, record)`` for every non-blank line of a JSON-lines file.
-
-    Raises:
-        ValueError: a line is not a JSON object, or (``require_id``) has no ``_id``.
-    """
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                msg = f"{path}:{line_no}: not valid JSON ({err.msg})"
-                raise ValueError(msg) from err
-            if not isinstance(record, dict) or (require_id and "_id" not in record):
-                msg = f"{path}:{line_no}: expected a JSON object with an '_id'"
-                raise ValueError(msg)
-            yield line_no, record
 
 
 def read_qrels(path: str | os.PathLike[str]) -> Qrels:

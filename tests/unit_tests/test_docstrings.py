@@ -14,6 +14,8 @@ MODULES = [
     "m3_integrations._utils",
     "m3_integrations.bm25",
     "m3_integrations.testing",
+    "m3_integrations.chunking",
+    "m3_integrations.documents",
 ]
 
 

@@ -4,6 +4,7 @@ EXPECTED_ALL = [
     "CheckpointError",
     "IndexLoadError",
     "CrossEncoderReranker",
+    "DocumentReadError",
     "IndexNotFoundError",
     "M3Index",
     "M3Model",
