@@ -139,16 +139,26 @@ def test_sigkill_at_random_moments_never_loses_or_mixes_the_index(
     began = time.perf_counter()
     M3Index.load(target, model=tiny_model).save(target)
     save_seconds = time.perf_counter() - began
-    for kill in range(KILLS):
+    # A loaded machine makes the forked saves slower than the one timed here: when the planned kills
+    # have not yet landed both before and after a switch and mid-write, go on with longer delays
+    # (the assertions below need each kind of moment at least once, whatever the CPU).
+    stretch = 1.0
+    kill = 0
+    while kill < KILLS or (
+        kill < 3 * KILLS and not (loaded_as.get("first") and loaded_as.get("second") and with_leftovers)
+    ):
+        if kill >= KILLS:
+            stretch *= 1.1
         if kill % 6 == 5:  # the previous release's layout, converted by the save being killed
             shutil.rmtree(target)
-            save_format1(M3Index.load(first if kill % 4 else second, model=tiny_model), target)
+            save_format1(M3Index.load(first if kill // 6 % 2 else second, model=tiny_model), target)
         elif kill % 10 == 7:  # no index yet: the killed save is the first one
             shutil.rmtree(target)
         existed = (target / "manifest.json").exists()
         pid = writer.start(target)
-        time.sleep(rng.uniform(0.0, 2.5 * save_seconds))
+        time.sleep(rng.uniform(0.0, 2.5 * save_seconds * stretch))
         writer.kill(pid)
+        kill += 1
         try:
             loaded = M3Index.load(target, model=tiny_model)
         except IndexNotFoundError:
@@ -164,10 +174,10 @@ def test_sigkill_at_random_moments_never_loses_or_mixes_the_index(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]  # no sibling folders either
     elapsed = time.perf_counter() - start
     print(
-        f"{KILLS} kills in {elapsed:.1f}s (one save {1000 * save_seconds:.0f} ms): loaded {loaded_as}, "
+        f"{kill} kills in {elapsed:.1f}s (one save {1000 * save_seconds:.0f} ms): loaded {loaded_as}, "
         f"{with_leftovers} with leftovers of the killed save, {fresh_not_found} first saves killed early"
     )
-    assert sum(loaded_as.values()) + fresh_not_found == KILLS
+    assert sum(loaded_as.values()) + fresh_not_found == kill >= KILLS
     # The kills land at different moments: some before a switch, some after, some mid-write.
     assert loaded_as.get("first", 0) > 0 and loaded_as.get("second", 0) > 0
     assert with_leftovers > 0
