@@ -15,7 +15,13 @@ from __future__ import annotations
 
 import logging
 
-from m3_integrations.errors import CheckpointError, IndexLoadError, IndexNotFoundError, MissingHeadsError
+from m3_integrations.errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    IndexLoadError,
+    IndexNotFoundError,
+    MissingHeadsError,
+)
 from m3_integrations.index import M3Index, SearchHit
 from m3_integrations.model import M3Model, M3Output
 from m3_integrations.rerank import CrossEncoderReranker, M3ScoreReranker
@@ -26,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "CheckpointNotFoundError",
     "CrossEncoderReranker",
     "IndexLoadError",
     "IndexNotFoundError",
