@@ -113,9 +113,19 @@ class M3Model:
         use_fp16: half precision; default ``True`` on CUDA, ``False`` on CPU.
         batch_size: texts per forward pass (also capped by ``max_batch_tokens``).
         query_max_length / passage_max_length: token limits of ``encode_queries`` / ``encode_passages``.
-        pooling: ``"cls"`` (bge-m3) or ``"mean"`` (e5, MiniLM) for the dense vector.
+        pooling: ``"cls"`` (bge-m3) or ``"mean"`` (e5, MiniLM) for the dense vector; ``None`` reads a
+            sentence-transformers folder's ``1_Pooling/config.json``, else CLS (with a warning for a plain
+            encoder).
         allow_missing_heads: run a plain encoder without ``colbert_linear.pt`` / ``sparse_linear.pt``.
         query_instruction / passage_instruction: prefixes such as ``"query: "`` for e5 models.
+
+    Raises (on construction):
+        CheckpointNotFoundError: no such folder, or a hub id that cannot be fetched (the message says
+            what to pass instead).
+        MissingHeadsError: no ``colbert_linear.pt`` / ``sparse_linear.pt`` without ``allow_missing_heads``.
+        CheckpointError: a damaged or hostile file (the message names it): see docs/core.md.
+
+    ``tokenize``, ``encode`` and ``compute_score`` are safe to call from many threads.
 
     Example:
         .. code-block:: python
