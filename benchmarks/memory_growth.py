@@ -23,18 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from m3_integrations import M3Index, M3Model
-from m3_integrations.testing import TRAINING_SENTENCES, build_tiny_checkpoint
+from m3_integrations.testing import TRAINING_SENTENCES, build_tiny_checkpoint, resident_memory_mb
 
 OUT = Path(__file__).resolve().parents[1] / "benchmarks" / "out"
-
-
-def rss_mb() -> float:
-    """This process's resident set size in MB (Linux ``/proc``)."""
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def documents(n: int, seed: int = 0) -> list[str]:
@@ -59,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     queries = index.encode_queries(["capital of France", "hybrid retrieval", "서울 검색"])
     extra = model.encode_passages(texts[args.docs :], return_colbert=True)
 
-    samples: list[tuple[int, float]] = [(0, rss_mb())]
+    samples: list[tuple[int, float]] = [(0, resident_memory_mb())]
     start = time.perf_counter()
     for cycle in range(1, args.cycles + 1):
         row = args.docs + cycle - 1
@@ -72,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         index.add_encoded(one, [texts[row]], ids=[f"extra-{cycle}"])
         index.search_encoded(queries[cycle % len(queries)], k=10, mode="hybrid")
         if cycle % args.every == 0:
-            samples.append((cycle, rss_mb()))
+            samples.append((cycle, resident_memory_mb()))
     seconds = time.perf_counter() - start
 
     half = len(samples) // 2

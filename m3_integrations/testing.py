@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
     from transformers import XLMRobertaConfig
 
-__all__ = ["TRAINING_SENTENCES", "build_tiny_checkpoint", "build_tiny_reranker"]
+__all__ = ["TRAINING_SENTENCES", "build_tiny_checkpoint", "build_tiny_reranker", "resident_memory_mb"]
 
 TRAINING_SENTENCES = [
     "BGE-M3 produces dense, lexical and multi-vector representations from one forward pass.",
@@ -239,3 +239,22 @@ def build_tiny_reranker(
     with transformers_output_to_debug():
         model.save_pretrained(str(folder))
     return str(folder)
+
+
+def resident_memory_mb() -> float:
+    """This process's resident set size in MB, from ``/proc/self/status`` (Linux only).
+
+    Raises:
+        OSError: no ``/proc`` (not Linux).
+
+    Example:
+        >>> import sys
+        >>> resident_memory_mb() > 0 if sys.platform.startswith("linux") else True
+        True
+    """
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    msg = "no VmRSS line in /proc/self/status"
+    raise OSError(msg)

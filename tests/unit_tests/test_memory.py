@@ -10,14 +10,7 @@ import torch
 
 from m3_integrations import M3Index, M3Model, M3Output
 from m3_integrations.scoring import _linear, _row_bucket
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
+from m3_integrations.testing import resident_memory_mb
 
 
 @pytest.mark.parametrize("rows", [1, 7, 4095, 4096, 4097, 5121, 6000, 8191, 8193, 12345])
@@ -66,7 +59,7 @@ def test_alternating_adds_and_searches_keep_memory_bounded(tiny_model: M3Model) 
     samples = []
     for cycle in range(cycles + 1):
         if cycle in (0, cycles // 2, cycles):
-            samples.append(_rss_mb())
+            samples.append(resident_memory_mb())
         index.add_encoded(synthetic(1), [f"extra {cycle}"])
         hits = index.search_encoded(query, k=5, mode="dense")
         assert len(hits) == 5
