@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,18 @@ import torch
 
 from m3_integrations import CheckpointError, CheckpointNotFoundError, M3Model, MissingHeadsError
 from m3_integrations.testing import build_tiny_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def _transformers_warnings_on() -> Iterator[None]:
+    """transformers at its default verbosity (a CLI test may have set it to errors only)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()
+    yield
+    hf_logging.set_verbosity(verbosity)
+
 
 # ------------------------------------------------------------------ damaged and hostile checkpoints
 
