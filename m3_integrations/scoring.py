@@ -257,10 +257,11 @@ def _linear(inputs: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
     oneDNN compiles and caches a kernel per matrix shape (about 20 ms and 0.26 MB each, measured; the
     memory stays after the cache evicts), and an index's row count changes with every ``add``: 2,400
-    add/search cycles grew a process by 640 MB. So oneDNN only sees bucketed row counts: ``weight`` is
-    covered by two products over its first and last ``b`` rows, ``b`` the smallest bucket ``>= rows / 2``
-    (rows in both are computed twice, at most 25% extra work), which bounds the shapes to 4 per octave
-    of row counts. Small products (< 4,096 rows, such as a query's candidates) use ``torch.mm``.
+    add/search cycles on 5k documents grew a process by 600 MB. So oneDNN only sees bucketed row
+    counts: ``weight`` is covered by two products over its first and last ``b`` rows, ``b`` the smallest
+    bucket ``>= rows / 2`` (rows in both are computed twice, at most 25% extra work), which bounds the
+    shapes to 4 per octave of row counts. Small products (< 4,096 rows, such as a query's candidates)
+    use ``torch.mm``.
 
     Example:
         >>> import torch
