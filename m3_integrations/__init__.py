@@ -17,6 +17,7 @@ import logging
 
 from m3_integrations.errors import (
     CheckpointError,
+    CheckpointNotFoundError,
     DocumentReadError,
     IndexLoadError,
     IndexNotFoundError,
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "CheckpointNotFoundError",
     "CrossEncoderReranker",
     "DocumentReadError",
     "IndexLoadError",

@@ -326,7 +326,7 @@ def load_model(name: str, kwargs: dict[str, Any] | None = None, *, show_progress
         CliError: exit code 3, with a one-line message.
     """
     from m3_integrations import M3Model
-    from m3_integrations.errors import CheckpointError, MissingHeadsError
+    from m3_integrations.errors import CheckpointError, CheckpointNotFoundError, MissingHeadsError
     from m3_integrations.model import COLBERT_HEAD_FILE, SPARSE_HEAD_FILE
 
     kwargs = dict(kwargs or {})
@@ -348,21 +348,24 @@ def load_model(name: str, kwargs: dict[str, Any] | None = None, *, show_progress
     except MissingHeadsError as err:
         msg = f"{_as_flags(str(err))} To run it as a plain encoder, {_MISSING_HEADS_HINT}"
         raise CliError(msg, EXIT_INPUT) from err
-    except CheckpointError as err:
-        raise CliError(f"cannot load model {name!r}: {_as_flags(str(err))}", EXIT_INPUT) from err
-    except Exception as err:  # transformers, safetensors and torch raise many types for a bad checkpoint
+    except CheckpointNotFoundError as err:
         if local:
-            msg = f"cannot load model folder {name!r}: {_as_flags(str(err)) or type(err).__name__}"
-        else:
-            root = err
-            while root.__cause__ is not None:  # the Hub client's error, not the layers that wrapped it
-                root = root.__cause__
-            reason = f"{type(root).__name__}: {_one_line(str(root))}"
-            msg = (
-                f"cannot load model {name!r} from the Hugging Face Hub ({reason[:300]}). Offline? Pass a "
-                "local checkpoint folder: --model /path/to/folder (a checkpoint without BGE-M3's heads "
-                "also needs --allow-missing-heads --pooling mean)"
-            )
+            raise CliError(f"cannot load model folder {name!r}: {_as_flags(str(err))}", EXIT_INPUT) from err
+        root: BaseException = err
+        while root.__cause__ is not None:  # the Hub client's error, not the layers that wrapped it
+            root = root.__cause__
+        reason = f"{type(root).__name__}: {_one_line(str(root))}"
+        msg = (
+            f"cannot load model {name!r} from the Hugging Face Hub ({reason[:300]}). Offline? Pass a "
+            "local checkpoint folder: --model /path/to/folder (a checkpoint without BGE-M3's heads "
+            "also needs --allow-missing-heads --pooling mean)"
+        )
+        raise CliError(msg, EXIT_INPUT) from err
+    except CheckpointError as err:
+        where = "model folder" if local else "model"
+        raise CliError(f"cannot load {where} {name!r}: {_as_flags(str(err))}", EXIT_INPUT) from err
+    except Exception as err:  # transformers, safetensors and torch raise many types for a bad checkpoint
+        msg = f"cannot load model {name!r}: {_as_flags(str(err)) or type(err).__name__}"
         raise CliError(msg, EXIT_INPUT) from err
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 __all__ = [
     "CheckpointError",
+    "CheckpointNotFoundError",
     "DocumentReadError",
     "IndexLoadError",
     "IndexNotFoundError",
@@ -40,6 +41,10 @@ class IndexNotFoundError(IndexLoadError, FileNotFoundError):
 
 class CheckpointError(ValueError):
     """A model checkpoint folder that cannot be loaded as it is: a missing, damaged or mismatched file."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No checkpoint at the path, or a hub id that could not be fetched (offline, unknown, private)."""
 
 
 class MissingHeadsError(CheckpointError, FileNotFoundError):

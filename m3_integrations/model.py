@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from m3_integrations import scoring
+from m3_integrations import _checkpoint, scoring
 from m3_integrations._utils import validate_texts
+from m3_integrations.errors import CheckpointError, MissingHeadsError
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -30,6 +31,21 @@ SPARSE_HEAD_FILE = "sparse_linear.pt"
 # Models whose position ids start after the padding index (RoBERTa family): the usable length is
 # max_position_embeddings - padding_idx - 1 (8194 → 8192 for bge-m3).
 _ROBERTA_LIKE = {"xlm-roberta", "roberta", "camembert", "xlm-roberta-xl"}
+# What a hub snapshot needs (pytorch_model.bin is used by transformers only without safetensors).
+_HUB_FILES = [
+    "*.json",
+    "*.safetensors",
+    "*.model",
+    "*.txt",
+    COLBERT_HEAD_FILE,
+    SPARSE_HEAD_FILE,
+    "pytorch_model.bin",
+]
+_OFFLINE_HINT = (
+    "Offline? Pass the path of a local checkpoint folder instead; a folder without BGE-M3's "
+    f"{COLBERT_HEAD_FILE}/{SPARSE_HEAD_FILE} also needs allow_missing_heads=True (for e5: also "
+    "pooling='mean', query_instruction='query: ', passage_instruction='passage: ')."
+)
 
 
 @dataclass
@@ -97,9 +113,19 @@ class M3Model:
         use_fp16: half precision; default ``True`` on CUDA, ``False`` on CPU.
         batch_size: texts per forward pass (also capped by ``max_batch_tokens``).
         query_max_length / passage_max_length: token limits of ``encode_queries`` / ``encode_passages``.
-        pooling: ``"cls"`` (bge-m3) or ``"mean"`` (e5, MiniLM) for the dense vector.
+        pooling: ``"cls"`` (bge-m3) or ``"mean"`` (e5, MiniLM) for the dense vector; ``None`` reads a
+            sentence-transformers folder's ``1_Pooling/config.json``, else CLS (with a warning for a plain
+            encoder).
         allow_missing_heads: run a plain encoder without ``colbert_linear.pt`` / ``sparse_linear.pt``.
         query_instruction / passage_instruction: prefixes such as ``"query: "`` for e5 models.
+
+    Raises (on construction):
+        CheckpointNotFoundError: no such folder, or a hub id that cannot be fetched (the message says
+            what to pass instead).
+        MissingHeadsError: no ``colbert_linear.pt`` / ``sparse_linear.pt`` without ``allow_missing_heads``.
+        CheckpointError: a damaged or hostile file (the message names it): see docs/core.md.
+
+    ``tokenize``, ``encode`` and ``compute_score`` are safe to call from many threads.
 
     Example:
         .. code-block:: python
@@ -123,7 +149,7 @@ class M3Model:
         query_max_length: int = 512,
         passage_max_length: int = 8192,
         normalize_embeddings: bool = True,
-        pooling: Literal["cls", "mean"] = "cls",
+        pooling: Literal["cls", "mean"] | None = None,
         allow_missing_heads: bool = False,
         query_instruction: str | None = None,
         passage_instruction: str | None = None,
@@ -133,10 +159,10 @@ class M3Model:
         show_progress: bool = False,
         trust_remote_code: bool = False,
     ) -> None:
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
-        if pooling not in ("cls", "mean"):
-            msg = f"pooling must be 'cls' or 'mean', got {pooling!r}"
+        if pooling not in (None, "cls", "mean"):
+            msg = f"pooling must be 'cls', 'mean' or None (from the checkpoint), got {pooling!r}"
             raise ValueError(msg)
         for name, value in (
             ("batch_size", batch_size),
@@ -149,8 +175,13 @@ class M3Model:
                 raise ValueError(msg)
 
         self.model_name_or_path = str(model_name_or_path)
-        folder = _resolve_checkpoint(
-            self.model_name_or_path, local_files_only=local_files_only, revision=revision, cache_dir=cache_dir
+        folder = _checkpoint.resolve_checkpoint(
+            self.model_name_or_path,
+            local_files_only=local_files_only,
+            revision=revision,
+            cache_dir=cache_dir,
+            allow_patterns=_HUB_FILES,
+            offline_hint=_OFFLINE_HINT,
         )
         self.folder = folder
         self.device = torch.device(device) if device is not None else _default_device()
@@ -159,19 +190,45 @@ class M3Model:
             logger.warning("use_fp16=True on CPU is slow and less accurate; consider use_fp16=False")
         self.dtype = torch.float16 if self.use_fp16 else torch.float32
 
-        self.config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        # Every file is checked before the weights, the slow part, are read.
+        self.config = _checkpoint.load_config(folder, trust_remote_code=trust_remote_code)
+        hidden_size = int(self.config.hidden_size)
+        colbert_path = folder / COLBERT_HEAD_FILE
+        sparse_path = folder / SPARSE_HEAD_FILE
+        missing = [p.name for p in (colbert_path, sparse_path) if not p.exists()]
+        if missing and not allow_missing_heads:
+            msg = (
+                f"checkpoint {self.model_name_or_path!r} has no {' and no '.join(missing)} "
+                f"(looked in {folder}). "
+                "A BGE-M3 checkpoint ships both heads; to run a plain encoder without them pass "
+                "allow_missing_heads=True (identity ColBERT projection, no lexical weights)."
+            )
+            raise MissingHeadsError(msg)
+        self.colbert_linear: torch.nn.Linear | None = None
+        if colbert_path.exists():
+            self.colbert_linear = _checkpoint.load_linear_head(colbert_path, hidden_size, out_features=None)
+        else:
+            logger.info("no %s in %s: ColBERT vectors use an identity projection", COLBERT_HEAD_FILE, folder)
+        self.sparse_linear: torch.nn.Linear | None = None
+        if sparse_path.exists():
+            self.sparse_linear = _checkpoint.load_linear_head(sparse_path, hidden_size, out_features=1)
+        else:
+            logger.info("no %s in %s: lexical weights are unavailable", SPARSE_HEAD_FILE, folder)
+        self.pooling = self._resolve_pooling(pooling, folder)
+
         # A fast tokenizer keeps its truncation setting in the shared Rust object: each call sets it
         # and then encodes, so two threads with different limits would cut each other's texts.
         self._tokenizer_lock = threading.Lock()
-        self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-        _use_serialized_pipeline(self.tokenizer, folder)
-        self.model = AutoModel.from_pretrained(
-            folder, trust_remote_code=trust_remote_code, dtype=torch.float32
+        self.tokenizer = _checkpoint.load_tokenizer(
+            folder, embedding_rows=int(self.config.vocab_size), trust_remote_code=trust_remote_code
         )
-        self.model.eval()
-        hidden_size = int(self.config.hidden_size)
+        self.model = _checkpoint.load_encoder(
+            folder, self.config, AutoModel, trust_remote_code=trust_remote_code
+        )
+        _checkpoint.check_tokenizer_fits(
+            self.tokenizer, int(self.model.get_input_embeddings().weight.shape[0]), folder
+        )
 
-        self.pooling = pooling
         self.normalize_embeddings = normalize_embeddings
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
@@ -181,29 +238,6 @@ class M3Model:
         self.query_instruction = query_instruction
         self.passage_instruction = passage_instruction
         self.show_progress = show_progress
-
-        colbert_path = folder / COLBERT_HEAD_FILE
-        sparse_path = folder / SPARSE_HEAD_FILE
-        missing = [p.name for p in (colbert_path, sparse_path) if not p.is_file()]
-        if missing and not allow_missing_heads:
-            msg = (
-                f"checkpoint {self.model_name_or_path!r} has no {' and no '.join(missing)} "
-                f"(looked in {folder}). "
-                "A BGE-M3 checkpoint ships both heads; to run a plain encoder without them pass "
-                "allow_missing_heads=True (identity ColBERT projection, no lexical weights)."
-            )
-            raise FileNotFoundError(msg)
-
-        self.colbert_linear: torch.nn.Linear | None = None
-        if colbert_path.is_file():
-            self.colbert_linear = _load_linear_head(colbert_path, hidden_size, out_features=None)
-        else:
-            logger.info("no %s in %s: ColBERT vectors use an identity projection", COLBERT_HEAD_FILE, folder)
-        self.sparse_linear: torch.nn.Linear | None = None
-        if sparse_path.is_file():
-            self.sparse_linear = _load_linear_head(sparse_path, hidden_size, out_features=1)
-        else:
-            logger.info("no %s in %s: lexical weights are unavailable", SPARSE_HEAD_FILE, folder)
 
         self.model.to(device=self.device, dtype=self.dtype)
         for head in (self.colbert_linear, self.sparse_linear):
@@ -235,7 +269,42 @@ class M3Model:
             dtype=np.int64,
         )
         self._pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
+        # Computed on first use, under a lock so concurrent first uses hash once.
         self._fingerprint: str | None = None
+        self._fingerprint_lock = threading.Lock()
+
+    def _resolve_pooling(self, pooling: str | None, folder: Path) -> str:
+        """The pooling to use: the caller's, else the folder's sentence-transformers config, else CLS."""
+        declared, source = _checkpoint.read_pooling(folder)
+        if pooling is not None:
+            if declared is not None and declared != pooling:
+                logger.warning(
+                    "pooling=%r contradicts %s in %s, which declares %r pooling; using %r as asked",
+                    pooling,
+                    source,
+                    folder,
+                    declared,
+                    pooling,
+                )
+            return pooling
+        if declared in ("cls", "mean"):
+            logger.debug("pooling %r from %s in %s", declared, source, folder)
+            return declared
+        if declared is not None:
+            msg = (
+                f"{source} in {folder} declares {declared!r} pooling, which M3Model does not implement "
+                "(only cls or mean): pass pooling='cls' or pooling='mean' to use one of them anyway"
+            )
+            raise CheckpointError(msg)
+        if self.colbert_linear is None and self.sparse_linear is None:
+            # BGE-M3 (heads present) is CLS-pooled by design; a plain encoder without a pooling config
+            # may well be mean-pooled (e5), and CLS would give poor vectors without any error.
+            logger.warning(
+                "no pooling config (modules.json, 1_Pooling/config.json) in %s: using CLS pooling; "
+                "pass pooling='mean' for mean-pooled encoders such as e5",
+                folder,
+            )
+        return "cls"
 
     # ------------------------------------------------------------------ properties
     @property
@@ -284,27 +353,25 @@ class M3Model:
     @property
     def fingerprint(self) -> str:
         """A digest of the config, vocabulary size, heads and embedding rows: same weights, same digest."""
-        if self._fingerprint is None:
-            digest = hashlib.sha256()
-            config = self.config.to_dict()
-            for volatile in (
-                "_name_or_path",
-                "transformers_version",
-                "torch_dtype",
-                "dtype",
-                "architectures",
-            ):
-                config.pop(volatile, None)
-            digest.update(json.dumps(config, sort_keys=True, default=str).encode())
-            digest.update(str(self.vocab_size).encode())
-            for head in (self.colbert_linear, self.sparse_linear):
-                if head is not None:
-                    digest.update(head.weight.detach().float().cpu().numpy().tobytes())
-            # A few embedding rows distinguish fine-tunes of one architecture without hashing ~1 GB.
-            emb = self.model.get_input_embeddings().weight
-            digest.update(emb[:8].detach().float().cpu().numpy().round(4).tobytes())
-            self._fingerprint = digest.hexdigest()[:16]
+        with self._fingerprint_lock:
+            if self._fingerprint is None:
+                self._fingerprint = self._compute_fingerprint()
         return self._fingerprint
+
+    def _compute_fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        config = self.config.to_dict()
+        for volatile in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures"):
+            config.pop(volatile, None)
+        digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+        digest.update(str(self.vocab_size).encode())
+        for head in (self.colbert_linear, self.sparse_linear):
+            if head is not None:
+                digest.update(head.weight.detach().float().cpu().numpy().tobytes())
+        # A few embedding rows distinguish fine-tunes of one architecture without hashing ~1 GB.
+        emb = self.model.get_input_embeddings().weight
+        digest.update(emb[:8].detach().float().cpu().numpy().round(4).tobytes())
+        return digest.hexdigest()[:16]
 
     # ------------------------------------------------------------------ encoding
     def encode_queries(
@@ -765,30 +832,6 @@ def _required(value: _T | None) -> _T:
     return value
 
 
-def _use_serialized_pipeline(tokenizer: Any, folder: Path) -> None:
-    """Make the tokenizer split text exactly as the checkpoint's ``tokenizer.json`` says.
-
-    transformers 5 rebuilds XLM-R's pre-tokenizer in Python (``WhitespaceSplit`` + ``Metaspace``), which
-    drops the trailing ``▁`` piece that transformers 4 and FlagEmbedding produce for text ending in
-    white space; the serialized normalizer and pre-tokenizer keep outputs identical across versions.
-    """
-    path = folder / "tokenizer.json"
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or not path.is_file():
-        return
-    from tokenizers import Tokenizer
-
-    try:
-        serialized = Tokenizer.from_file(str(path))
-    except Exception as err:  # an unreadable file is transformers' business; keep its tokenizer
-        logger.debug("could not read %s (%s); keeping the loaded tokenizer as is", path, err)
-        return
-    if serialized.get_vocab_size(with_added_tokens=False) != backend.get_vocab_size(with_added_tokens=False):
-        return
-    for part in ("normalizer", "pre_tokenizer", "decoder"):
-        setattr(backend, part, getattr(serialized, part))
-
-
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -801,73 +844,3 @@ def _model_max_length(config: Any) -> int | None:
         pad = getattr(config, "pad_token_id", 1)
         return int(positions) - int(pad if pad is not None else 1) - 1
     return int(positions)
-
-
-def _resolve_checkpoint(
-    name_or_path: str,
-    *,
-    local_files_only: bool | None,
-    revision: str | None,
-    cache_dir: str | os.PathLike[str] | None,
-) -> Path:
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return path
-    # Hub ids are "name" or "org/name"; anything else (absolute, relative, deeper) is meant as a folder.
-    looks_like_path = name_or_path.startswith((".", "/", "~", "\\")) or name_or_path.count("/") > 1
-    if path.exists() or looks_like_path:
-        msg = f"model path {name_or_path!r} does not exist or is not a folder"
-        raise FileNotFoundError(msg)
-    from huggingface_hub import snapshot_download
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-    try:
-        folder = snapshot_download(
-            repo_id=name_or_path,
-            revision=revision,
-            cache_dir=str(cache_dir) if cache_dir is not None else None,
-            local_files_only=bool(local_files_only) or offline,
-            allow_patterns=[
-                "*.json",
-                "*.safetensors",
-                "*.model",
-                "*.txt",
-                COLBERT_HEAD_FILE,
-                SPARSE_HEAD_FILE,
-                # pytorch_model.bin only when no safetensors exist is decided by transformers; keep it.
-                "pytorch_model.bin",
-            ],
-        )
-    except Exception as err:
-        msg = (
-            f"could not find model {name_or_path!r}: it is not a local folder and could not be fetched "
-            f"from the Hugging Face Hub ({type(err).__name__}: {err})"
-        )
-        raise FileNotFoundError(msg) from err
-    return Path(folder)
-
-
-def _load_linear_head(path: Path, in_features: int, out_features: int | None) -> torch.nn.Linear:
-    """Load a ``Linear`` state dict safely (``weights_only``) and check its shape against the encoder."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        msg = f"could not read head {path.name} ({path}): {type(err).__name__}: {err}"
-        raise ValueError(msg) from err
-    if not isinstance(state, Mapping) or "weight" not in state:
-        msg = f"head {path.name} is not a Linear state dict with a 'weight' tensor (keys: {list(state)[:5]})"
-        raise ValueError(msg)
-    weight = state["weight"]
-    if (
-        weight.ndim != 2
-        or weight.shape[1] != in_features
-        or (out_features and weight.shape[0] != out_features)
-    ):
-        expected = f"({out_features or 'd'}, {in_features})"
-        msg = f"head {path.name} has weight shape {tuple(weight.shape)}, expected {expected} for this encoder"
-        raise ValueError(msg)
-    bias = state.get("bias")
-    linear = torch.nn.Linear(in_features, int(weight.shape[0]), bias=bias is not None)
-    # Heads ship in fp16 upstream; load_state_dict copies into the float32 parameters.
-    linear.load_state_dict({k: v for k, v in state.items() if k in ("weight", "bias")})
-    return linear

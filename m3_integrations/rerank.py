@@ -101,28 +101,37 @@ class CrossEncoderReranker(_Reranker):
         normalize: bool = False,
         local_files_only: bool | None = None,
     ) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
-        from m3_integrations.model import _resolve_checkpoint
+        from m3_integrations import _checkpoint
 
         for name, value in (("max_length", max_length), ("batch_size", batch_size)):
             if not isinstance(value, int) or value <= 0:
                 msg = f"{name} must be a positive integer, got {value!r}"
                 raise ValueError(msg)
         self.model_name_or_path = str(model_name_or_path)
-        folder = _resolve_checkpoint(
-            self.model_name_or_path, local_files_only=local_files_only, revision=None, cache_dir=None
+        folder = _checkpoint.resolve_checkpoint(
+            self.model_name_or_path,
+            local_files_only=local_files_only,
+            revision=None,
+            cache_dir=None,
+            allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "pytorch_model.bin"],
+            offline_hint="Offline? Pass the path of a local cross-encoder folder instead.",
         )
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.use_fp16 = self.device.type == "cuda" if use_fp16 is None else bool(use_fp16)
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        config = _checkpoint.load_config(folder, trust_remote_code=False)
+        self.tokenizer = _checkpoint.load_tokenizer(
+            folder, embedding_rows=int(config.vocab_size), trust_remote_code=False
+        )
         # The fast tokenizer's truncation setting is shared state that every call changes.
         self._tokenizer_lock = threading.Lock()
-        self.model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
+        self.model = _checkpoint.load_encoder(
+            folder, config, AutoModelForSequenceClassification, trust_remote_code=False
+        )
         self.model.to(device=self.device, dtype=torch.float16 if self.use_fp16 else torch.float32)
-        self.model.eval()
         self.max_length = max_length
         self.batch_size = batch_size
         self.normalize = normalize

@@ -31,7 +31,13 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
     from transformers import XLMRobertaConfig
 
-__all__ = ["TRAINING_SENTENCES", "WhitespaceTokenizer", "build_tiny_checkpoint", "build_tiny_reranker"]
+__all__ = [
+    "TRAINING_SENTENCES",
+    "WhitespaceTokenizer",
+    "build_tiny_checkpoint",
+    "build_tiny_reranker",
+    "resident_memory_mb",
+]
 
 TRAINING_SENTENCES = [
     "BGE-M3 produces dense, lexical and multi-vector representations from one forward pass.",
@@ -162,6 +168,7 @@ def build_tiny_checkpoint(
     max_length: int = 1024,
     colbert_head: bool = True,
     sparse_head: bool = True,
+    pooling: str | None = None,
     seed: int = 0,
 ) -> str:
     """Write a random tiny BGE-M3-layout checkpoint into ``folder`` and return its path.
@@ -173,9 +180,21 @@ def build_tiny_checkpoint(
         max_length: the longest input in tokens (``max_position_embeddings - 2``).
         colbert_head: write ``colbert_linear.pt`` (Linear(h, h)).
         sparse_head: write ``sparse_linear.pt`` (Linear(h, 1)).
+        pooling: also write the sentence-transformers layout (``modules.json`` with Transformer, Pooling
+            and Normalize modules, ``1_Pooling/config.json``) declaring this pooling mode: ``"cls"``,
+            ``"mean"``, or any other sentence-transformers mode (``"max"``, ``"lasttoken"`` ...).
         seed: torch seed for the random weights.
+
+    Example:
+        >>> import tempfile
+        >>> from m3_integrations import M3Model
+        >>> path = build_tiny_checkpoint(tempfile.mkdtemp(), sparse_head=False, pooling="mean")
+        >>> M3Model(path, device="cpu", allow_missing_heads=True).pooling
+        'mean'
     """
     from transformers import XLMRobertaModel
+
+    from m3_integrations._checkpoint import transformers_output_to_debug
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -183,7 +202,10 @@ def build_tiny_checkpoint(
     torch.manual_seed(seed)
     config = _xlmr_config(actual_vocab, hidden_size, max_length)
     model = XLMRobertaModel(config)
-    model.save_pretrained(str(folder))
+    with transformers_output_to_debug():  # no "Writing model shards" bar in test output
+        model.save_pretrained(str(folder))
+    if pooling is not None:
+        _write_sentence_transformers_layout(folder, hidden_size, pooling)
     if colbert_head:
         colbert = torch.nn.Linear(hidden_size, hidden_size)
         torch.save({k: v.half() for k, v in colbert.state_dict().items()}, folder / "colbert_linear.pt")
@@ -196,18 +218,36 @@ def build_tiny_checkpoint(
     return str(folder)
 
 
+def _write_sentence_transformers_layout(folder: Path, hidden_size: int, pooling: str) -> None:
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2), encoding="utf-8")
+    flags = {"cls": "cls_token", "mean": "mean_tokens", "max": "max_tokens", "lasttoken": "lasttoken"}
+    config: dict[str, Any] = {"word_embedding_dimension": hidden_size}
+    for flag in (*flags.values(), "mean_sqrt_len_tokens", "weightedmean_tokens"):
+        config[f"pooling_mode_{flag}"] = flags.get(pooling) == flag
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
 def build_tiny_reranker(
     folder: str | os.PathLike[str], *, hidden_size: int = 32, vocab_size: int = 400, seed: int = 1
 ) -> str:
     """Write a random tiny cross-encoder in the bge-reranker-v2-m3 layout (XLM-R, one logit)."""
     from transformers import XLMRobertaForSequenceClassification
 
+    from m3_integrations._checkpoint import transformers_output_to_debug
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     actual_vocab = _save_tokenizer(folder, vocab_size, 512)
     torch.manual_seed(seed)
     model = XLMRobertaForSequenceClassification(_xlmr_config(actual_vocab, hidden_size, 512, num_labels=1))
-    model.save_pretrained(str(folder))
+    with transformers_output_to_debug():
+        model.save_pretrained(str(folder))
     return str(folder)
 
 
@@ -245,3 +285,22 @@ class WhitespaceTokenizer:
             ids.append([-1 if a == b else 0 for a, b in spans])
             offsets.append(spans)
         return Tokenized(input_ids=ids, offsets=offsets if return_offsets else None, num_truncated=truncated)
+
+
+def resident_memory_mb() -> float:
+    """This process's resident set size in MB, from ``/proc/self/status`` (Linux only).
+
+    Raises:
+        OSError: no ``/proc`` (not Linux).
+
+    Example:
+        >>> import sys
+        >>> resident_memory_mb() > 0 if sys.platform.startswith("linux") else True
+        True
+    """
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    msg = "no VmRSS line in /proc/self/status"
+    raise OSError(msg)

@@ -2,6 +2,7 @@ import m3_integrations
 
 EXPECTED_ALL = [
     "CheckpointError",
+    "CheckpointNotFoundError",
     "IndexLoadError",
     "CrossEncoderReranker",
     "DocumentReadError",

@@ -155,7 +155,8 @@ def test_dense_scores_stored_float16_matches_float32(monkeypatch: pytest.MonkeyP
 
 
 def test_stored_scorers_fall_back_without_onednn(monkeypatch: pytest.MonkeyPatch) -> None:
-    passages = _unit(rng.normal(size=(7, 8))).astype(np.float32)
+    # enough rows for the dense product to go through oneDNN (smaller ones use torch.mm directly)
+    passages = _unit(rng.normal(size=(scoring._ONEDNN_MIN_ROWS + 5, 8))).astype(np.float32)
     q = _unit(rng.normal(size=(3, 8)))
     starts, lengths = np.array([0, 3]), np.array([3, 4])
     dense = scoring.dense_scores_stored(q[0], passages)
