@@ -3,7 +3,7 @@
 ``run_quality.py`` measures every configuration on every (encoder, collection) pair and saves the rows
 with their per-query nDCG@10 under ``benchmarks/out/`` (not committed). This module turns them into:
 
-- ``benchmarks/quality_summary.json``: the few numbers the report shows (committed, about 40 KB);
+- ``benchmarks/quality_summary.json``: the numbers the report shows (committed, about 65 KB);
 - ``benchmarks/REPORT.md``: rendered from that summary alone, so it can be re-rendered anywhere;
 - ``benchmarks/quality_*.png``: plots, from the summary too;
 - ``benchmarks/out/REPORT-full.md``: every configuration on every pair, from the full results.
@@ -193,6 +193,22 @@ def choose_default(
     return (stats[0][0] if stats else ""), stats, excluded
 
 
+def report_default(
+    saved: dict[str, Any],
+) -> tuple[str, str, list[tuple[str, float, float, int, int | None, int]], list[tuple[str, float, str]]]:
+    """The default the report shows, the rule's pick, and the rule's tables (``choose_default``).
+
+    The default is the configuration ``M3Index`` uses for encoders without M3 heads, as the run recorded
+    it (``saved["library_default"]``); results without that record use the rule's pick, which it was
+    set from.
+    """
+    rows = saved.get("rows", [])
+    pick, stats, excluded = choose_default(rows)
+    recorded = saved.get("library_default")
+    default = recorded if recorded in {r["config"] for r in rows} else pick
+    return default, pick, stats, excluded
+
+
 def default_variants(default: str, names: Iterable[str]) -> list[tuple[str, str]]:
     """The default's fusion and weights with BM25 over the other kinds of tokens: (config, label)."""
     present = set(names)
@@ -206,19 +222,22 @@ def default_variants(default: str, names: Iterable[str]) -> list[tuple[str, str]
     ]
 
 
-def _compact(row: dict[str, Any]) -> dict[str, Any]:
+def _compact(row: dict[str, Any], *, full: bool) -> dict[str, Any]:
+    """The numbers kept of one row: nDCG@10 and latency; ``full`` adds Recall@100, MRR@10, build time."""
+    keys = (*METRICS, "p50_ms", "build_s", "base_ndcg@10_same_queries") if full else ("ndcg@10", "p50_ms")
     out: dict[str, Any] = {"family": row["family"]}
-    for key in (*METRICS, "p50_ms", "build_s", "base_ndcg@10_same_queries"):
+    for key in keys:
         if row.get(key) is not None:
-            # Six decimals: the report rounds to three, and rounding twice can move the last digit.
-            out[key] = round(float(row[key]), 6 if key in (*METRICS, "base_ndcg@10_same_queries") else 2)
+            # Metrics unrounded: the report rounds them to three decimals, and rounding twice can move the
+            # last digit; times to 10 µs.
+            out[key] = round(float(row[key]), 2) if key in ("p50_ms", "build_s") else float(row[key])
     if row["family"] == "rerank":
         out["num_queries"] = row["num_queries"]
     return out
 
 
 def _ci_entry(ci: tuple[float, float, float] | None) -> list[float] | None:
-    return None if ci is None else [round(v, 6) for v in ci]
+    return None if ci is None else [float(v) for v in ci]
 
 
 def summarize(
@@ -233,7 +252,7 @@ def summarize(
     """
     rows = saved.get("rows", [])
     table = rows_by_pair(rows)
-    default, stats, excluded = choose_default(rows)
+    default, pick, stats, excluded = report_default(saved)
     all_names = {r["config"] for r in rows}
     variants = default_variants(default, all_names)
     wanted = [c for c, _ in KEY_COLUMNS] + [default] + [c for c, _ in variants] + [p for p, _ in PEERS]
@@ -253,10 +272,12 @@ def summarize(
                 "dataset": dataset,
                 "num_docs": any_row["num_docs"],
                 "num_queries": any_row["num_queries"],
-                "engine_agreement": round(float(any_row.get("engine_agreement", float("nan"))), 3),
+                "engine_agreement": (
+                    None if any_row.get("engine_agreement") is None else round(any_row["engine_agreement"], 3)
+                ),
                 "best_single": single,
                 "default_minus": versus,
-                "rows": {c: _compact(configs[c]) for c in kept},
+                "rows": {c: _compact(configs[c], full=c in wanted) for c in kept},
             }
         )
     better_excluded = [e for e in excluded if not stats or e[1] > stats[0][1]]
@@ -268,12 +289,13 @@ def summarize(
         "environment": saved.get("environment", {}),
         "encoders": saved.get("encoders", {}),
         "default": default,
-        "variants": variants,
+        "variants": [list(v) for v in variants],
         "default_choice": {
+            "rule_pick": pick,
             "candidates": len(stats) + len(excluded),
             "eligible": len(stats),
-            "top": [[n, round(m, 6), round(w, 6), b, t, k] for n, m, w, b, t, k in stats[:top]],
-            "excluded_above": [[n, round(m, 6), why] for n, m, why in better_excluded],
+            "top": [list(entry) for entry in stats[:top]],
+            "excluded_above": [list(entry) for entry in better_excluded],
         },
         "pairs": pairs,
     }
@@ -288,9 +310,10 @@ def summarize(
 def dump_summary(summary: dict[str, Any]) -> str:
     """JSON with one pair per line: small, and a re-run changes only the lines it measured again."""
     head = {k: v for k, v in summary.items() if k != "pairs"}
-    text = json.dumps(head, indent=1, ensure_ascii=False)
+    text = json.dumps(head, indent=1, ensure_ascii=False, allow_nan=False)
     body = ",\n".join(
-        "  " + json.dumps(p, ensure_ascii=False, separators=(",", ":")) for p in summary["pairs"]
+        "  " + json.dumps(p, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        for p in summary["pairs"]
     )
     return text[: text.rindex("}")].rstrip() + ',\n "pairs": [\n' + body + "\n ]\n}\n"
 
@@ -430,10 +453,11 @@ def section_lead(summary: dict[str, Any]) -> list[str]:
         o = encoder_overview(summary, encoder)
         n = len(o["pairs"])
         dim = _dim(summary, encoder)
+        p50 = "" if o["p50_ms"] is None else f"{o['p50_ms']:.0f} ms"
         lines.append(
             f"| {encoder} | {n} | {_fmt(o['dense'])} | {_fmt(o['best_single'])} | **{_fmt(o['default'])}** | "
             f"{_fmt(o['lc'])} | {_fmt(o['best_peer'])} | {len(o['below_single'])} · {len(o['below_peer'])} "
-            f"of {n} | {_fmt(o['p50_ms'], 0)} ms | {f'{2 * dim:,}' if dim else ''} |"
+            f"of {n} | {p50} | {f'{2 * dim:,}' if dim else ''} |"
         )
     lines += [
         "| BAAI/bge-m3 (trained heads) | not measured | | | | | | | | 2,048 |",
@@ -473,12 +497,15 @@ def _advice(summary: dict[str, Any], encoder: str) -> str:
     info = ENCODERS.get(encoder, {"kind": "Encoder"})
     o = encoder_overview(summary, encoder)
     dim = _dim(summary, encoder)
-    size = f" and {2 * dim} bytes of index per token" if dim else ""
+    costs = [f"{o['p50_ms']:.0f} ms per query"] if o["p50_ms"] is not None else []
+    costs += [f"{2 * dim} bytes of index per token"] if dim else []
     text = (
         f"- **{info['kind']}** ({encoder}): use the default hybrid, `M3Index(model)`: mean nDCG@10 "
         f"{_fmt(o['default'])} against {_fmt(o['best_peer'])} for the best stock hybrid and "
-        f"{_fmt(o['dense'])} for dense alone, for {_fmt(o['p50_ms'], 0)} ms per query{size}"
+        f"{_fmt(o['dense'])} for dense alone"
     )
+    if costs:
+        text += ", for " + " and ".join(costs)
     losses = []
     if o["below_single"]:
         singles = sorted(o["below_single"], key=lambda p: p["default_minus"]["best single"][0])
@@ -553,7 +580,7 @@ def section_default_choice(summary: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for name, mean, worst, beats, ties, n in choice["top"]:
-        bold = "**" if name == summary["default"] else ""
+        bold = "**" if name == choice["rule_pick"] else ""
         tie_cell = "" if ties is None else f"{ties}/{n}"
         lines.append(f"| {bold}{name}{bold} | {mean:.4f} | {worst:+.3f} | {beats}/{n} | {tie_cell} |")
     if choice["excluded_above"]:
@@ -565,9 +592,15 @@ def section_default_choice(summary: dict[str, Any]) -> list[str]:
             )
             + ".",
         ]
+    if choice["rule_pick"] != summary["default"]:
+        lines += [
+            "",
+            f"On these results the rule picks `{choice['rule_pick']}`; the library's default, shown in the",
+            f"tables above, is `{summary['default']}`.",
+        ]
     lines += [
         "",
-        "This choice was made on the same pairs it is scored on (docs/evaluation.md has a",
+        "The choice is made on the same pairs it is scored on (docs/evaluation.md has a",
         "leave-one-collection-out check and the trade against the previous default).",
         "",
     ]
@@ -696,7 +729,7 @@ def render_full(saved: dict[str, Any]) -> str:
     """Every configuration on every pair, from the full results (``benchmarks/out/REPORT-full.md``)."""
     rows = saved.get("rows", [])
     table = rows_by_pair(rows)
-    default, stats, excluded = choose_default(rows)
+    default, _, stats, excluded = report_default(saved)
     lines = [
         "# Retrieval quality: every configuration",
         "",
@@ -947,37 +980,27 @@ def write_plots(summary: dict[str, Any], folder: Path) -> list[str]:
         files.append(name)
     points = latency_points(summary)
     if points:
-        fig, ax = plt.subplots(figsize=(9, 5.5))
+        fig, ax = plt.subplots(figsize=(10.5, 5.5))
         markers = {"single": "o", "dense+lexical": "s", "hybrid": "^", "rerank": "v", "peer": "X"}
         for family, marker in markers.items():
             mine = [pt for pt in points if pt["family"] == family and pt["config"] != default]
-            if not mine:
-                continue
-            ax.scatter(
-                [pt["p50_ms"] for pt in mine],
-                [pt["ndcg@10"] for pt in mine],
-                marker=marker,
-                s=45,
-                label=family,
-            )
-            for pt in mine:
-                ax.annotate(
-                    short_label(pt["config"]),
-                    (pt["p50_ms"], pt["ndcg@10"]),
-                    xytext=(5, -3),
-                    textcoords="offset points",
-                    fontsize=8,
+            if mine:
+                ax.scatter(
+                    [pt["p50_ms"] for pt in mine],
+                    [pt["ndcg@10"] for pt in mine],
+                    marker=marker,
+                    s=45,
+                    label=family,
                 )
         for pt in (pt for pt in points if pt["config"] == default):
-            ax.scatter([pt["p50_ms"]], [pt["ndcg@10"]], marker="*", s=300, color=DEFAULT_COLOUR, zorder=3)
-            ax.annotate(
-                f"default: {short_label(default)}",
-                (pt["p50_ms"], pt["ndcg@10"]),
-                xytext=(10, 6),
-                textcoords="offset points",
-                fontsize=9,
-                fontweight="bold",
+            ax.scatter(
+                [pt["p50_ms"]],
+                [pt["ndcg@10"]],
+                marker="*",
+                s=300,
                 color=DEFAULT_COLOUR,
+                zorder=3,
+                label="default",
             )
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
@@ -988,13 +1011,50 @@ def write_plots(summary: dict[str, Any], folder: Path) -> list[str]:
         )
         ax.set_ylabel(f"mean nDCG@10 over {points[0]['pairs']} (encoder, collection) pairs")
         ax.set_title("Quality against latency, one query at a time on 2 CPU cores")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.grid(alpha=0.3, which="both")
+        times = [pt["p50_ms"] for pt in points]
+        ax.set_xlim(min(times) / 1.08, max(times) * 1.3)  # room for the labels on the right
         fig.tight_layout()
+        _label_points(ax, points, default)
         fig.savefig(folder / "quality_latency.png", dpi=100)
         plt.close(fig)
         files.append("quality_latency.png")
     return files
+
+
+def _label_points(ax: Any, points: list[dict[str, Any]], default: str) -> None:
+    """Label every point beside it, trying a few offsets so that no two labels overlap."""
+    offsets = ((6, -4), (6, 7), (6, -15), (-6, -4), (-6, 7), (-6, -15), (6, 18), (6, -26))
+    scale = ax.figure.dpi / 72  # offsets are in points, boxes in pixels
+    right = ax.get_window_extent().x1
+    taken: list[tuple[float, float, float, float]] = []
+    for pt in points:  # the markers themselves
+        x, y = ax.transData.transform((pt["p50_ms"], pt["ndcg@10"]))
+        taken.append((x - 5, y - 5, x + 5, y + 5))
+    for pt in sorted(points, key=lambda p: p["config"] != default):  # the default first
+        is_default = pt["config"] == default
+        text = f"default: {short_label(default)}" if is_default else short_label(pt["config"])
+        size = 9 if is_default else 8
+        x, y = ax.transData.transform((pt["p50_ms"], pt["ndcg@10"]))
+        width, height = 0.6 * size * len(text) * scale, 1.3 * size * scale
+        for dx, dy in offsets:
+            left = x + dx * scale if dx > 0 else x + dx * scale - width
+            box = (left, y + dy * scale, left + width, y + dy * scale + height)
+            overlaps = any(box[0] < t[2] and t[0] < box[2] and box[1] < t[3] and t[1] < box[3] for t in taken)
+            if not overlaps and box[2] <= right:
+                break
+        taken.append(box)
+        ax.annotate(
+            text,
+            (pt["p50_ms"], pt["ndcg@10"]),
+            xytext=(dx, dy),
+            textcoords="offset points",
+            ha="left" if dx > 0 else "right",
+            fontsize=size,
+            fontweight="bold" if is_default else "normal",
+            color=DEFAULT_COLOUR if is_default else "black",
+        )
 
 
 def latency_points(summary: dict[str, Any]) -> list[dict[str, Any]]:

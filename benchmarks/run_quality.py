@@ -59,6 +59,7 @@ from benchmarks.quality_report import (  # noqa: E402
 )
 from m3_integrations import M3Model  # noqa: E402
 from m3_integrations.evaluation import (  # noqa: E402
+    NO_HEADS_DEFAULTS,
     BeirDataset,
     load_beir,
     load_korquad,
@@ -123,7 +124,10 @@ def our_configs(quick: bool) -> list[Config]:
                 {"mode": "dense+sparse", "fusion": fusion, "weights": {"dense": 1.0, "sparse": 1.0}},
             )
         )
-    grid = {"paper .4/.2/.4": PAPER, "equal 1/1/1": WEIGHT_GRID["equal 1/1/1"]} if quick else WEIGHT_GRID
+    grid = WEIGHT_GRID
+    if quick:  # the paper's weights, equal weights and the library's default weights
+        keep = {"paper .4/.2/.4", "equal 1/1/1"}
+        grid = {k: w for k, w in WEIGHT_GRID.items() if k in keep or w == NO_HEADS_DEFAULTS["weights"]}
     for fusion in FUSIONS:
         for label, weights in grid.items():
             configs.append(
@@ -143,6 +147,21 @@ def our_configs(quick: bool) -> list[Config]:
             if c.family in ("dense+lexical", "hybrid") and c.kwargs["fusion"] != "weighted"
         ]
     return configs + word_configs
+
+
+def library_default(configs: Sequence[Config]) -> str | None:
+    """The configuration ``M3Index(model)`` searches with for these encoders (no M3 heads): its default
+    fusion and weights over word BM25, the tokens ``bm25_tokenizer="auto"`` picks for such a model."""
+    for config in configs:
+        if (
+            config.family == "hybrid"
+            and config.bm25 == "words"
+            and config.kwargs["fusion"] == NO_HEADS_DEFAULTS["fusion"]
+            and config.kwargs["weights"] == NO_HEADS_DEFAULTS["weights"]
+        ):
+            return config.name
+    logger.warning("the library's default %s is not among the configurations measured", NO_HEADS_DEFAULTS)
+    return None
 
 
 def bm25_options(variant: str, language: str | None) -> dict[str, Any] | None:
@@ -259,7 +278,7 @@ def collections(quick: bool, max_queries: int | None) -> list[Collection]:
         autorag = load_beir(DATA / "autorag-ko" / "page", name="autorag-ko/page")
         return [
             Collection(
-                "cranfield", [subsample_corpus(sample(load_beir(DATA / "cranfield"), 50), 500)], "english"
+                "cranfield", [subsample_corpus(sample(load_beir(DATA / "cranfield"), 50), 400)], "english"
             ),
             Collection("autorag-ko/page", [subsample_corpus(sample(autorag, 50), 250)]),
             Collection("xquad/en", [sample(xquad[1], 100)], "english"),
@@ -532,6 +551,14 @@ LATENCY_CONFIGS = (
 )
 
 
+QUICK_LATENCY_CONFIGS = (
+    "dense",
+    "lexical (BM25, words)",
+    "colbert (identity)",
+    "hybrid weighted paper .4/.2/.4",
+)
+
+
 def run_collection(
     encoder: Encoder, model: M3Model, collection: Collection, *, quick: bool, latency_n: int, peers: bool
 ) -> list[dict[str, Any]]:
@@ -593,7 +620,7 @@ def run_collection(
         cache.queries = {q: e.dense for q, e in zip(qtexts, encoded, strict=True)}
         logger.info("[%s] %s: %d queries encoded in %.1fs", encoder.name, dataset.name, len(qtexts), qenc_s)
         with phase("check against the engine"):
-            agreement = check_against_engine(index, signal_cache, encoded, ids)
+            agreement = check_against_engine(index, signal_cache, encoded, ids, n=5 if quick else 20)
         logger.info("[%s] %s: top-10 agreement with the engine %.3f", encoder.name, dataset.name, agreement)
         latency_queries = qtexts[:latency_n]
         base = {
@@ -629,14 +656,20 @@ def run_collection(
             time.perf_counter() - start,
         )
         by_name: dict[str, dict[str, float]] = {}
+        default_name = library_default(configs)
         for config in configs:
             metrics = score_run(dataset, ranked[config.name])
             by_name[config.name] = metrics
             latency = None
-            # Every confidence configuration with word BM25 too: the default rule may pick any of them.
-            if config.name in LATENCY_CONFIGS or (
-                config.kwargs.get("fusion") == "confidence" and config.bm25 == "words"
-            ):
+            # Every confidence configuration with word BM25 too (the default rule may pick any of them);
+            # timing is a quarter of a quick run's time, so it times a few and the library's default.
+            if quick:
+                timed = config.name in QUICK_LATENCY_CONFIGS
+            else:
+                timed = config.name in LATENCY_CONFIGS or (
+                    config.kwargs.get("fusion") == "confidence" and config.bm25 == "words"
+                )
+            if timed or config.name == default_name:
                 engine = engines[config.bm25][0]
                 with phase("latency of our configs"):
                     latency = p50_ms(
@@ -658,7 +691,7 @@ def run_collection(
             if config is None:
                 continue
             kwargs = {**config.kwargs, "rerank": "m3"}
-            n_rerank = RERANK_QUERIES // 4 if quick else RERANK_QUERIES
+            n_rerank = RERANK_QUERIES // 10 if quick else RERANK_QUERIES
             subset = dataset.subsample_queries(min(n_rerank, len(qtexts)), seed=0)
             keep = [i for i, qid in enumerate(dataset.queries) if qid in subset.queries]
             start = time.perf_counter()
@@ -741,9 +774,7 @@ def save_results(saved: dict[str, Any], path: Path) -> None:
         (per_query_path(path), json.dumps(per_query, ensure_ascii=False, separators=(",", ":"))),
         (path, json.dumps({**saved, "rows": rows}, indent=1, ensure_ascii=False)),
     ):
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
+        _write_atomically(target, text)
 
 
 def load_results(path: Path) -> dict[str, Any]:
@@ -869,7 +900,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only", nargs="+", default=None, help="only these collections (names as in the report)"
     )
     parser.add_argument("--max-queries", type=int, default=None, help="seeded query sample per collection")
-    parser.add_argument("--latency-queries", type=int, default=10, help="single-query calls timed per config")
+    parser.add_argument(
+        "--latency-queries",
+        type=int,
+        default=None,
+        help="single-query calls timed per config (10; --quick: 5)",
+    )
     parser.add_argument("--no-peers", action="store_true", help="skip LangChain/LlamaIndex")
     parser.add_argument("--resume", action="store_true", help="keep saved results and skip what is done")
     parser.add_argument(
@@ -883,6 +919,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.encoders is None:
         args.encoders = [E5] if args.quick else [MINILM, E5]
+    if args.latency_queries is None:
+        args.latency_queries = 5 if args.quick else 10
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "bm25s", "m3_integrations.model"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -902,6 +940,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         {"command": command.strip(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     )
     saved["environment"] = environment()
+    saved["library_default"] = library_default(our_configs(args.quick))
     done = {(r["encoder"], r["dataset"]) for r in saved["rows"]}
     encoders = {e.name: e for e in find_encoders(args.encoders)}
     models: dict[str, M3Model] = {}

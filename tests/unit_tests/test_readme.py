@@ -47,9 +47,7 @@ def test_readme_offline_commands_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # The offline variant of the first command, with the flags a checkpoint without M3 heads needs.
-    commands = [
-        line for block in BASH for line in block.splitlines() if line.startswith("m3-integrations ")
-    ]
+    commands = [line for block in BASH for line in block.splitlines() if line.startswith("m3-integrations ")]
     assert [shlex.split(c)[1] for c in commands] == ["index", "search"]
     assert "--allow-missing-heads" in commands[0] and "--pooling mean" in commands[0]
     plain = build_tiny_checkpoint(tmp_path / "e5", colbert_head=False, sparse_head=False)
