@@ -37,6 +37,7 @@ def saved(tiny_model: M3Model, tmp_path_factory: pytest.TempPathFactory) -> tupl
 
 
 def _state(hits: list) -> list[tuple]:
+    # Compared between an index and its saved copy: the same arrays and code, so no rounding noise.
     return [
         (h.id, h.text, h.metadata, round(h.score, 6), {k: round(v, 6) for k, v in h.scores.items()})
         for h in hits
