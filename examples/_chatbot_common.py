@@ -7,13 +7,14 @@ model options of the ``m3-integrations`` CLI, checked before any model loads), t
 the offline answer: quoted sentences with citations, or "the files do not say".
 
 **When the offline answer says "not found".** Encoder scores cannot decide it: their scale depends on
-the model (BGE-M3's cosines spread over 0.3-0.8, multilingual-e5's over 0.7-0.9), and the best passage
-for an unrelated question still scores highest. So the rule is lexical: a passage is evidence only when
-it holds **more than half of the question's content words** (words that are not English stop words or
-Korean question words; a word matches its inflections: ``score``/``scores``, ``수도는``/``수도와``,
-and Chinese or Japanese text is compared by character pairs). The quotes come from the passages that
-hold the most of those words, and only from their sentences that share one with the question, best
-first by the encoder's own score for each sentence (so they work alike for BGE-M3 and plain encoders).
+the model, and the best passage for an unrelated question scores as high as for a related one (with
+multilingual-e5-small: 0.999 for a football question over these notes, 0.983 for one they answer).
+So the rule is lexical: a passage is evidence only when it holds **more than half of the question's
+content words** (words that are not English stop words or Korean question words; a word matches its
+inflections: ``score``/``scores``, ``수도는``/``수도와``, and Chinese or Japanese text is compared by
+character pairs). The quotes come from the passages that hold the most of those words, and only from
+their sentences that share one with the question, best first by the encoder's own score for each
+sentence (so they work alike for BGE-M3 and plain encoders). docs/documents.md has the measurements.
 """
 
 from __future__ import annotations

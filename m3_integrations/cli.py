@@ -2,11 +2,16 @@
 
 Commands::
 
-    m3-integrations index DIR_OR_FILES... --out INDEX [--model BAAI/bge-m3]
+    m3-integrations index DIR_OR_FILES... --out INDEX [--model BAAI/bge-m3] [--chunk-tokens N]
     m3-integrations search INDEX "query" ["another query" ...] [-k 5] [--mode hybrid] [--json]
     m3-integrations search INDEX --queries-file queries.txt     # or queries.jsonl (BEIR), or - for stdin
     m3-integrations eval --data BEIR_DIR [--model BAAI/bge-m3 | --index INDEX] [--mode M ...]
-                         [--fusion F ...] [--json OUT] [--report OUT]
+                         [--fusion F ...] [--chunk-tokens N] [--json OUT] [--report OUT]
+
+``index`` reads files with :func:`m3_integrations.documents.read_documents` (a BEIR folder gives its
+corpus only; what is skipped is printed with counts) and cuts files, not JSON-lines records, into
+chunks of ``--chunk-tokens`` tokens (see ``m3_integrations._cli_documents``). ``eval`` on chunks scores
+each document by its best chunk, so the metrics stay per document.
 
 The model: ``--model`` takes a hub id (default ``BAAI/bge-m3``) or a local checkpoint folder. An encoder
 without BGE-M3's heads (e5, MiniLM...) also needs ``--allow-missing-heads --pooling mean`` (and for e5

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+from tests.common import EXAMPLES, example_module
+
 SCRIPTS = ["langchain_chatbot", "llama_index_chatbot"]
 NOTES = {
     "overview.md": "# BGE-M3\n\nBGE-M3 produces dense, lexical and multi-vector representations. "
@@ -21,15 +20,8 @@ NOTES = {
 
 @pytest.fixture(scope="module", params=SCRIPTS)
 def chatbot(request: pytest.FixtureRequest):
-    name = f"{request.param}_under_test"
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{request.param}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
+    with example_module(request.param, f"{request.param}_under_test") as module:
         yield module
-    finally:
-        sys.modules.pop(name, None)
 
 
 @pytest.fixture

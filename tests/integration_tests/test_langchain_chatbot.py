@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+from tests.common import EXAMPLES, example_module
+
 DATA_FILES = {
     "bge_m3_overview.md",
     "hybrid_search.txt",
@@ -22,12 +21,8 @@ DATA_FILES = {
 
 @pytest.fixture(scope="module")
 def chatbot():
-    spec = importlib.util.spec_from_file_location("langchain_chatbot", EXAMPLES / "langchain_chatbot.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with example_module("langchain_chatbot") as module:
+        yield module
 
 
 def test_sample_data_is_shipped() -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import re
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.common import example_module
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SAMPLE_FILES = {
@@ -24,14 +24,8 @@ SAMPLE_FILES = {
 
 @pytest.fixture(scope="module")
 def chatbot():
-    spec = importlib.util.spec_from_file_location("llama_index_chatbot", EXAMPLES / "llama_index_chatbot.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
+    with example_module("llama_index_chatbot") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import sys
 from pathlib import Path
@@ -10,23 +9,13 @@ from pathlib import Path
 import pytest
 
 from m3_integrations.cli import CliError
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+from tests.common import EXAMPLES, example_module
 
 
 @pytest.fixture(scope="module")
 def common():
-    # Loaded by path, as examples/ is not a package.
-    spec = importlib.util.spec_from_file_location(
-        "_chatbot_common_under_test", EXAMPLES / "_chatbot_common.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
+    with example_module("_chatbot_common", "_chatbot_common_under_test") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 def test_read_sources_uses_the_package_reader_and_reports_skips(common, tmp_path: Path, capsys) -> None:
