@@ -6,7 +6,12 @@ plain loops, so the vectorised production code is checked against something inde
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import importlib.util
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -269,3 +274,23 @@ def naive_filter_match(filter_: Mapping, meta: Mapping) -> bool:
         if not ok:
             return False
     return True
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@contextlib.contextmanager
+def example_module(script: str, name: str | None = None) -> Iterator[ModuleType]:
+    """``examples/<script>.py`` loaded by path (examples/ is not a package), in ``sys.modules`` while used.
+
+    Dataclasses look their module up in ``sys.modules``; ``name`` keeps two loads of one script apart.
+    """
+    name = name or script
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(name, None)
