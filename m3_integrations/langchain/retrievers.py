@@ -14,8 +14,7 @@ from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, model_validator
 
 from m3_integrations.index import M3Index, SearchHit
-from m3_integrations.langchain._utils import resolve_model
-from m3_integrations.model import DEFAULT_MODEL, M3Model
+from m3_integrations.model import DEFAULT_MODEL, M3Model, resolve_model
 
 __all__ = ["M3Retriever"]
 
