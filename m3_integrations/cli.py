@@ -53,6 +53,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
+from m3_integrations.index.options import FUSION_METHODS, WEIGHT_KEYS
+from m3_integrations.index.options import MODES as MODE_SLOTS
+from m3_integrations.model import DEFAULT_MODEL
+
 if TYPE_CHECKING:
     from m3_integrations import M3Index, M3Model
 
@@ -74,10 +78,9 @@ EXIT_USAGE = 2
 EXIT_INPUT = 3
 EXIT_MODE = 4
 
-DEFAULT_MODEL = "BAAI/bge-m3"  # model.DEFAULT_MODEL, not imported so that --help needs no torch
-MODES = ("dense", "sparse", "colbert", "dense+sparse", "hybrid")
-FUSIONS = ("weighted", "rrf", "relative_score", "confidence")  # fusion.FUSION_METHODS, imported lazily
-SIGNALS = ("dense", "sparse", "colbert", "bm25")  # index.WEIGHT_KEYS
+MODES = tuple(MODE_SLOTS)
+FUSIONS = FUSION_METHODS
+SIGNALS = WEIGHT_KEYS  # the keys --weights takes
 # Written by earlier versions beside the index to say how to load the model; never read now, as a
 # shared folder could name code to run in it.
 LEGACY_MODEL_FILE = "cli_model.json"
@@ -639,8 +642,8 @@ def _check_modes(
 ) -> None:
     """Refuse a mode this model and index settings cannot produce, before any encoding."""
     for mode in modes:
-        needs_lexical = mode in ("sparse", "dense+sparse", "hybrid")
-        needs_colbert = mode in ("colbert", "hybrid")
+        needs_lexical = "lexical" in MODE_SLOTS[mode]
+        needs_colbert = "colbert" in MODE_SLOTS[mode]
         if needs_lexical and lexical == "m3" and not has_sparse:
             msg = (
                 f"mode {mode!r} needs lexical weights but model {model_name!r} has no sparse head "
@@ -659,7 +662,7 @@ def _check_output_folder(out: str, inputs: Sequence[str]) -> Path:
     touching nothing: what :meth:`M3Index.save` refuses (a file or link at the path, a folder of anything
     else), and an input path or a folder holding one.
     """
-    from m3_integrations.persistence import check_save_target
+    from m3_integrations.index.persistence import check_save_target
 
     target = Path(out).expanduser()
     resolved = target.resolve()
@@ -678,7 +681,7 @@ def _check_output_folder(out: str, inputs: Sequence[str]) -> Path:
 def _read_manifest(folder: Path) -> dict[str, Any]:
     """An index folder's ``manifest.json``, read safely by the library (see ``persistence.read_manifest``)."""
     from m3_integrations.errors import IndexLoadError
-    from m3_integrations.persistence import read_manifest
+    from m3_integrations.index.persistence import read_manifest
 
     try:
         return read_manifest(folder)
