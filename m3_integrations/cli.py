@@ -45,13 +45,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import re
 import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
+
+from m3_integrations.index.options import FUSION_METHODS, WEIGHT_KEYS, check_weights
+from m3_integrations.index.options import MODES as MODE_SLOTS
+from m3_integrations.model import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from m3_integrations import M3Index, M3Model
@@ -74,10 +77,9 @@ EXIT_USAGE = 2
 EXIT_INPUT = 3
 EXIT_MODE = 4
 
-DEFAULT_MODEL = "BAAI/bge-m3"  # model.DEFAULT_MODEL, not imported so that --help needs no torch
-MODES = ("dense", "sparse", "colbert", "dense+sparse", "hybrid")
-FUSIONS = ("weighted", "rrf", "relative_score", "confidence")  # fusion.FUSION_METHODS, imported lazily
-SIGNALS = ("dense", "sparse", "colbert", "bm25")  # index.WEIGHT_KEYS
+MODES = tuple(MODE_SLOTS)
+FUSIONS = FUSION_METHODS
+SIGNALS = WEIGHT_KEYS  # the keys --weights takes
 # Written by earlier versions beside the index to say how to load the model; never read now, as a
 # shared folder could name code to run in it.
 LEGACY_MODEL_FILE = "cli_model.json"
@@ -183,32 +185,14 @@ def _weights(text: str) -> dict[str, float] | tuple[float, ...]:
     except json.JSONDecodeError as err:
         msg = f"not JSON ({err.msg}); write it like {example}"
         raise argparse.ArgumentTypeError(msg) from err
-    if isinstance(value, dict):
-        unknown = sorted(set(value) - set(SIGNALS))
-        if unknown:
-            msg = f"unknown signal {unknown[0]!r}; the signals are {', '.join(SIGNALS)}"
-            raise argparse.ArgumentTypeError(msg)
-        items = list(value.items())
-    elif isinstance(value, list) and len(value) in (3, 4):
-        items = list(zip(SIGNALS, value, strict=False))
-    else:
+    if not isinstance(value, dict | list):
         msg = f"must be a JSON object such as {example} or a list of 3 or 4 numbers"
         raise argparse.ArgumentTypeError(msg)
-    weights: dict[str, float] = {}
-    for name, weight in items:
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight):
-            msg = f"the weight of {name!r} must be a finite number, got {json.dumps(weight)}"
-            raise argparse.ArgumentTypeError(msg)
-        if weight < 0:
-            msg = f"the weight of {name!r} must be >= 0, got {weight}"
-            raise argparse.ArgumentTypeError(msg)
-        weights[name] = float(weight)
-    if isinstance(value, list):
-        if not any(weights.values()):
-            msg = "the weights are all zero"
-            raise argparse.ArgumentTypeError(msg)
-        return tuple(weights.values())
-    return weights
+    try:
+        weights = check_weights(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    return tuple(weights.values()) if isinstance(value, list) else weights
 
 
 # ---------------------------------------------------------------------------- shared model options
@@ -639,8 +623,8 @@ def _check_modes(
 ) -> None:
     """Refuse a mode this model and index settings cannot produce, before any encoding."""
     for mode in modes:
-        needs_lexical = mode in ("sparse", "dense+sparse", "hybrid")
-        needs_colbert = mode in ("colbert", "hybrid")
+        needs_lexical = "lexical" in MODE_SLOTS[mode]
+        needs_colbert = "colbert" in MODE_SLOTS[mode]
         if needs_lexical and lexical == "m3" and not has_sparse:
             msg = (
                 f"mode {mode!r} needs lexical weights but model {model_name!r} has no sparse head "
@@ -659,7 +643,7 @@ def _check_output_folder(out: str, inputs: Sequence[str]) -> Path:
     touching nothing: what :meth:`M3Index.save` refuses (a file or link at the path, a folder of anything
     else), and an input path or a folder holding one.
     """
-    from m3_integrations.persistence import check_save_target
+    from m3_integrations.index.persistence import check_save_target
 
     target = Path(out).expanduser()
     resolved = target.resolve()
@@ -678,7 +662,7 @@ def _check_output_folder(out: str, inputs: Sequence[str]) -> Path:
 def _read_manifest(folder: Path) -> dict[str, Any]:
     """An index folder's ``manifest.json``, read safely by the library (see ``persistence.read_manifest``)."""
     from m3_integrations.errors import IndexLoadError
-    from m3_integrations.persistence import read_manifest
+    from m3_integrations.index.persistence import read_manifest
 
     try:
         return read_manifest(folder)

@@ -189,7 +189,7 @@ def test_compaction_keeps_order_and_results(tiny_model: M3Model) -> None:
     (encoded,) = index.encode_queries(["capital 7"])
     before = index.search_encoded(encoded, k=140, candidates=None)
     index.delete([i for i in ids if int(i[1:]) % 2 == 1])  # 70 dead rows of 140: compaction runs
-    assert len(index._alive) == 70
+    assert index._stores.documents.n_rows == 70
     assert index.ids == [i for i in ids if int(i[1:]) % 2 == 0]
     after = index.search_encoded(encoded, k=70, candidates=None)
     survivors = {h.id: h.scores for h in before if int(h.id[1:]) % 2 == 0}
@@ -210,11 +210,11 @@ def test_int8_and_float16_storage(tiny_model: M3Model, naive: dict) -> None:
         for hit in hits:
             assert hit.scores["colbert"] == pytest.approx(exact[int(hit.id[3:])], abs=2e-2)
         if "colbert_dtype" in kwargs:
-            assert index._colbert.dtype == np.int8
+            assert index._stores.colbert.to_arrays()["colbert"].dtype == np.int8
             assert index.memory_bytes()["colbert"] < 0.3 * sum(len(v) for v in output.colbert_vecs) * 32 * 4
         else:
-            assert index._dense.dtype == np.float16
-            assert index._colbert.dtype == np.float16
+            assert index._stores.dense.vectors.dtype == np.float16
+            assert index._stores.colbert.to_arrays()["colbert"].dtype == np.float16
             float32_bytes = sum(len(v) for v in output.colbert_vecs) * 32 * 4
             assert index.memory_bytes()["colbert"] <= 0.5 * float32_bytes + 16 * len(INDEX_TEXTS)  # + offsets
 
@@ -224,7 +224,7 @@ def test_float16_dense_picks_candidates_fast_and_rescores_exactly(tiny_model: M3
     ids = [f"doc{i}" for i in range(len(INDEX_TEXTS))]
     index = M3Index(tiny_model, dense_dtype="float16")
     index.add_encoded(output, INDEX_TEXTS, ids=ids)
-    stored = index._dense[: len(INDEX_TEXTS)].astype(np.float64)
+    stored = index._stores.dense.vectors[: len(INDEX_TEXTS)].astype(np.float64)
     for query in QUERIES:
         (encoded,) = index.encode_queries([query])
         exact = stored @ encoded.dense.astype(np.float64)
@@ -301,6 +301,8 @@ def test_bm25_as_lexical_signal(tiny_checkpoint: str) -> None:
         ({"weights": (0, 0, 0)}, ValueError, "all zero"),
         ({"weights": {"dense": 0, "sparse": 0, "colbert": 0}}, ValueError, "all zero"),
         ({"weights": {"dens": 1}}, ValueError, "unknown weight"),
+        ({"weights": {"dense": True}}, ValueError, "finite number"),
+        ({"weights": {"colbert": -1.0}, "mode": "dense"}, ValueError, "must be >= 0"),  # unused: checked
         ({"candidates": 0}, ValueError, "candidates"),
         ({"filter": 3}, TypeError, "filter"),
         ({"rerank": "nope"}, ValueError, "rerank"),
@@ -353,7 +355,7 @@ def test_add_encoded_bulk_inputs_equal_add(tiny_model: M3Model, index: M3Index) 
     texts = INDEX_TEXTS
     output = tiny_model.encode_passages(texts, return_colbert=True)
     output.lexical_weights = lexical_weights_to_csr(output.lexical_weights, tiny_model.vocab_size)
-    token_ids = index._bm25_tokens(texts)
+    token_ids = index.bm25_tokens(texts)
     rows = np.repeat(np.arange(len(texts)), [len(t) for t in token_ids])
     tf = sp.csr_matrix(
         (np.ones(len(rows)), (rows, np.concatenate(token_ids))), shape=(len(texts), tiny_model.vocab_size)
@@ -491,7 +493,7 @@ def test_confidence_gives_each_lexical_signal_its_own_coverage(tiny_model: M3Mod
     hits = index.search_encoded(encoded, k=len(index), candidates=None, fusion="confidence", weights=weights)
     share = {
         "sparse": naive_lexical_coverage(tiny_model, query, INDEX_TEXTS),
-        "bm25": index._bm25.coverage(encoded.bm25_tokens),  # BM25.coverage is checked in test_bm25
+        "bm25": index._stores.bm25.coverage(encoded.bm25_tokens),  # BM25.coverage is checked in test_bm25
     }
     assert share["sparse"] != share["bm25"], "the two signals should see the query differently here"
     columns = {name: [h.scores[name] for h in hits] for name in weights}

@@ -150,7 +150,7 @@ def test_edge_cases_and_errors(m3_reranker: M3Reranker, tiny_model: M3Model) -> 
         m3_reranker.postprocess_nodes(make_scored_nodes(), query_str="  ")
     with pytest.raises(ValueError, match="top_n"):
         M3Reranker(model=tiny_model, top_n=0)
-    with pytest.raises(TypeError, match="reranker with a rerank"):
+    with pytest.raises(TypeError, match="reranker with a score"):
         M3Reranker(model=42)
     with pytest.raises(ValueError, match="model_kwargs"):
         M3Reranker(model=M3ScoreReranker(tiny_model), model_kwargs={"device": "cpu"})
