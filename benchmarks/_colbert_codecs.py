@@ -59,6 +59,7 @@ __all__ = [
     "drift_ratio",
     "kmeans",
     "maxsim_reference",
+    "nearest",
     "pool_tokens",
     "unit",
 ]
@@ -96,13 +97,21 @@ def maxsim_reference(query: np.ndarray, docs: list[np.ndarray]) -> np.ndarray:
 
 
 def kmeans(
-    vectors: np.ndarray, k: int, *, iterations: int = 20, seed: int = 0, spherical: bool = False
+    vectors: np.ndarray,
+    k: int,
+    *,
+    iterations: int = 20,
+    seed: int = 0,
+    spherical: bool = False,
+    backend: Literal["auto", "torch", "faiss"] = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Lloyd's k-means in torch: ``(centroids (k, d), assignment (n,))``.
+    """Lloyd's k-means: ``(centroids (k, d), assignment (n,))``.
 
-    Starts from ``k`` distinct random points; an empty cluster takes the point farthest from its
-    centroid, so all ``k`` centroids stay in use. ``spherical`` keeps centroids at unit length
-    (cosine k-means).
+    The torch implementation starts from ``k`` distinct random points; an empty cluster takes the
+    point farthest from its centroid, so all ``k`` centroids stay in use. ``spherical`` keeps
+    centroids at unit length (cosine k-means). ``backend="auto"`` uses ``faiss.Kmeans`` (the same
+    algorithm, at most 256 points per centroid) when faiss is installed: on the shared 2-core machine
+    torch took 12 s for 256 centroids of 43k 8-d sub-vectors, too slow for 48 sub-spaces per setting.
 
     Example:
         >>> points = np.array([[0.0], [0.1], [10.0], [10.2]], dtype=np.float32)
@@ -115,6 +124,19 @@ def kmeans(
     if not 0 < k <= n:
         msg = f"k must be in [1, {n}] (the number of vectors), got {k}"
         raise ValueError(msg)
+    if backend != "torch":
+        try:
+            import faiss
+        except ImportError:
+            if backend == "faiss":
+                raise
+        else:
+            trainer = faiss.Kmeans(
+                x.shape[1], k, niter=iterations, seed=seed + 1, spherical=spherical, min_points_per_centroid=1
+            )
+            trainer.train(x.numpy())
+            assignment = trainer.index.search(x.numpy(), 1)[1][:, 0]
+            return np.asarray(trainer.centroids, dtype=np.float32), assignment.astype(np.int64)
     generator = torch.Generator().manual_seed(seed)
     centroids = x[torch.randperm(n, generator=generator)[:k]].clone()
     x_sq = (x * x).sum(1)
@@ -134,6 +156,34 @@ def kmeans(
             centroids = torch.nn.functional.normalize(centroids, dim=1)
     distances = x_sq[:, None] - 2 * x @ centroids.T + (centroids * centroids).sum(1)[None, :]
     return centroids.numpy(), distances.argmin(1).numpy()
+
+
+def nearest(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index of the nearest centroid (Euclidean) of each vector; through faiss when installed.
+
+    Example:
+        >>> nearest(np.array([[0.1], [0.9]]), np.array([[0.0], [1.0]])).tolist()
+        [0, 1]
+    """
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+    try:
+        import faiss
+    except ImportError:
+        faiss = None
+    if faiss is not None:
+        # 10x faster than torch products of width 8 (measured: 48 sub-spaces of 43k vectors, 1 s vs 13 s).
+        flat = faiss.IndexFlatL2(centroids.shape[1])
+        flat.add(centroids)
+        return flat.search(vectors, 1)[1][:, 0].astype(np.int64)
+    c = torch.from_numpy(centroids)
+    c_sq = (c * c).sum(1)
+    out = np.empty(len(vectors), dtype=np.int64)
+    step = max(1, (1 << 24) // len(centroids))
+    for begin in range(0, len(vectors), step):
+        block = torch.from_numpy(vectors[begin : begin + step])
+        out[begin : begin + len(block)] = (c_sq[None, :] - 2 * block @ c.T).argmin(1).numpy()
+    return out
 
 
 def pool_tokens(
@@ -467,16 +517,11 @@ class PQCodec(Codec):
         return self.codebooks
 
     def _assign(self, vectors: np.ndarray) -> np.ndarray:
-        codebooks = torch.from_numpy(self._require())
-        parts = torch.from_numpy(np.ascontiguousarray(self._split(vectors)))
+        codebooks = self._require()
+        parts = self._split(np.asarray(vectors, dtype=np.float32))
         codes = np.empty((len(vectors), self.m), dtype=np.uint8)
-        step = 65_536
-        for begin in range(0, len(vectors), step):
-            block = parts[begin : begin + step]  # (b, m, d_sub)
-            distances = (codebooks * codebooks).sum(-1)[None] - 2 * torch.einsum(
-                "bms,mks->bmk", block, codebooks
-            )
-            codes[begin : begin + step] = distances.argmin(-1).numpy().astype(np.uint8)
+        for j in range(self.m):
+            codes[:, j] = nearest(np.ascontiguousarray(parts[:, j]), codebooks[j])
         return codes
 
     def _decode_rotated(self, codes: np.ndarray) -> np.ndarray:

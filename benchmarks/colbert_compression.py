@@ -63,7 +63,8 @@ DATA = Path(
 )
 OUT = HERE / "out" / "colbert_compression"
 CACHE = OUT / "cache"
-RESULTS = OUT / "results.json"
+RESULTS = Path(os.environ.get("M3_COLBERT_STUDY_RESULTS", OUT / "results.json"))
+DRIFT_RESULTS = OUT / "drift.json"
 SPEED_RESULTS = OUT / "speed.json"
 METRICS = ("ndcg@10", "recall@100")
 CANDIDATES = 100
@@ -347,6 +348,8 @@ def make_settings(dim: int, *, everything: bool = False) -> dict[str, Setting]:
         Setting(lambda: S(codecs.ResidualCodec(1024))),
         Setting(lambda: S(PCA(d4, "int8"), pool_factor=2), exhaustive=True),
         Setting(lambda: S(PQ(d4, 8), pool_factor=2)),
+        Setting(lambda: S(PQ(d16, 8))),
+        Setting(lambda: S(PQ(d8, 8), pool_factor=2)),
     ]
     items += [Setting(lambda d=d, f=f: S(PCA(d, "int8"), pool_factor=f)) for d in fixed[-1:] for f in (2, 3)]
     if everything:
@@ -354,7 +357,6 @@ def make_settings(dim: int, *, everything: bool = False) -> dict[str, Setting]:
             Setting(lambda: S(F16(), pool_factor=2, pool_method="kmeans")),
             Setting(lambda: S(F16(), pool_factor=3, renormalize=False)),
             Setting(lambda: S(PQ(d8, 8, opq=True))),
-            Setting(lambda: S(PQ(d16, 8))),
             Setting(lambda: S(codecs.SignCodec())),
         ]
     return {setting.name: setting for setting in items}
@@ -486,16 +488,61 @@ def _metrics(data: BeirDataset, ranked: dict[str, list[str]]) -> dict[str, Any]:
     }
 
 
-def _load_results() -> dict[str, Any]:
-    if RESULTS.is_file():
-        return json.loads(RESULTS.read_text(encoding="utf-8"))
-    return {}
+def _load_results(*, merged: bool = False) -> dict[str, Any]:
+    """This run's results file, or (``merged``) every ``results*.json`` of parallel runs together."""
+    paths = sorted(OUT.glob("results*.json")) if merged else [RESULTS]
+    results: dict[str, Any] = {}
+    for path in paths:
+        if path.is_file():
+            for job, by_setting in json.loads(path.read_text(encoding="utf-8")).items():
+                for name, entry in by_setting.items():
+                    results.setdefault(job, {}).setdefault(name, {}).update(entry)
+    return results
 
 
 def _save_json(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _prepare_corpus(
+    model: M3Model, encoder: str, query_sets: Sequence[QuerySet]
+) -> tuple[
+    list[tuple[BeirDataset, Encoded, Encoded]], Encoded, list[np.ndarray], SubstitutedColbertIndex, list
+]:
+    """One corpus's encodings, its index (dense + BM25 through the public API) and encoded queries."""
+    loaded = [load_encodings(encoder, q, model) for q in query_sets]
+    docs = loaded[0][1]
+    doc_vectors = docs.split()
+    index = SubstitutedColbertIndex(model, store_colbert=False)
+    index.add_encoded(M3Output(dense=docs.dense, num_tokens=[0] * len(docs.ids)), docs.texts, ids=docs.ids)
+    encoded_sets = []
+    for query_set, (data, _, queries) in zip(query_sets, loaded, strict=True):
+        texts = [t for _, t in data.query_items()]
+        encoded = index.encode_queries(texts, colbert=False)
+        np.testing.assert_allclose(
+            np.stack([e.dense for e in encoded]),
+            queries.dense,
+            rtol=1e-3,
+            atol=1e-4,
+            err_msg=f"cached {encoder} encodings of {query_set.name} differ from the model's",
+        )
+        for e, vecs in zip(encoded, queries.split(), strict=True):
+            e.colbert_vecs = vecs
+        encoded_sets.append(encoded)
+    return loaded, docs, doc_vectors, index, encoded_sets
+
+
+def _hybrid_run(index: SubstitutedColbertIndex, data: BeirDataset, encoded: list[EncodedQuery]) -> dict:
+    """The default hybrid's top 100 per query, stage 2 through the index's substituted ColBERT."""
+    calls = index.calls
+    ranked = {}
+    for i, (qid, e) in enumerate(zip(data.queries, encoded, strict=True)):
+        index.current = i
+        ranked[qid] = [h.id for h in index.search_encoded(e, k=100, candidates=CANDIDATES)]
+    assert index.calls - calls == len(ranked), "the ColBERT hook was not used by every search"
+    return ranked
 
 
 def stage_quality(encoders: Sequence[str], names: Sequence[str], only: Sequence[str] | None) -> None:
@@ -509,27 +556,7 @@ def stage_quality(encoders: Sequence[str], names: Sequence[str], only: Sequence[
         if encoder not in models:
             models[encoder] = load_encoder(encoder)
         model = models[encoder]
-        loaded = [load_encodings(encoder, q, model) for q in query_sets]
-        docs = loaded[0][1]
-        doc_vectors = docs.split()
-        index = SubstitutedColbertIndex(model, store_colbert=False)
-        index.add_encoded(
-            M3Output(dense=docs.dense, num_tokens=[0] * len(docs.ids)), docs.texts, ids=docs.ids
-        )
-        encoded_sets = []
-        for query_set, (data, _, queries) in zip(query_sets, loaded, strict=True):
-            texts = [t for _, t in data.query_items()]
-            encoded = index.encode_queries(texts, colbert=False)
-            np.testing.assert_allclose(
-                np.stack([e.dense for e in encoded]),
-                queries.dense,
-                rtol=1e-3,
-                atol=1e-4,
-                err_msg=f"cached {encoder} encodings of {query_set.name} differ from the model's",
-            )
-            for e, vecs in zip(encoded, queries.split(), strict=True):
-                e.colbert_vecs = vecs
-            encoded_sets.append(encoded)
+        loaded, docs, doc_vectors, index, encoded_sets = _prepare_corpus(model, encoder, query_sets)
         if not verified:
             _verify_hook(model, docs, doc_vectors, index, encoded_sets[0][:30])
             verified = True
@@ -538,6 +565,9 @@ def stage_quality(encoders: Sequence[str], names: Sequence[str], only: Sequence[
         for name, setting in settings.items():
             if only and name not in only:
                 continue
+            done = [results.get(f"{encoder} | {q.name}", {}).get(name, {}) for q in query_sets]
+            if all("hybrid" in e and ("colbert" in e or not setting.exhaustive) for e in done):
+                continue  # measured by an earlier run (delete results.json to measure again)
             storage = setting.make()
             key = (storage.pool_factor, storage.pool_method, storage.renormalize)
             start = time.perf_counter()
@@ -577,13 +607,7 @@ def stage_quality(encoders: Sequence[str], names: Sequence[str], only: Sequence[
                     entry["colbert_s"] = round(time.perf_counter() - start, 2)
                     index.exhaustive = scores  # stage 2 then looks the candidates' scores up
                 start = time.perf_counter()
-                calls = index.calls
-                hybrid = {}
-                for i, (qid, e) in enumerate(zip(qids, encoded, strict=True)):
-                    index.current = i
-                    hybrid[qid] = [h.id for h in index.search_encoded(e, k=100, candidates=CANDIDATES)]
-                assert index.calls - calls == len(qids), "the ColBERT hook was not used by every search"
-                entry["hybrid"] = _metrics(data, hybrid)
+                entry["hybrid"] = _metrics(data, _hybrid_run(index, data, encoded))
                 entry["hybrid_s"] = round(time.perf_counter() - start, 2)
                 logger.info(
                     "%s | %-20s %.4f of float16 | hybrid nDCG@10 %.4f R@100 %.4f | colbert %s",
@@ -623,6 +647,71 @@ def _verify_hook(
         assert [h.id for h in ours] == [h.id for h in theirs], "substituted ColBERT changes the ranking"
         np.testing.assert_allclose([h.score for h in ours], [h.score for h in theirs], rtol=1e-5, atol=1e-6)
     logger.info("hook verified: float16 through the substituted scorer ranks as the stock index")
+
+
+# ----------------------------------------------------------------------------- training and drift
+# (trained on, used for): a codec trained on one corpus's vectors serving another's documents.
+DRIFT_PAIRS = (("xquad/en", "cranfield"), ("xquad/en", "autorag-ko/page"), ("cranfield", "scifact"))
+SAMPLE_SIZES = (1024, 4096, 16_384, 65_536)
+
+
+def stage_drift(setting_name: str, encoder: str = E5) -> None:
+    """How many training vectors a setting needs, and what a codec trained on other text costs.
+
+    Hybrid nDCG@10 against the float32 reference of the quality stage; the drift ratio is
+    :func:`_colbert_codecs.drift_ratio` of the serving corpus's vectors against the training sample.
+    """
+    reference = _load_results(merged=True)
+    results: dict[str, Any] = json.loads(DRIFT_RESULTS.read_text()) if DRIFT_RESULTS.is_file() else {}
+    model = load_encoder(encoder)
+    setting = make_settings(384, everything=True)[setting_name]
+    prepared: dict[str, tuple] = {}
+
+    def corpus(name: str) -> tuple:
+        if name not in prepared:
+            loaded, _docs, doc_vectors, index, encoded_sets = _prepare_corpus(
+                model, encoder, [QUERY_SETS[name]]
+            )
+            storage = setting.make()
+            pooled = storage.pool(doc_vectors)
+            prepared[name] = (loaded[0][0], doc_vectors, pooled, index, encoded_sets[0])
+        return prepared[name]
+
+    def evaluate(target: str, storage: codecs.Storage, train: np.ndarray, label: str) -> None:
+        data, doc_vectors, pooled, index, encoded = corpus(target)
+        storage.codec.fit(train, seed=0)
+        flat = np.concatenate([d for d in pooled if len(d)])
+        lengths = np.asarray([len(d) for d in pooled], dtype=np.int64)
+        stored = codecs.StoredCorpus(
+            storage.codec.encode(flat),
+            np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64),
+            lengths,
+            np.asarray([len(d) for d in doc_vectors], dtype=np.int64),
+        )
+        sample = flat[np.random.default_rng(1).choice(len(flat), size=min(8192, len(flat)), replace=False)]
+        index.storage, index.stored, index.exhaustive = storage, stored, None
+        metrics = _metrics(data, _hybrid_run(index, data, encoded))
+        exact = reference[f"{encoder} | {target}"][REFERENCE]["hybrid"]
+        entry = {
+            "ndcg@10": metrics["ndcg@10"],
+            "delta_ndcg@10": metrics["ndcg@10"] - exact["ndcg@10"],
+            "delta_recall@100": metrics["recall@100"] - exact["recall@100"],
+            "drift_ratio": codecs.drift_ratio(storage.codec, train, sample),
+        }
+        results.setdefault(setting_name, {})[label] = entry
+        logger.info("drift %s %s: %s", setting_name, label, entry)
+        _save_json(DRIFT_RESULTS, results)
+
+    rng = np.random.default_rng(0)
+    for target in ("cranfield", "scifact"):
+        pooled = np.concatenate([d for d in corpus(target)[2] if len(d)])
+        for size in SAMPLE_SIZES:
+            train = pooled[np.sort(rng.choice(len(pooled), size=min(size, len(pooled)), replace=False))]
+            evaluate(target, setting.make(), train, f"{target}: trained on {len(train)} of its vectors")
+    for source, target in DRIFT_PAIRS:
+        pooled = np.concatenate([d for d in corpus(source)[2] if len(d)])
+        train = pooled[np.sort(rng.choice(len(pooled), size=min(65_536, len(pooled)), replace=False))]
+        evaluate(target, setting.make(), train, f"{target}: trained on {source}")
 
 
 # ----------------------------------------------------------------------------- speed
@@ -726,7 +815,7 @@ def _mean_worst(values: dict[str, float]) -> str:
 def report_tables(results: dict[str, Any], speed: dict[str, Any], focus: Sequence[str] = ()) -> str:
     """Markdown tables: one summary row per setting, then per job the exact values and the deltas."""
     names = list(dict.fromkeys(n for by_setting in results.values() for n in by_setting))
-    speed_names = {n: n for n in speed}
+    known = make_settings(384, everything=True)
     # A d/8-style name at d=384 (pca48-i8) is the same ratio as its d=1024 peer (pca128-i8).
     ratio_peers = {
         "pca48-i8": "pca128-i8",
@@ -735,22 +824,27 @@ def report_tables(results: dict[str, Any], speed: dict[str, Any], focus: Sequenc
         "opq48x8": "opq128x8",
         "pq96x4": "pq256x4",
         "pq24x8": "pq64x8",
+        "pool2+pq48x8": "pool2+pq128x8",
         "pool2+pca96-i8": "pool2+pca256-i8",
         "pool2+pq96x8": "pool2+pq256x8",
     }
     lines = [
-        "| setting (d=384) | bytes vs float16, d=384 | peer at d=1024 | B/doc at d=1024 | vs float16 | "
+        "| setting (d=384) | vs float16, d=384 | peer at d=1024 | B/doc at d=1024 | vs float16 | "
         "encode µs/vec | score ms | hybrid ΔnDCG@10 mean / worst | hybrid ΔR@100 mean / worst | "
         "ColBERT ΔnDCG@10 mean / worst | ColBERT ΔR@100 mean / worst |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in names:
-        fractions = [r[name]["fraction_of_float16"] for r in results.values() if name in r]
+        # Codes and per-vector scales per original vector (trained parameters amortise to ~0 at 1M docs).
+        kept = np.mean([r[name]["vectors_kept"] for r in results.values() if name in r])
+        fraction = (
+            kept * known[name].make().codec.bytes_per_vector(384) / (2 * 384) if name in known else np.nan
+        )
         peer = ratio_peers.get(name, name)
-        sp = speed.get(speed_names.get(peer, ""), {})
+        sp = speed.get(peer, {})
         encode = sp.get("encode_us_per_vector", np.nan) + sp.get("pool_us_per_vector", 0.0)
         lines.append(
-            f"| {name} | {np.mean(fractions):.4f} | {peer if sp else '–'} | "
+            f"| {name} | {fraction:.4f} | {peer if sp else '–'} | "
             f"{sp.get('bytes_per_document_1m', np.nan):,.0f} | {sp.get('fraction_of_float16', np.nan):.4f} | "
             f"{encode:.2f} | {sp.get('score_ms', np.nan):.1f} | "
             f"{_mean_worst(_deltas(results, name, 'hybrid', 'ndcg@10'))} | "
@@ -782,11 +876,13 @@ def report_tables(results: dict[str, Any], speed: dict[str, Any], focus: Sequenc
             + ".",
         ]
     jobs_ = list(results)
+    short = {MINILM: "MiniLM", E5: "e5"}
+    labels = [" ".join([short.get(j.split(" | ")[0], j), *j.split(" | ")[1:]]) for j in jobs_]
     shown = [n for n in names if not focus or n in focus]
-    labels = {"hybrid": "Default hybrid (candidates=100)", "colbert": "ColBERT alone, exhaustive"}
-    for mode, label in labels.items():
+    modes = {"hybrid": "Default hybrid (candidates=100)", "colbert": "ColBERT alone, exhaustive"}
+    for mode, label in modes.items():
         lines += ["", f"{label}: exact float32 nDCG@10 / Recall@100, then ΔnDCG@10 of each setting", ""]
-        lines.append("| setting | " + " | ".join(jobs_) + " |")
+        lines.append("| setting | " + " | ".join(labels) + " |")
         lines.append("|---|" + "---:|" * len(jobs_))
         ref = [results[j].get(REFERENCE, {}).get(mode) for j in jobs_]
         lines.append(
@@ -808,7 +904,7 @@ def report_tables(results: dict[str, Any], speed: dict[str, Any], focus: Sequenc
 
 
 def stage_report(focus: Sequence[str] | None) -> None:
-    results = _load_results()
+    results = _load_results(merged=True)
     speed = json.loads(SPEED_RESULTS.read_text(encoding="utf-8")) if SPEED_RESULTS.is_file() else {}
     text = report_tables(results, speed, focus or ())
     (OUT / "tables.md").write_text(text + "\n", encoding="utf-8")
@@ -820,7 +916,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("stages", nargs="+", choices=["selftest", "encode", "quality", "speed", "report"])
+    parser.add_argument(
+        "stages", nargs="+", choices=["selftest", "encode", "quality", "speed", "drift", "report"]
+    )
     parser.add_argument("--repeats", type=int, default=9, help="score-time repeats (speed stage)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--encoders", nargs="+", default=["minilm", "e5"], choices=sorted(ENCODER_ALIASES))
@@ -836,6 +934,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     # One thread by default: on the shared 2-core machine, 2 torch threads that wait on each other
     # made the candidates' MaxSim 4x slower than one thread (measured under load 6-8).
     torch.set_num_threads(args.threads)
+    try:
+        import faiss  # only the k-means of trained codecs; see _colbert_codecs.kmeans
+
+        faiss.omp_set_num_threads(args.threads)
+    except ImportError:
+        pass
     encoders = list(dict.fromkeys(ENCODER_ALIASES[e] for e in args.encoders))
     for stage in args.stages:
         if stage == "selftest":
@@ -846,6 +950,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             stage_quality(encoders, args.collections, args.settings)
         elif stage == "speed":
             stage_speed(args.settings, args.repeats)
+        elif stage == "drift":
+            for name in args.settings or ["pool2+pca96-i8"]:
+                stage_drift(name)
         elif stage == "report":
             stage_report(args.settings)
 
