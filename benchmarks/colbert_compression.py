@@ -345,7 +345,9 @@ def make_settings(dim: int, *, everything: bool = False) -> dict[str, Setting]:
     items += [
         Setting(lambda: S(PQ(d8, 8)), exhaustive=True),
         Setting(lambda: S(PQ(d4, 4))),
-        Setting(lambda: S(codecs.ResidualCodec(1024))),
+        Setting(lambda: S(codecs.ResidualCodec(1024)), exhaustive=True),
+        Setting(lambda: S(codecs.ResidualCodec(1024), pool_factor=2), exhaustive=True),
+        Setting(lambda: S(codecs.ResidualCodec(1024), pool_factor=3)),
         Setting(lambda: S(PCA(d4, "int8"), pool_factor=2), exhaustive=True),
         Setting(lambda: S(PQ(d4, 8), pool_factor=2)),
         Setting(lambda: S(PQ(d16, 8))),
@@ -744,6 +746,7 @@ def stage_speed(only: Sequence[str] | None, repeats: int = 9) -> None:
     }
     pooled_cache: dict[tuple[float, str, bool], list[np.ndarray]] = {}
     float16_bytes = 2.0 * SPEED_DIM * SPEED_TOKENS
+    built: dict[str, tuple[codecs.Storage, codecs.StoredCorpus]] = {}
     for name, setting in make_settings(SPEED_DIM, everything=True).items():
         if only and name not in only:
             continue
@@ -759,27 +762,32 @@ def stage_speed(only: Sequence[str] | None, repeats: int = 9) -> None:
             pooled_cache[key] = storage.pool(docs)
         pool_s = time.perf_counter() - start
         stored = storage.build(docs, pooled=pooled_cache.get(key), sample_size=16_384, seed=0)
-        timings = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            storage.score(query, stored, rows)
-            timings.append(time.perf_counter() - start)
-        entry = {
+        built[name] = (storage, stored)
+        results[name] = {
             "bytes_per_document_1m": storage.bytes_per_document(stored, n_documents_amortised=1_000_000),
             "encode_us_per_vector": 1e6 * stored.info["encode_s"] / (n_docs * SPEED_TOKENS),
             "pool_us_per_vector": 1e6 * pool_s / (n_docs * SPEED_TOKENS) if storage.pool_factor != 1 else 0.0,
-            "score_ms": 1000 * statistics.median(timings),
             "vectors_kept": float(stored.lengths.sum()) / (n_docs * SPEED_TOKENS),
         }
-        entry["fraction_of_float16"] = entry["bytes_per_document_1m"] / float16_bytes
-        if isinstance(storage.codec, codecs.PQCodec):
-            lut = []
-            for _ in range(3):
+        results[name]["fraction_of_float16"] = results[name]["bytes_per_document_1m"] / float16_bytes
+    # Timed in interleaved rounds, so that the shared machine's load changes hit every setting alike.
+    timings: dict[str, list[float]] = {name: [] for name in built}
+    lut_timings: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        for name, (storage, stored) in built.items():
+            start = time.perf_counter()
+            storage.score(query, stored, rows)
+            timings[name].append(time.perf_counter() - start)
+            if isinstance(storage.codec, codecs.PQCodec) and len(lut_timings.get(name, [])) < 3:
                 start = time.perf_counter()
                 storage.codec.score_lut(query, stored.codes, stored.starts[rows], stored.lengths[rows])
-                lut.append(time.perf_counter() - start)
-            entry["score_lut_ms"] = 1000 * statistics.median(lut)
-        results[name] = entry
+                lut_timings.setdefault(name, []).append(time.perf_counter() - start)
+    for name, entry in results.items():
+        if name == "shape":
+            continue
+        entry["score_ms"] = 1000 * statistics.median(timings[name])
+        if name in lut_timings:
+            entry["score_lut_ms"] = 1000 * statistics.median(lut_timings[name])
         logger.info(
             "speed %-22s %.4f of float16 (%.0f B/doc) | encode %.2f us/vec (+pool %.1f) | score %.1f ms%s",
             name,
@@ -790,9 +798,9 @@ def stage_speed(only: Sequence[str] | None, repeats: int = 9) -> None:
             entry["score_ms"],
             f" (LUT {entry['score_lut_ms']:.0f} ms)" if "score_lut_ms" in entry else "",
         )
-        del stored
-        previous = json.loads(SPEED_RESULTS.read_text()) if SPEED_RESULTS.is_file() else {}
-        _save_json(SPEED_RESULTS, {**previous, **results})
+    results["shape"]["threads"] = torch.get_num_threads()
+    previous = json.loads(SPEED_RESULTS.read_text(encoding="utf-8")) if SPEED_RESULTS.is_file() else {}
+    _save_json(SPEED_RESULTS, {**previous, **results})
 
 
 # ----------------------------------------------------------------------------- report
