@@ -803,7 +803,7 @@ def stage_speed(only: Sequence[str] | None, repeats: int = 9) -> None:
         )
     results["shape"]["threads"] = torch.get_num_threads()
     run = time.strftime("%Y-%m-%d %H:%M")
-    for name, entry in results.items():
+    for entry in results.values():
         entry["run"] = run
     previous = json.loads(SPEED_RESULTS.read_text(encoding="utf-8")) if SPEED_RESULTS.is_file() else {}
     _save_json(SPEED_RESULTS, {**previous, **results})
