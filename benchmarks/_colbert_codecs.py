@@ -635,19 +635,84 @@ class ResidualCodec(Codec):
         residual = vectors - centroids[ids.astype(np.int64)]
         return {"centroid": ids, "bits": np.packbits(residual >= 0, axis=1)}
 
+    def _byte_table(self) -> torch.Tensor:
+        """``(ceil(d/8) * 256, 8)``: the residual of 8 dimensions for each byte position and value."""
+        _, levels = self._require()
+        if getattr(self, "_table_for", None) is not levels:
+            dim = levels.shape[1]
+            padded = np.zeros((2, 8 * math.ceil(dim / 8)), dtype=np.float32)
+            padded[:, :dim] = levels
+            # bit k of byte value v (np.packbits puts the first dimension in the most significant bit)
+            bits = (np.arange(256)[:, None] >> np.arange(7, -1, -1)[None, :]) & 1  # (256, 8)
+            low = padded[0].reshape(-1, 8)  # (d/8, 8)
+            high = padded[1].reshape(-1, 8)
+            table = low[:, None, :] + bits[None, :, :] * (high - low)[:, None, :]  # (d/8, 256, 8)
+            self._table = torch.from_numpy(np.ascontiguousarray(table.reshape(-1, 8), dtype=np.float32))
+            self._table_for = levels
+        return self._table
+
     def widen(self, codes: dict[str, np.ndarray]) -> np.ndarray:
-        centroids, levels = self._require()
+        centroids, _ = self._require()
         dim = centroids.shape[1]
-        # In torch: a row gather of the centroids plus the unpacked bits times the level step.
+        # Two row gathers in torch: the centroids, and per byte of residual bits its 8 decoded values
+        # (a (d/8 * 256, 8) table): 3x faster than shifting the bits out one by one.
         ids = torch.from_numpy(codes["centroid"].astype(np.int64))
         out = torch.from_numpy(centroids).index_select(0, ids)
-        packed = torch.from_numpy(np.ascontiguousarray(codes["bits"]))
-        shifts = torch.arange(7, -1, -1, dtype=torch.uint8)  # np.packbits puts the first value in the MSB
-        bits = ((packed[:, :, None] >> shifts) & 1).reshape(len(packed), -1)[:, :dim]
-        low, high = torch.from_numpy(levels[0]), torch.from_numpy(levels[1])
-        out += low
-        out += bits.to(torch.float32) * (high - low)
+        packed = torch.from_numpy(np.ascontiguousarray(codes["bits"])).to(torch.int64)
+        index = packed + torch.arange(packed.shape[1]) * 256
+        residual = self._byte_table().index_select(0, index.reshape(-1)).reshape(len(packed), -1)
+        out += residual[:, :dim]
         return out.numpy()
+
+    def score_tables(self, query: np.ndarray) -> torch.Tensor:
+        """``(ceil(d/8) * 256 + K, N_q)``: each stored byte's and centroid's share of ``Q·x̂`` per query token.
+
+        Row ``256 b + v`` is the bits part of byte position ``b`` holding ``v``; row ``ceil(d/8)*256 + c``
+        is ``Q·(centroid c + low)``. A vector's scores are the sum of ``ceil(d/8) + 1`` rows.
+        """
+        centroids, levels = self._require()
+        query = np.ascontiguousarray(query, dtype=np.float32)
+        n_bytes = math.ceil(centroids.shape[1] / 8)
+        padded = np.zeros((len(query), 8 * n_bytes), dtype=np.float32)
+        padded[:, : query.shape[1]] = query * (levels[1] - levels[0])
+        bits = ((np.arange(256)[:, None] >> np.arange(7, -1, -1)[None, :]) & 1).astype(np.float32)
+        # (n_bytes, 256, 8) @ (n_bytes, 8, N_q): one small batched product.
+        parts = torch.from_numpy(
+            np.ascontiguousarray(padded.reshape(len(query), n_bytes, 8).transpose(1, 2, 0))
+        )
+        bytes_part = torch.matmul(torch.from_numpy(bits), parts).reshape(n_bytes * 256, len(query))
+        centroid_part = torch.from_numpy(centroids @ query.T + (query @ levels[0])[None, :])
+        return torch.cat([bytes_part, centroid_part])
+
+    def score(
+        self, query: np.ndarray, codes: dict[str, np.ndarray], starts: np.ndarray, lengths: np.ndarray
+    ) -> np.ndarray:
+        """MaxSim without decoding: per vector, one ``embedding_bag`` sum of :meth:`score_tables` rows."""
+        starts = np.asarray(starts, dtype=np.int64)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        out = np.zeros(len(starts), dtype=np.float32)
+        if len(starts) == 0 or len(query) == 0 or not lengths.sum():
+            return out
+        tables = self.score_tables(query)
+        n_bytes = codes["bits"].shape[1]
+        byte_offsets = torch.arange(n_bytes) * 256
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        block = max(65_536, int(lengths.max()))
+        i = 0
+        while i < len(starts):
+            j = max(i + 1, int(np.searchsorted(offsets, offsets[i] + block, side="right")) - 1)
+            rows = np.repeat(starts[i:j] - offsets[i:j], lengths[i:j]) + np.arange(offsets[i], offsets[j])
+            if len(rows):
+                packed = torch.from_numpy(codes["bits"][rows]).to(torch.int64) + byte_offsets
+                ids = torch.from_numpy(codes["centroid"][rows].astype(np.int64)) + n_bytes * 256
+                sim = torch.nn.functional.embedding_bag(
+                    torch.cat([packed, ids[:, None]], 1), tables, mode="sum"
+                )
+                nonempty = lengths[i:j] > 0
+                maxes = np.maximum.reduceat(sim.numpy(), offsets[i:j][nonempty] - offsets[i], axis=0)
+                out[i:j][nonempty] = maxes.mean(axis=1)
+            i = j
+        return out
 
     def bytes_per_vector(self, dim: int) -> float:
         return 2.0 + math.ceil(dim / 8)

@@ -341,6 +341,7 @@ def make_settings(dim: int, *, everything: bool = False) -> dict[str, Setting]:
         Setting(lambda: S(PQ(d4, 4))),
         Setting(lambda: S(PQ(d4, 8), pool_factor=2)),
         Setting(lambda: S(PQ(d8, 8), pool_factor=2)),
+        Setting(lambda: S(PCA(d4, "int8"), pool_factor=2), exhaustive=True),
         Setting(lambda: S(codecs.ResidualCodec(1024)), exhaustive=True),
         Setting(lambda: S(codecs.ResidualCodec(1024), pool_factor=2), exhaustive=True),
         Setting(lambda: S(codecs.ResidualCodec(1024), pool_factor=3)),
@@ -356,7 +357,6 @@ def make_settings(dim: int, *, everything: bool = False) -> dict[str, Setting]:
         ]
         items += [Setting(lambda d=d: S(PCA(d, "int8"))) for d in sorted({d4, *fixed} - {d8})]
         items += [
-            Setting(lambda: S(PCA(d4, "int8"), pool_factor=2)),
             Setting(lambda: S(PQ(d8, 8, opq=True))),
             Setting(lambda: S(PQ(d16, 8))),
             Setting(lambda: S(codecs.SignCodec())),
@@ -552,6 +552,7 @@ def _hybrid_run(index: SubstitutedColbertIndex, data: BeirDataset, encoded: list
 
 def stage_quality(encoders: Sequence[str], names: Sequence[str], only: Sequence[str] | None) -> None:
     results = _load_results()
+    measured = _load_results(merged=True)  # parallel runs write other results files
     models: dict[str, M3Model] = {}
     by_corpus: dict[tuple[str, str], list[QuerySet]] = {}
     for encoder, query_set in jobs(encoders, names):
@@ -570,9 +571,9 @@ def stage_quality(encoders: Sequence[str], names: Sequence[str], only: Sequence[
         for name, setting in settings.items():
             if only and name not in only:
                 continue
-            done = [results.get(f"{encoder} | {q.name}", {}).get(name, {}) for q in query_sets]
+            done = [measured.get(f"{encoder} | {q.name}", {}).get(name, {}) for q in query_sets]
             if all("hybrid" in e and ("colbert" in e or not setting.exhaustive) for e in done):
-                continue  # measured by an earlier run (delete results.json to measure again)
+                continue  # measured by an earlier run (delete results*.json to measure again)
             storage = setting.make()
             key = (storage.pool_factor, storage.pool_method, storage.renormalize)
             start = time.perf_counter()
