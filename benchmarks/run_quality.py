@@ -1,20 +1,24 @@
 """Retrieval quality of M3Index configurations vs LangChain and LlamaIndex hybrids, on real data.
 
 For every real encoder (all-MiniLM-L6-v2, multilingual-e5-small; neither has BGE-M3's sparse or
-ColBERT heads, so the lexical signal is BM25 over the model's subword tokens and ColBERT uses the
-identity projection) and every collection in ``../shared/data``, the corpus is encoded ONCE; one
-``M3Index`` holds it and every configuration searches the same precomputed query representations
+ColBERT heads, so the lexical signal is BM25 and ColBERT uses the identity projection) and every
+collection in ``../shared/data``, the corpus is encoded ONCE; one ``M3Index`` per kind of BM25 tokens
+holds it and every configuration searches the same precomputed query representations
 (``M3Index.search_encoded``). The peers reuse the same dense vectors through caching embedding
 wrappers, so all rows compare retrieval logic on identical encodings.
 
 Usage (from the repository root)::
 
-    python benchmarks/run_quality.py            # everything, writes benchmarks/REPORT.md + PNGs
-    python benchmarks/run_quality.py --quick    # a subset that finishes in minutes
-    python benchmarks/run_quality.py --report-only   # re-render REPORT.md from the saved JSON
+    python benchmarks/run_quality.py                # everything (~45 minutes on 2 cores)
+    python benchmarks/run_quality.py --quick        # a subset in under 10 minutes, in benchmarks/out/quick/
+    python benchmarks/run_quality.py --resume       # continue a cut run
+    python benchmarks/run_quality.py --render-only  # the report again from saved results, nothing encoded
 
-Results are saved after every collection (``benchmarks/quality_results.json``), so a long run can be
-resumed with ``--resume``.
+A full run writes the full results to ``benchmarks/out/`` (not committed: ``quality_results.json``, the
+per-query values beside it, ``REPORT-full.md`` with every configuration) after every collection, and
+the compact ``benchmarks/quality_summary.json``, ``benchmarks/REPORT.md`` and the plots, which are
+rendered from that summary alone (``benchmarks/quality_report.py``). ``--render-only`` re-summarises
+the full results when they are there, and otherwise re-renders from the committed summary.
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ import json
 import logging
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,12 +46,23 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.quality_report import (  # noqa: E402
+    BM25_VARIANTS,
+    METRICS,
+    PER_QUERY,
+    dump_summary,
+    load_summary,
+    render_full,
+    render_report,
+    summarize,
+    write_plots,
+)
 from m3_integrations import M3Model  # noqa: E402
 from m3_integrations.evaluation import (  # noqa: E402
+    NO_HEADS_DEFAULTS,
     BeirDataset,
     load_beir,
     load_korquad,
-    paired_bootstrap_ci,
     per_query_metrics,
 )
 
@@ -53,11 +70,8 @@ logger = logging.getLogger("run_quality")
 DATA = Path(os.environ.get("M3_SHARED_DATA", ROOT.parent / "shared" / "data"))
 TOOLS = DATA.parent / "tools"
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "quality_results.json"
+OUT = HERE / "out"  # full results and tables: not committed
 K = 100
-METRICS = ("ndcg@10", "recall@100", "mrr@10")
-# Per-query nDCG@10 of each row: kept in memory under this key, saved beside the results JSON.
-PER_QUERY = "ndcg@10 per query"
 
 # ----------------------------------------------------------------------------- configurations
 PAPER = {"dense": 0.4, "sparse": 0.2, "colbert": 0.4}
@@ -80,8 +94,8 @@ class Config:
 
 
 # BM25 over words, as the peers' BM25 retrievers use: plain lower-cased words (no language needed), and
-# for English corpora Snowball-stemmed words without stop words (what LlamaIndex's bm25s does).
-BM25_VARIANTS = {"words": " · word BM25", "stemmed": " · stemmed BM25"}
+# for English corpora Snowball-stemmed words without stop words (what LlamaIndex's bm25s does); the
+# suffixes these add to configuration names are BM25_VARIANTS.
 BM25_SINGLES = {
     "subword": "lexical (BM25, subword)",
     "words": "lexical (BM25, words)",
@@ -110,7 +124,10 @@ def our_configs(quick: bool) -> list[Config]:
                 {"mode": "dense+sparse", "fusion": fusion, "weights": {"dense": 1.0, "sparse": 1.0}},
             )
         )
-    grid = {"paper .4/.2/.4": PAPER, "equal 1/1/1": WEIGHT_GRID["equal 1/1/1"]} if quick else WEIGHT_GRID
+    grid = WEIGHT_GRID
+    if quick:  # the paper's weights, equal weights and the library's default weights
+        keep = {"paper .4/.2/.4", "equal 1/1/1"}
+        grid = {k: w for k, w in WEIGHT_GRID.items() if k in keep or w == NO_HEADS_DEFAULTS["weights"]}
     for fusion in FUSIONS:
         for label, weights in grid.items():
             configs.append(
@@ -130,6 +147,21 @@ def our_configs(quick: bool) -> list[Config]:
             if c.family in ("dense+lexical", "hybrid") and c.kwargs["fusion"] != "weighted"
         ]
     return configs + word_configs
+
+
+def library_default(configs: Sequence[Config]) -> str | None:
+    """The configuration ``M3Index(model)`` searches with for these encoders (no M3 heads): its default
+    fusion and weights over word BM25, the tokens ``bm25_tokenizer="auto"`` picks for such a model."""
+    for config in configs:
+        if (
+            config.family == "hybrid"
+            and config.bm25 == "words"
+            and config.kwargs["fusion"] == NO_HEADS_DEFAULTS["fusion"]
+            and config.kwargs["weights"] == NO_HEADS_DEFAULTS["weights"]
+        ):
+            return config.name
+    logger.warning("the library's default %s is not among the configurations measured", NO_HEADS_DEFAULTS)
+    return None
 
 
 def bm25_options(variant: str, language: str | None) -> dict[str, Any] | None:
@@ -241,9 +273,14 @@ def collections(quick: bool, max_queries: int | None) -> list[Collection]:
     ]
     if quick:
         # One collection per question the report asks: lexical-heavy English, Korean, cross-lingual.
+        # Encoding the corpora is most of the time, so the two larger ones keep the documents judged for
+        # the sampled queries plus seeded others (measured: docs/evaluation.md).
+        autorag = load_beir(DATA / "autorag-ko" / "page", name="autorag-ko/page")
         return [
-            Collection("cranfield", [sample(load_beir(DATA / "cranfield"), 50)], "english"),
-            Collection("autorag-ko/page", [load_beir(DATA / "autorag-ko" / "page", name="autorag-ko/page")]),
+            Collection(
+                "cranfield", [subsample_corpus(sample(load_beir(DATA / "cranfield"), 50), 400)], "english"
+            ),
+            Collection("autorag-ko/page", [subsample_corpus(sample(autorag, 50), 250)]),
             Collection("xquad/en", [sample(xquad[1], 100)], "english"),
         ]
     korquad = load_korquad(DATA / "korquad-v1-dev" / "KorQuAD_v1.0_dev.json", name="korquad paragraphs")
@@ -259,7 +296,45 @@ def collections(quick: bool, max_queries: int | None) -> list[Collection]:
     ]
 
 
+def subsample_corpus(data: BeirDataset, n_docs: int, *, seed: int = 13) -> BeirDataset:
+    """A copy whose corpus holds every document judged for its queries plus seeded others, ``n_docs`` in
+    all (or the judged ones alone when they are more): a quick run's cut, easier than the collection."""
+    judged = {doc for grades in data.qrels.values() for doc in grades}
+    others = [doc for doc in data.corpus if doc not in judged]
+    extra = random.Random(seed).sample(others, min(max(0, n_docs - len(judged)), len(others)))
+    keep = judged | set(extra)
+    return dataclasses.replace(
+        data,
+        corpus={doc: value for doc, value in data.corpus.items() if doc in keep},
+        info={**data.info, "subsampled_corpus": len(keep), "corpus_seed": seed},
+    )
+
+
 # ----------------------------------------------------------------------------- helpers
+# Wall and CPU seconds per phase of the run, logged at the end: where the time goes. CPU time counts every
+# thread of the process, so on a shared machine it says what the run itself cost.
+PHASES: dict[str, list[float]] = {}
+
+
+@contextmanager
+def phase(name: str) -> Iterator[None]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    try:
+        yield
+    finally:
+        spent = PHASES.setdefault(name, [0.0, 0.0])
+        spent[0] += time.perf_counter() - wall
+        spent[1] += time.process_time() - cpu
+
+
+def log_phases() -> None:
+    total_wall = sum(w for w, _ in PHASES.values())
+    for name, (wall, cpu) in sorted(PHASES.items(), key=lambda kv: -kv[1][0]):
+        logger.info(
+            "time: %-28s %7.1f s wall %7.1f s CPU (%4.1f%%)", name, wall, cpu, 100 * wall / total_wall
+        )
+
+
 def p50_ms(fn, queries: Sequence[str]) -> float:
     timings = []
     for query in queries:
@@ -476,6 +551,14 @@ LATENCY_CONFIGS = (
 )
 
 
+QUICK_LATENCY_CONFIGS = (
+    "dense",
+    "lexical (BM25, words)",
+    "colbert (identity)",
+    "hybrid weighted paper .4/.2/.4",
+)
+
+
 def run_collection(
     encoder: Encoder, model: M3Model, collection: Collection, *, quick: bool, latency_n: int, peers: bool
 ) -> list[dict[str, Any]]:
@@ -485,11 +568,13 @@ def run_collection(
     ids, texts = [d for d, _ in docs], [t for _, t in docs]
     logger.info("[%s] %s: encoding %d documents", encoder.name, collection.name, len(texts))
     start = time.perf_counter()
-    output = model.encode_passages(texts, return_sparse=False, return_colbert=True, show_progress=False)
+    with phase("encode corpus"):
+        output = model.encode_passages(texts, return_sparse=False, return_colbert=True, show_progress=False)
     encode_s = time.perf_counter() - start
     start = time.perf_counter()
-    index = M3Index(model, lexical="bm25", bm25_tokenizer="model")
-    index.add_encoded(output, texts, ids=ids)
+    with phase("build indexes"):
+        index = M3Index(model, lexical="bm25", bm25_tokenizer="model")
+        index.add_encoded(output, texts, ids=ids)
     index_s = time.perf_counter() - start
     build_s = encode_s + index_s
     logger.info(
@@ -502,7 +587,8 @@ def run_collection(
         options = bm25_options(variant, collection.language)
         if options is not None:
             other = M3Index(model, lexical="bm25", **options)
-            other.add_encoded(output, texts, ids=ids)
+            with phase("build indexes"):
+                other.add_encoded(output, texts, ids=ids)
             other_cache = copy.copy(signal_cache)
             other_cache.index = other
             engines[variant] = (other, other_cache)
@@ -513,10 +599,12 @@ def run_collection(
     peer_searches: dict[str, tuple[Any, float]] = {}
     if peers:
         start = time.perf_counter()
-        lc = langchain_peer(cache, ids, texts)
+        with phase("build peers"):
+            lc = langchain_peer(cache, ids, texts)
         peer_searches["LangChain EnsembleRetriever (BM25+vector, RRF)"] = (lc, time.perf_counter() - start)
         start = time.perf_counter()
-        li = llama_index_peers(cache, ids, texts)
+        with phase("build peers"):
+            li = llama_index_peers(cache, ids, texts)
         li_s = time.perf_counter() - start
         peer_searches["LlamaIndex QueryFusion reciprocal_rerank"] = (li["reciprocal_rerank"], li_s)
         peer_searches["LlamaIndex QueryFusion relative_score"] = (li["relative_score"], li_s)
@@ -526,11 +614,13 @@ def run_collection(
     for dataset in collection.query_sets:
         qtexts = list(dataset.queries.values())
         start = time.perf_counter()
-        encoded = index.encode_queries(qtexts, colbert=True)
+        with phase("encode queries"):
+            encoded = index.encode_queries(qtexts, colbert=True)
         qenc_s = time.perf_counter() - start
         cache.queries = {q: e.dense for q, e in zip(qtexts, encoded, strict=True)}
         logger.info("[%s] %s: %d queries encoded in %.1fs", encoder.name, dataset.name, len(qtexts), qenc_s)
-        agreement = check_against_engine(index, signal_cache, encoded, ids)
+        with phase("check against the engine"):
+            agreement = check_against_engine(index, signal_cache, encoded, ids, n=5 if quick else 20)
         logger.info("[%s] %s: top-10 agreement with the engine %.3f", encoder.name, dataset.name, agreement)
         latency_queries = qtexts[:latency_n]
         base = {
@@ -544,17 +634,20 @@ def run_collection(
         ranked: dict[str, list[list[str]]] = {c.name: [] for c in configs}
         # The same encoded queries with each variant's BM25 tokens (only the tokens differ).
         variant_tokens = {v: engine._bm25_tokens(qtexts) for v, (engine, _) in engines.items()}
-        for qi, e in enumerate(encoded):
-            per_variant = {v: dataclasses.replace(e, bm25_tokens=variant_tokens[v][qi]) for v in engines}
-            fused = {v: engines[v][1].signals(per_variant[v]) for v in engines}
-            for config in configs:
-                engine, e_ = engines[config.bm25][0], per_variant[config.bm25]
-                if config.kwargs["mode"] in ("dense", "sparse"):
-                    hits = engine.search_encoded(e_, k=K, **config.kwargs)
-                    ranked[config.name].append([h.id for h in hits])
-                else:
-                    cand_rows, signals, coverage = fused[config.bm25]
-                    ranked[config.name].append(rank_config(cand_rows, signals, config.kwargs, ids, coverage))
+        with phase("rank every configuration"):
+            for qi, e in enumerate(encoded):
+                per_variant = {v: dataclasses.replace(e, bm25_tokens=variant_tokens[v][qi]) for v in engines}
+                fused = {v: engines[v][1].signals(per_variant[v]) for v in engines}
+                for config in configs:
+                    engine, e_ = engines[config.bm25][0], per_variant[config.bm25]
+                    if config.kwargs["mode"] in ("dense", "sparse"):
+                        hits = engine.search_encoded(e_, k=K, **config.kwargs)
+                        ranked[config.name].append([h.id for h in hits])
+                    else:
+                        cand_rows, signals, coverage = fused[config.bm25]
+                        ranked[config.name].append(
+                            rank_config(cand_rows, signals, config.kwargs, ids, coverage)
+                        )
         logger.info(
             "[%s] %s: %d configs scored in %.1fs",
             encoder.name,
@@ -563,16 +656,25 @@ def run_collection(
             time.perf_counter() - start,
         )
         by_name: dict[str, dict[str, float]] = {}
+        default_name = library_default(configs)
         for config in configs:
             metrics = score_run(dataset, ranked[config.name])
             by_name[config.name] = metrics
             latency = None
-            # Every confidence configuration with word BM25 too: the default rule may pick any of them.
-            if config.name in LATENCY_CONFIGS or (
-                config.kwargs.get("fusion") == "confidence" and config.bm25 == "words"
-            ):
+            # Every confidence configuration with word BM25 too (the default rule may pick any of them);
+            # timing is a quarter of a quick run's time, so it times a few and the library's default.
+            if quick:
+                timed = config.name in QUICK_LATENCY_CONFIGS
+            else:
+                timed = config.name in LATENCY_CONFIGS or (
+                    config.kwargs.get("fusion") == "confidence" and config.bm25 == "words"
+                )
+            if timed or config.name == default_name:
                 engine = engines[config.bm25][0]
-                latency = p50_ms(lambda q, c=config, e=engine: e.search(q, k=K, **c.kwargs), latency_queries)
+                with phase("latency of our configs"):
+                    latency = p50_ms(
+                        lambda q, c=config, e=engine: e.search(q, k=K, **c.kwargs), latency_queries
+                    )
             rows.append(
                 {
                     **base,
@@ -589,17 +691,19 @@ def run_collection(
             if config is None:
                 continue
             kwargs = {**config.kwargs, "rerank": "m3"}
-            n_rerank = RERANK_QUERIES // 4 if quick else RERANK_QUERIES
+            n_rerank = RERANK_QUERIES // 10 if quick else RERANK_QUERIES
             subset = dataset.subsample_queries(min(n_rerank, len(qtexts)), seed=0)
             keep = [i for i, qid in enumerate(dataset.queries) if qid in subset.queries]
             start = time.perf_counter()
-            hits = index.search_batch([qtexts[i] for i in keep], k=K, **kwargs)
+            with phase("rerank"):
+                hits = index.search_batch([qtexts[i] for i in keep], k=K, **kwargs)
             logger.info(
                 "[%s] %s: rerank run in %.1fs", encoder.name, dataset.name, time.perf_counter() - start
             )
             metrics = score_run(subset, [[h.id for h in per_q] for per_q in hits])
             base_metrics = score_run(subset, [ranked[base_name][i] for i in keep])
-            latency = p50_ms(lambda q, kw=kwargs: index.search(q, k=K, **kw), latency_queries)
+            with phase("rerank"):
+                latency = p50_ms(lambda q, kw=kwargs: index.search(q, k=K, **kw), latency_queries)
             rows.append(
                 {
                     **base,
@@ -616,10 +720,12 @@ def run_collection(
         for name, (search, peer_build_s) in peer_searches.items():
             start = time.perf_counter()
             cache.use_query_cache = True
-            peer_ranked = [search(q) for q in qtexts]
+            with phase("peers: search"):
+                peer_ranked = [search(q) for q in qtexts]
             metrics = score_run(dataset, peer_ranked)
             cache.use_query_cache = False  # latency includes encoding the query, as ours does
-            latency = p50_ms(search, latency_queries)
+            with phase("peers: latency"):
+                latency = p50_ms(search, latency_queries)
             cache.use_query_cache = True
             logger.info("[%s] %s: %s in %.1fs", encoder.name, dataset.name, name, time.perf_counter() - start)
             rows.append(
@@ -647,406 +753,6 @@ def run_collection(
     return rows
 
 
-# ----------------------------------------------------------------------------- report
-KEY_COLUMNS = (
-    ("dense", "dense"),
-    ("lexical (BM25, subword)", "BM25"),
-    ("lexical (BM25, words)", "BM25 words"),
-    ("lexical (BM25, stemmed words)", "BM25 stemmed"),
-    ("colbert (identity)", "ColBERT"),
-)
-PEERS = (
-    ("LangChain EnsembleRetriever (BM25+vector, RRF)", "LC ensemble"),
-    ("LlamaIndex QueryFusion reciprocal_rerank", "LI rrf"),
-    ("LlamaIndex QueryFusion relative_score", "LI rel"),
-)
-BOOTSTRAP_SEED = 13
-# The rule that picks the default for encoders without M3 heads (see choose_default).
-DEFAULT_FAMILIES = ("hybrid", "dense+lexical")
-
-
-def _rows_by(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
-    table: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
-    for row in rows:
-        table.setdefault((row["encoder"], row["dataset"]), {})[row["config"]] = row
-    return table
-
-
-def best_single(configs: dict[str, dict[str, Any]]) -> str:
-    """The single-signal configuration with the highest nDCG@10 on one (encoder, collection) pair."""
-    return max((c for c, _ in KEY_COLUMNS if c in configs), key=lambda c: configs[c]["ndcg@10"])
-
-
-# Keyed on the values themselves: the intervals depend on nothing else (the seed is fixed), and row
-# objects come and go between report renderings (a resumed run replaces rows).
-_CI_CACHE: dict[tuple[tuple[float, ...], tuple[float, ...]], tuple[float, float, float]] = {}
-
-
-def difference_ci(ours: dict[str, Any], other: dict[str, Any]) -> tuple[float, float, float] | None:
-    """nDCG@10 of ``ours`` minus ``other`` on the same queries: (mean, 95% low, 95% high), paired
-    bootstrap over the queries; None without per-query values (results from before they were kept)."""
-    a, b = ours.get(PER_QUERY), other.get(PER_QUERY)
-    if a is None or b is None or len(a) != len(b) or not a:
-        return None
-    key = (tuple(a), tuple(b))
-    if key not in _CI_CACHE:
-        _CI_CACHE[key] = paired_bootstrap_ci(a, b, seed=BOOTSTRAP_SEED)
-    return _CI_CACHE[key]
-
-
-def not_below(ours: dict[str, Any], other: dict[str, Any]) -> bool | None:
-    """True unless ``ours`` is significantly below ``other`` (the 95% interval lies under 0)."""
-    ci = difference_ci(ours, other)
-    return None if ci is None else ci[2] >= 0.0
-
-
-def choose_default(
-    rows: list[dict[str, Any]],
-) -> tuple[str, list[tuple[str, float, float, int, int | None, int]], list[tuple[str, float, str]]]:
-    """Rank fused configurations by mean nDCG@10 over every (encoder, collection) pair.
-
-    Returns the winner; per eligible candidate: (name, mean nDCG@10, worst margin over dense, pairs where
-    it is >= the best single signal, pairs where it is not significantly below it (None without
-    per-query values), number of pairs); and per excluded one: (name, mean nDCG@10, why).
-    A candidate that falls below dense alone by more than 0.01 on a cross-lingual set (no lexical
-    evidence) is not eligible.
-    """
-    table = _rows_by(rows)
-    # Stemming needs the corpus language, so a stemmed configuration cannot be a default.
-    names = sorted(
-        {
-            r["config"]
-            for r in rows
-            if r["family"] in DEFAULT_FAMILIES and not r["config"].endswith(BM25_VARIANTS["stemmed"])
-        }
-    )
-    stats, excluded = [], []
-    for name in names:
-        values, margins, beats, tied = [], [], 0, []
-        failures = []
-        for (_, dataset), configs in table.items():
-            if name not in configs:
-                continue
-            value = configs[name]["ndcg@10"]
-            dense = configs["dense"]["ndcg@10"]
-            single = configs[best_single(configs)]
-            values.append(value)
-            margins.append(value - dense)
-            beats += value >= single["ndcg@10"] - 1e-9
-            tied.append(not_below(configs[name], single))
-            cross_lingual = "→en" in dataset and not dataset.startswith("xquad en")
-            # Only where the encoder reads the query language (dense >= 0.5): an English-only model on
-            # Chinese queries scores ~0.1 with every method, and its ranking noise decides nothing.
-            if cross_lingual and dense >= 0.5 and value < dense - 0.01:
-                failures.append(f"{dataset} {value - dense:+.3f}")
-        if values and not failures:
-            ties = None if None in tied else sum(tied)
-            stats.append((name, float(np.mean(values)), float(min(margins)), beats, ties, len(values)))
-        elif values:
-            excluded.append((name, float(np.mean(values)), ", ".join(failures)))
-    stats.sort(key=lambda s: -s[1])
-    excluded.sort(key=lambda s: -s[1])
-    return (stats[0][0] if stats else ""), stats, excluded
-
-
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "" if value is None else f"{value:.{digits}f}"
-
-
-def write_plots(rows: list[dict[str, Any]], default: str, folder: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    table = _rows_by(rows)
-    files = []
-    series = [*KEY_COLUMNS, (default, "default hybrid"), *PEERS]
-    for encoder in sorted({e for e, _ in table}):
-        datasets = [d for e, d in table if e == encoder]
-        fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(datasets)), 4))
-        width = 0.8 / len(series)
-        for i, (config, label) in enumerate(series):
-            values = [table[(encoder, d)].get(config, {}).get("ndcg@10", np.nan) for d in datasets]
-            ax.bar(np.arange(len(datasets)) + i * width, values, width, label=label)
-        ax.set_xticks(np.arange(len(datasets)) + 0.4 - width / 2)
-        ax.set_xticklabels(datasets, rotation=20, ha="right", fontsize=8)
-        ax.set_ylabel("nDCG@10")
-        ax.set_title(f"{encoder}: single signals, our default hybrid, peers")
-        ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.28))
-        fig.tight_layout()
-        name = f"quality_{encoder}.png"
-        fig.savefig(folder / name, dpi=80)
-        plt.close(fig)
-        files.append(name)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for family, marker in (
-        ("single", "o"),
-        ("dense+lexical", "s"),
-        ("hybrid", "^"),
-        ("rerank", "v"),
-        ("peer", "x"),
-    ):
-        pts = [(r["p50_ms"], r["ndcg@10"]) for r in rows if r["family"] == family and r.get("p50_ms")]
-        if pts:
-            ax.scatter(*zip(*pts, strict=True), marker=marker, label=family, alpha=0.6, s=18)
-    ax.set_xscale("log")
-    ax.set_xlabel("query p50 ms (log)")
-    ax.set_ylabel("nDCG@10")
-    ax.set_title("quality vs single-query latency (all encoders and collections)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "quality_latency.png", dpi=80)
-    plt.close(fig)
-    files.append("quality_latency.png")
-    return files
-
-
-def write_report(saved: dict[str, Any], path: Path) -> None:
-    rows = saved.get("rows", [])
-    if not rows:
-        logger.warning("no results to report")
-        return
-    env = saved.get("environment", {})
-    table = _rows_by(rows)
-    default, stats, excluded = choose_default(rows)
-    plots = write_plots(rows, default, path.parent)
-    lines = [
-        "# Retrieval quality: M3Index vs LangChain and LlamaIndex hybrids",
-        "",
-        "_Generated by `benchmarks/run_quality.py`; do not edit by hand (narrative: `docs/evaluation.md`)._",
-        "",
-        "BAAI/bge-m3 cannot be downloaded on the machines that produced this report. Two real pretrained",
-        "encoders stand in for it, and **neither has BGE-M3's sparse or ColBERT heads**: the lexical",
-        "signal is BM25 and ColBERT uses the identity projection of the last hidden states. BM25 is run",
-        'over three kinds of tokens: the model\'s subword ids (`M3Index(lexical="bm25",',
-        'bm25_tokenizer="model")`, configurations without suffix), lower-cased words',
-        '(`bm25_tokenizer="word"`, `· word BM25`; what `bm25_tokenizer="auto"` picks for these models), and',
-        'for English corpora Snowball-stemmed words without stop words (`bm25_stemmer="english",',
-        'bm25_stopwords="english"`, `· stemmed BM25`). The multilingual-e5-small weights are',
-        "a dequantized 4-bit copy: fine for comparing methods on one model, not for quoting the model's",
-        "scores. Every corpus is encoded once per encoder and shared by all rows; the peers use the same",
-        "dense vectors through caching embedding wrappers.",
-        "",
-        "nDCG@10 uses linear graded gains (trec_eval); Recall@100 and MRR@10 count grade > 0 as relevant.",
-        "`build s` = encoding the corpus + building the structure; `query p50 ms` = median of single-query",
-        "calls (query encoding included) over the first queries of each set. k = 100 everywhere.",
-        "",
-    ]
-    if saved.get("quick"):
-        lines += ["**Quick run** (`--quick`): a subset of collections and queries; not the full report.", ""]
-    lines += ["## Main result (nDCG@10)", ""]
-    # The default's fusion and weights with the other BM25 tokens, where the run has them.
-    base = default
-    for suffix in BM25_VARIANTS.values():
-        base = base.removesuffix(suffix)
-    variants = [
-        (base + suffix, "default · " + (suffix.split(" · ")[1] if suffix else "subword BM25"))
-        for suffix in ("", *BM25_VARIANTS.values())
-        if base + suffix != default and any(base + suffix in c for c in table.values())
-    ]
-    header = [
-        "encoder",
-        "collection",
-        "queries",
-        *(label for _, label in KEY_COLUMNS),
-        "**default**",
-        *(label for _, label in variants),
-        *(label for _, label in PEERS),
-        "default − best single [95% CI]",
-    ]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for (encoder, dataset), configs in table.items():
-        any_row = next(iter(configs.values()))
-        cells = [encoder, dataset, str(any_row["num_queries"])]
-        cells += [_fmt(configs.get(c, {}).get("ndcg@10")) for c, _ in KEY_COLUMNS]
-        cells.append("**" + _fmt(configs.get(default, {}).get("ndcg@10")) + "**")
-        cells += [_fmt(configs.get(c, {}).get("ndcg@10")) for c, _ in variants]
-        cells += [_fmt(configs.get(c, {}).get("ndcg@10")) for c, _ in PEERS]
-        ci = difference_ci(configs[default], configs[best_single(configs)]) if default in configs else None
-        below = " **below**" if ci is not None and ci[2] < 0 else ""
-        cells.append("" if ci is None else f"{ci[0]:+.3f} [{ci[1]:+.3f}, {ci[2]:+.3f}]{below}")
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        f"**default** = `{default}` (chosen by the rule below). The `default · …` columns are the same",
-        "fusion and weights with BM25 over other tokens: the model's subword ids, lower-cased words, or",
-        "(English corpora only) Snowball-stemmed words without stop words.",
-        "",
-        "The last column is the default's nDCG@10 minus the best single signal's on the same queries,",
-        "with a 95% paired bootstrap interval over the queries (`m3_integrations.evaluation.",
-        "paired_bootstrap_ci`, 2,000 draws); **below** marks a difference the query sample cannot",
-        "explain. With 43 queries (TREC-DL19) a gap of 0.01 is well inside the noise.",
-        "",
-        "How often each matches or beats (nDCG@10, over the pairs where both exist), then how often it is",
-        "not significantly below (the interval's upper end >= 0):",
-        "",
-        "| ours | >= best single signal | >= LC ensemble | >= LI rrf | >= LI rel |",
-        "|---|---|---|---|---|",
-    ]
-    for name, label in [(default, "**default**"), *variants]:
-        counts = []
-        for target in ("best single", *(p for p, _ in PEERS)):
-            wins = total = 0
-            tied: list[bool | None] = []
-            for configs in table.values():
-                if name not in configs:
-                    continue
-                if target == "best single":
-                    other = configs[best_single(configs)]
-                elif target in configs:
-                    other = configs[target]
-                else:
-                    continue
-                wins += configs[name]["ndcg@10"] >= other["ndcg@10"] - 1e-9
-                tied.append(not_below(configs[name], other))
-                total += 1
-            ties = "" if None in tied else f" · {sum(tied)}/{total}"  # type: ignore[arg-type]
-            counts.append(f"{wins}/{total}{ties}")
-        lines.append(f"| {label} | " + " | ".join(counts) + " |")
-    lines += [
-        "",
-        "## Choosing the default fusion for encoders without M3 heads",
-        "",
-        "Rule: among the fused configurations, the highest mean nDCG@10 over every (encoder, collection)",
-        "pair, excluding any that falls more than 0.01 below dense alone on a cross-lingual query set",
-        "(XQuAD zh→en, de→en: the lexical signal has little or no evidence there) where the encoder reads",
-        "the query language (dense nDCG@10 >= 0.5; all-MiniLM-L6-v2 on Chinese queries scores about 0.1",
-        "with every method). `>= best single` counts the pairs where the configuration matches or beats",
-        "the best single signal; `not below` those where it is not significantly below it (95% paired",
-        "bootstrap). Both are reported, not used by the rule.",
-        "",
-        "| configuration | mean nDCG@10 | worst margin vs dense | >= best single | not below best single |",
-        "|---|---|---|---|---|",
-    ]
-    for name, mean, worst, beats, ties, n in stats:
-        tie_cell = "" if ties is None else f"{ties}/{n}"
-        lines.append(f"| {name} | {mean:.4f} | {worst:+.3f} | {beats}/{n} | {tie_cell} |")
-    better = [e for e in excluded if not stats or e[1] > stats[0][1]]
-    if better:
-        lines += [
-            "",
-            "Excluded by the cross-lingual condition although their mean is higher than the default's",
-            "(nDCG@10 minus dense where they fail):",
-            "",
-            "| configuration | mean nDCG@10 | fails on |",
-            "|---|---|---|",
-            *(f"| {name} | {mean:.4f} | {why} |" for name, mean, why in better),
-        ]
-    lines += [
-        "",
-        "Why scale-free fusions and not the paper's `weighted` for these encoders: their cosines are",
-        "compressed (e5: roughly 0.75-0.9 for every passage), so in a weighted average any other signal",
-        "on a [0, 1] scale decides the order. BM25 max-normalised over the candidates always gives its",
-        "top document 1.0, even when the match is a stray number or name, so cross-lingual `weighted`",
-        "hybrids collapse towards BM25 (see XQuAD zh→en). RRF gives a noise ranking the same credit per",
-        "rank as a good one. Min-max (`relative_score`) stretches every signal to [0, 1] over the",
-        "candidates and drops a signal with no evidence.",
-        "",
-        "`confidence` is `relative_score` with each weight multiplied, per query, by the square of the",
-        "signal's peak z-score over the candidates (how far its best candidate stands above the rest, in",
-        "standard deviations), and the lexical weight also by the query's term coverage (the share of",
-        "its distinct words found in the corpus). Fixed weights cannot tell a signal that is noise for",
-        "this query (an English-only encoder reading Korean, a long document cut at 512 tokens) from one",
-        "that works; the shape of the scores can. Without the coverage factor a cross-lingual query's",
-        "few stray matches (names, numbers) looked like the most confident signal, and every",
-        "`confidence` configuration failed the cross-lingual condition (docs/evaluation.md).",
-        "",
-    ]
-    done = {(r["encoder"], r["dataset"].split(" ")[0]) for r in rows}
-    missing = [
-        f"{e} / {c}" for e, c in JOB_ORDER if (e, c.split(" ")[0].replace("xquad/en", "xquad")) not in done
-    ]
-    if missing and saved.get("quick"):
-        lines += [
-            "## Left out of the quick subset",
-            "",
-            "`--quick` runs one encoder on three collections with sampled queries; the full run",
-            "(`python benchmarks/run_quality.py`) adds:",
-            "",
-            *(f"- {m}" for m in missing),
-            "",
-        ]
-    elif missing:
-        lines += [
-            "## Not measured in this run",
-            "",
-            "The run stopped before these (a 2-core machine encodes about 200-400 tokens/s);",
-            "`python benchmarks/run_quality.py --resume` measures the rest:",
-            "",
-            *(f"- {m}" for m in missing),
-            "",
-        ]
-    lines += [*(f"![{p}]({p})" for p in plots), "", "## All configurations", ""]
-    for (encoder, dataset), configs in table.items():
-        any_row = next(iter(configs.values()))
-        lines += [
-            f"### {encoder} — {dataset} ({any_row['num_docs']} documents, {any_row['num_queries']} queries)",
-            "",
-            "| configuration | nDCG@10 | Recall@100 | MRR@10 | build s | query p50 ms |",
-            "|---|---|---|---|---|---|",
-        ]
-        for name, row in configs.items():
-            bold = "**" if name == default else ""
-            if "base_ndcg@10_same_queries" in row:
-                name = (  # noqa: PLW2901 - the label shown for a rerank row
-                    f"{name} (first {row['num_queries']} queries; base nDCG@10 on them "
-                    f"{row['base_ndcg@10_same_queries']:.3f})"
-                )
-            lines.append(
-                f"| {bold}{name}{bold} | {_fmt(row['ndcg@10'])} | {_fmt(row['recall@100'])} | "
-                f"{_fmt(row['mrr@10'])} | {_fmt(row['build_s'], 1)} | {_fmt(row['p50_ms'], 1)} |"
-            )
-        lines.append("")
-    lines += [
-        "## Configurations",
-        "",
-        "- Weights are `(dense, lexical, colbert)`; `fusion` is `M3Index.search(fusion=...)`: `weighted`",
-        "  (BM25 max-normalised over the candidates, then the weighted average), `rrf` (k = 60),",
-        "  `relative_score` (min-max per signal over the candidates, then the weighted average),",
-        "  `confidence` (`relative_score` with each weight times the signal's squared peak z-score).",
-        '- `+ M3 rerank`: `rerank="m3"` re-scores the top 100 fused hits with dense and ColBERT (0.4/0.4;',
-        "  no M3 lexical weights without the sparse head).",
-        "- LangChain: `EnsembleRetriever([BM25Retriever (rank_bm25, whitespace tokens), InMemoryVectorStore",
-        "  retriever], weights=[0.5, 0.5], c=60)`, k = 100 each.",
-        "- LlamaIndex: `QueryFusionRetriever([VectorIndexRetriever, BM25Retriever (bm25s, English stemmer",
-        "  and",
-        "  stop words)], num_queries=1, mode=reciprocal_rerank | relative_score, similarity_top_k=100)`,",
-        "  `MockLLM` (no query generation).",
-        "",
-        "## Reproduce",
-        "",
-        "```bash",
-    ]
-    for run in saved.get("runs", []):
-        lines.append(f"{run['command']}   # started {run['started']}")
-    lines += [
-        "```",
-        "",
-        "Encoders (folders printed by `../shared/tools/get-all-minilm-l6-v2.sh` and",
-        "`../shared/tools/build-multilingual-e5-small.sh`), loaded with",
-        '`M3Model(path, pooling="mean", allow_missing_heads=True, query_max_length=512,',
-        'passage_max_length=512)` plus `query_instruction="query: ", passage_instruction="passage: "`',
-        "for e5.",
-        'Documents are `title + "\\n" + text` (title skipped when the text starts with it); passages longer',
-        "than 512 tokens (autorag-ko/longdoc, many autorag-ko pages) are truncated: the encoders' limit.",
-        "KorQuAD paragraphs are converted in memory (licence: no derivatives); 500 seeded questions.",
-        "The e5 build script needs a Python with `safetensors`: run with the project's `.venv/bin` first",
-        "on `PATH`, or point `M3_MULTILINGUAL_E5_SMALL_PATH` at the built folder.",
-        "",
-        "## Machine and versions",
-        "",
-        f"- {env.get('cpu', '?')}, {env.get('cpu_count', '?')} CPUs (a VM whose neighbours vary: "
-        "latencies are indicative), torch threads "
-        f"{env.get('torch_threads', '?')}; Python {env.get('python', '?')}; {env.get('platform', '?')}",
-        "- " + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()),
-        f"- m3-integrations commit {env.get('git', '?')}",
-        "",
-    ]
-    path.write_text("\n".join(lines), encoding="utf-8")
-    logger.info("wrote %s and %s", path, ", ".join(plots))
-
-
 def per_query_path(results_path: Path) -> Path:
     return results_path.with_name(results_path.stem + "_per_query.json")
 
@@ -1068,9 +774,7 @@ def save_results(saved: dict[str, Any], path: Path) -> None:
         (per_query_path(path), json.dumps(per_query, ensure_ascii=False, separators=(",", ":"))),
         (path, json.dumps({**saved, "rows": rows}, indent=1, ensure_ascii=False)),
     ):
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
+        _write_atomically(target, text)
 
 
 def load_results(path: Path) -> dict[str, Any]:
@@ -1131,9 +835,61 @@ def environment() -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class OutputPaths:
+    """Where a run writes: full results and tables (not committed), the summary, the report and plots."""
+
+    results: Path
+    summary: Path
+    report: Path
+
+    @property
+    def full_report(self) -> Path:
+        return self.results.with_name("REPORT-full.md")
+
+    @classmethod
+    def for_run(cls, quick: bool) -> OutputPaths:
+        # A quick run never overwrites the committed report: everything it writes goes to out/quick/.
+        if quick:
+            folder = OUT / "quick"
+            return cls(folder / "quality_results.json", folder / "quality_summary.json", folder / "REPORT.md")
+        return cls(OUT / "quality_results.json", HERE / "quality_summary.json", HERE / "REPORT.md")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_outputs(saved: dict[str, Any] | None, paths: OutputPaths) -> None:
+    """Summary (from full results, when given), full tables, plots and REPORT.md (from the summary)."""
+    previous = None
+    if paths.summary.is_file():
+        try:
+            previous = load_summary(paths.summary)
+        except ValueError as err:
+            logger.warning("%s; it will be replaced", err)
+    if saved is not None and saved.get("rows"):
+        summary = summarize(saved, previous=previous)
+        _write_atomically(paths.summary, dump_summary(summary))
+        _write_atomically(paths.full_report, render_full(saved))
+    elif previous is not None:
+        summary = previous
+    else:
+        msg = f"nothing to render: neither {paths.results} nor {paths.summary} holds results"
+        raise SystemExit(msg)
+    plots = write_plots(summary, paths.report.parent)
+    _write_atomically(paths.report, render_report(summary, plots))
+    logger.info("wrote %s, %s and %s", paths.report, paths.summary, ", ".join(plots))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a subset that finishes in minutes")
+    parser.add_argument(
+        "--quick", action="store_true", help="a subset in under 10 minutes (benchmarks/out/quick/)"
+    )
     parser.add_argument(
         "--encoders",
         nargs="+",
@@ -1144,61 +900,88 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only", nargs="+", default=None, help="only these collections (names as in the report)"
     )
     parser.add_argument("--max-queries", type=int, default=None, help="seeded query sample per collection")
-    parser.add_argument("--latency-queries", type=int, default=10, help="single-query calls timed per config")
+    parser.add_argument(
+        "--latency-queries",
+        type=int,
+        default=None,
+        help="single-query calls timed per config (10; --quick: 5)",
+    )
     parser.add_argument("--no-peers", action="store_true", help="skip LangChain/LlamaIndex")
     parser.add_argument("--resume", action="store_true", help="keep saved results and skip what is done")
-    parser.add_argument("--report-only", action="store_true", help="re-render the report from saved results")
-    parser.add_argument("--results", default=str(RESULTS), help="results JSON")
-    parser.add_argument("--report", default=str(HERE / "REPORT.md"), help="report Markdown")
+    parser.add_argument(
+        "--render-only",
+        "--report-only",
+        dest="render_only",
+        action="store_true",
+        help="summarise the saved full results (or, without them, the committed summary) and render the "
+        "report and plots again; nothing is encoded",
+    )
     args = parser.parse_args(argv)
     if args.encoders is None:
         args.encoders = [E5] if args.quick else [MINILM, E5]
+    if args.latency_queries is None:
+        args.latency_queries = 5 if args.quick else 10
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "bm25s", "m3_integrations.model"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    results_path = Path(args.results)
-    saved: dict[str, Any] = {"rows": [], "runs": []}
-    if (args.resume or args.report_only) and results_path.is_file():
-        saved = load_results(results_path)
-    if not args.report_only:
-        command = "python benchmarks/run_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        saved.setdefault("runs", []).append(
-            {"command": command.strip(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
-        )
-        saved["environment"] = environment()
-        done = {(r["encoder"], r["dataset"]) for r in saved["rows"]}
-        encoders = {e.name: e for e in find_encoders(args.encoders)}
-        models: dict[str, M3Model] = {}
+    paths = OutputPaths.for_run(args.quick)
+    saved: dict[str, Any] | None = None
+    if (args.resume or args.render_only) and paths.results.is_file():
+        saved = load_results(paths.results)
+    if args.render_only:
+        if saved is None:
+            logger.info("no full results at %s: rendering from %s", paths.results, paths.summary)
+        write_outputs(saved, paths)
+        return 0
+    saved = saved or {"rows": [], "runs": []}
+    command = "python benchmarks/run_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    saved.setdefault("runs", []).append(
+        {"command": command.strip(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    )
+    saved["environment"] = environment()
+    saved["library_default"] = library_default(our_configs(args.quick))
+    done = {(r["encoder"], r["dataset"]) for r in saved["rows"]}
+    encoders = {e.name: e for e in find_encoders(args.encoders)}
+    models: dict[str, M3Model] = {}
+    with phase("load collections"):
         by_name = {c.name: c for c in collections(args.quick, args.max_queries)}
-        for encoder_name, collection_name in JOB_ORDER:
-            if encoder_name not in encoders or collection_name not in by_name:
-                continue
-            if args.only and collection_name not in args.only:
-                continue
-            encoder, collection = encoders[encoder_name], by_name[collection_name]
-            if all((encoder.name, d.name) in done for d in collection.query_sets):
-                logger.info("skip %s / %s (done)", encoder.name, collection.name)
-                continue
-            if encoder.name not in models:
+    for encoder_name, collection_name in JOB_ORDER:
+        if encoder_name not in encoders or collection_name not in by_name:
+            continue
+        if args.only and collection_name not in args.only:
+            continue
+        encoder, collection = encoders[encoder_name], by_name[collection_name]
+        if all((encoder.name, d.name) in done for d in collection.query_sets):
+            logger.info("skip %s / %s (done)", encoder.name, collection.name)
+            continue
+        if encoder.name not in models:
+            start = time.perf_counter()
+            with phase("load model"):
                 models[encoder.name] = load_model(encoder)
-            saved.setdefault("encoders", {})[encoder.name] = {"path": encoder.path, **encoder.kwargs}
-            rows = run_collection(
-                encoder,
-                models[encoder.name],
-                collection,
-                quick=args.quick,
-                latency_n=args.latency_queries,
-                peers=not args.no_peers,
-            )
-            names = {d.name for d in collection.query_sets}
-            saved["rows"] = [
-                r for r in saved["rows"] if not (r["encoder"] == encoder.name and r["dataset"] in names)
-            ] + rows
-            saved["quick"] = args.quick
-            save_results(saved, results_path)
-            write_report(saved, Path(args.report))
-    write_report(saved, Path(args.report))
+            logger.info("[%s] model loaded in %.1fs", encoder.name, time.perf_counter() - start)
+        saved.setdefault("encoders", {})[encoder.name] = {
+            "path": encoder.path,
+            "dim": models[encoder.name].dense_dim,
+            **encoder.kwargs,
+        }
+        rows = run_collection(
+            encoder,
+            models[encoder.name],
+            collection,
+            quick=args.quick,
+            latency_n=args.latency_queries,
+            peers=not args.no_peers,
+        )
+        names = {d.name for d in collection.query_sets}
+        saved["rows"] = [
+            r for r in saved["rows"] if not (r["encoder"] == encoder.name and r["dataset"] in names)
+        ] + rows
+        saved["quick"] = args.quick
+        save_results(saved, paths.results)
+        with phase("render report"):
+            write_outputs(saved, paths)
+    log_phases()
     return 0
 
 

@@ -1,13 +1,16 @@
-"""A retrieval-augmented chatbot over a folder of .txt/.md files, with BGE-M3 hybrid search and LangChain.
+"""A retrieval-augmented chatbot over a folder of documents, with BGE-M3 hybrid search and LangChain.
 
-The first run splits the files into chunks, indexes them with :class:`M3Retriever` (dense + lexical +
-ColBERT) and saves the index next to a manifest of the files' hashes; later runs load it again and
-rebuild only when a file, the model or the chunking changed.
+The first run reads the files with the package's reader (.txt, .md, .rst, .jsonl; .pdf, .html and .docx
+with ``pip install "m3-integrations[documents]"``), cuts them into chunks of ``--chunk-tokens`` tokens
+with the package's ``Chunker``, indexes them with :class:`M3Retriever` (dense + lexical + ColBERT) and
+saves the index next to a manifest of the documents; later runs load it again and rebuild only when a
+document, the model or the chunking changed.
 
 Answers come from an LCEL chain ``retriever | format_docs | prompt | llm``. ``--llm`` names any LangChain
 chat model that ``init_chat_model`` knows (``openai:gpt-4o-mini``, ``ollama:llama3.1``...), used when its
-package and credentials are present. Without one, the chatbot answers offline: it picks the sentences of
-the retrieved passages that BGE-M3 itself scores highest and cites them as [n].
+package and credentials are present. Without one, the chatbot answers offline: it quotes the sentences of
+the retrieved passages that the encoder scores highest, citing each passage as [n], or says that the
+files do not answer when no passage holds most of the question's words (see ``_chatbot_common``).
 
 Usage::
 
@@ -37,7 +40,6 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable, RunnableLambda, RunnableParallel, RunnablePassthrough
-from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from m3_integrations import M3Model, M3ScoreReranker
 from m3_integrations.langchain import M3Retriever
@@ -49,6 +51,9 @@ if str(HERE) not in sys.path:
 # Log by name too: callers of load_llm and build_chatbot (the tests among them) take it from here.
 import _chatbot_common as common  # noqa: E402
 from _chatbot_common import Log  # noqa: E402
+
+from m3_integrations.chunking import Chunk  # noqa: E402
+from m3_integrations.documents import SourceDocument  # noqa: E402
 
 DEFAULT_INDEX_DIR = HERE / ".m3_index_langchain"
 
@@ -72,28 +77,18 @@ class Chatbot:
     llm_name: str
 
 
-def split_documents(folder: Path, files: Sequence[Path], args: argparse.Namespace) -> list[Document]:
-    splitter = RecursiveCharacterTextSplitter(
-        chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap, add_start_index=True
-    )
-    chunks: list[Document] = []
-    for path in files:
-        source = path.relative_to(folder).as_posix()
-        parts = splitter.split_documents(
-            [Document(page_content=path.read_text(encoding="utf-8"), metadata={"source": source})]
-        )
-        for i, part in enumerate(parts):
-            part.id = f"{source}#{i}"
-            chunks.append(part)
-    return chunks
+def to_documents(chunks: Sequence[Chunk]) -> list[Document]:
+    """LangChain documents from the package's chunks: id ``source#i``, metadata with ``source_id``."""
+    return [Document(page_content=c.text, metadata=c.metadata, id=c.id) for c in chunks]
 
 
-def load_or_build_retriever(args: argparse.Namespace, model: M3Model, log: Log) -> tuple[M3Retriever, bool]:
-    """Load the saved index when its manifest matches the files, else rebuild and save it."""
-    folder = Path(args.data).resolve()
+def load_or_build_retriever(
+    args: argparse.Namespace, model: M3Model, documents: Sequence[SourceDocument], log: Log
+) -> tuple[M3Retriever, bool]:
+    """Load the saved index when its manifest matches the documents, else rebuild and save it."""
     index_dir = Path(args.index_dir)
-    files = common.source_files(folder)
-    manifest = common.build_manifest(folder, files, model.identity, args.chunk_size, args.chunk_overlap)
+    chunker = common.make_chunker(model, args)
+    manifest = common.build_manifest(documents, model.identity, chunker)
     manifest_path = index_dir / common.MANIFEST
     search = {"k": args.k}
     if not args.rebuild and manifest_path.is_file():
@@ -108,10 +103,10 @@ def load_or_build_retriever(args: argparse.Namespace, model: M3Model, log: Log) 
         else:
             log.info("Files, model or chunking changed since the index was built: rebuilding")
 
-    chunks = split_documents(folder, files, args)
-    log.info(f"Indexing {len(chunks)} chunks from {len(files)} files in {folder} ...")
+    chunks = common.split(chunker, documents, log)
+    log.info(f"Indexing {len(chunks)} chunks from {args.data} ...")
     retriever = M3Retriever.from_documents(
-        chunks, model=model, index_kwargs={"show_progress": not args.quiet}, **search
+        to_documents(chunks), model=model, index_kwargs={"show_progress": not args.quiet}, **search
     )
     retriever.save(index_dir / "index")
     common.save_manifest(manifest_path, manifest)
@@ -122,25 +117,29 @@ def load_or_build_retriever(args: argparse.Namespace, model: M3Model, log: Log) 
 def format_docs(docs: Sequence[Document]) -> str:
     """Number the passages so that the answer can cite them as [n]."""
     return "\n\n".join(
-        f"[{n}] ({doc.metadata.get('source', '?')}) {doc.page_content}" for n, doc in enumerate(docs, 1)
+        f"[{n}] ({common.source_label(doc.metadata)}) {doc.page_content}" for n, doc in enumerate(docs, 1)
     )
 
 
 def doc_sources(docs: Sequence[Document]) -> str:
-    return common.sources_block(doc.metadata.get("source", "?") for doc in docs)
+    return common.sources_block(common.source_label(doc.metadata) for doc in docs)
 
 
-def make_extractive_answer(model: M3Model, max_sentences: int = 3) -> RunnableLambda:
-    """An offline 'LLM': the retrieved sentences that M3 scores highest for the question, with [n]."""
+def make_extractive_answer(model: M3Model) -> RunnableLambda:
+    """An offline 'LLM': the sentences of the retrieved passages that M3 scores highest, with [n].
+
+    Returns the rendered answer with the sources it quotes, or that the files do not say.
+    """
     reranker = M3ScoreReranker(model)
 
+    def rank(question: str, sentences: list[str]) -> list[int]:
+        return [i for i, _ in reranker.rerank(question, sentences, top_n=common.MAX_QUOTED_SENTENCES)]
+
     def answer(inputs: dict[str, Any]) -> str:
-        docs: list[Document] = inputs["docs"]
-        sentences = common.numbered_sentences(doc.page_content for doc in docs)
-        if not sentences:
-            return "I found nothing relevant in the indexed files."
-        best = reranker.rerank(inputs["question"], [s for _, s in sentences], top_n=max_sentences)
-        return common.cite(sentences[i] for i, _ in best)
+        passages = [
+            common.Passage(doc.page_content, common.source_label(doc.metadata)) for doc in inputs["docs"]
+        ]
+        return common.extractive_answer(inputs["question"], passages, rank).render()
 
     return RunnableLambda(answer, name="extractive_answer")
 
@@ -165,22 +164,25 @@ def load_llm(spec: str | None, log: Log) -> BaseChatModel | None:
 
 
 def build_chain(retriever: M3Retriever, model: M3Model, llm: BaseChatModel | None) -> Runnable:
-    """``question -> answer with sources`` as one LCEL chain."""
-    if llm is None:
-        answer: Runnable = make_extractive_answer(model)
-    else:
-        to_prompt = RunnableLambda(
-            lambda x: {"context": format_docs(x["docs"]), "question": x["question"]}, name="format_docs"
-        )
-        answer = to_prompt | PROMPT | llm | StrOutputParser()
-    render = RunnableLambda(lambda x: f"{x['answer']}\n\n{doc_sources(x['docs'])}", name="render")
+    """``question -> answer with sources`` as one LCEL chain.
+
+    An LLM sees every retrieved passage, numbered, and the sources list them all; the offline answer
+    lists the passages it quotes.
+    """
     retrieve = RunnableParallel(docs=retriever, question=RunnablePassthrough())
+    if llm is None:
+        return retrieve | make_extractive_answer(model)
+    to_prompt = RunnableLambda(
+        lambda x: {"context": format_docs(x["docs"]), "question": x["question"]}, name="format_docs"
+    )
+    answer = to_prompt | PROMPT | llm | StrOutputParser()
+    render = RunnableLambda(lambda x: f"{x['answer']}\n\n{doc_sources(x['docs'])}", name="render")
     return retrieve | RunnablePassthrough.assign(answer=answer) | render
 
 
-def build_chatbot(args: argparse.Namespace, log: Log) -> Chatbot:
+def build_chatbot(args: argparse.Namespace, log: Log, documents: Sequence[SourceDocument]) -> Chatbot:
     model = common.open_model(args)
-    retriever, reused = load_or_build_retriever(args, model, log)
+    retriever, reused = load_or_build_retriever(args, model, documents, log)
     llm = load_llm(args.llm, log)
     chain = build_chain(retriever, model, llm)
     return Chatbot(retriever, chain, reused, args.llm if llm is not None else "extractive (offline)")
@@ -188,16 +190,14 @@ def build_chatbot(args: argparse.Namespace, log: Log) -> Chatbot:
 
 def build_parser() -> argparse.ArgumentParser:
     description = __doc__.split("\n\n")[0]
-    parser = common.build_parser(
-        description, llm_help="init_chat_model spec, e.g. openai:gpt-4o-mini", chunk_unit="characters"
-    )
-    parser.set_defaults(index_dir=str(DEFAULT_INDEX_DIR), chunk_size=600, chunk_overlap=80)
+    parser = common.build_parser(description, llm_help="init_chat_model spec, e.g. openai:gpt-4o-mini")
+    parser.set_defaults(index_dir=str(DEFAULT_INDEX_DIR))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    def start(args: argparse.Namespace, log: Log) -> tuple[Any, str]:
-        bot = build_chatbot(args, log)
+    def start(args: argparse.Namespace, log: Log, documents: list[SourceDocument]) -> tuple[Any, str]:
+        bot = build_chatbot(args, log, documents)
         return bot.chain.invoke, bot.llm_name
 
     greeting = "Ask a question about the indexed files (empty line or Ctrl-D to quit)."

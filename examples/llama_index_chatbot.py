@@ -1,16 +1,19 @@
-"""A retrieval-augmented chatbot over a folder of .txt/.md files, with BGE-M3 hybrid search and LlamaIndex.
+"""A retrieval-augmented chatbot over a folder of documents, with BGE-M3 hybrid search and LlamaIndex.
 
-The first run splits the files into nodes (LlamaIndex ``SentenceSplitter``), indexes them with
-:class:`m3_integrations.llama_index.M3Retriever` (dense + lexical + ColBERT) and persists the retriever
-with a manifest of the files' hashes; later runs load it again and rebuild only when a file, the model
-or the chunking changed.
+The first run reads the files with the package's reader (.txt, .md, .rst, .jsonl; .pdf, .html and .docx
+with ``pip install "m3-integrations[documents]"``), cuts them into chunks of ``--chunk-tokens`` tokens
+with the package's ``Chunker``, turns the chunks into ``TextNode`` objects (offsets and source kept, out of
+what is embedded), indexes them with :class:`m3_integrations.llama_index.M3Retriever` (dense + lexical
++ ColBERT) and persists the retriever with a manifest of the documents; later runs load it again and
+rebuild only when a document, the model or the chunking changed.
 
 ``--llm provider:model`` names any LlamaIndex LLM whose integration package is installed
 (``openai:gpt-4o-mini`` needs ``llama-index-llms-openai`` and ``OPENAI_API_KEY``,
 ``ollama:llama3.1`` needs ``llama-index-llms-ollama``...); it answers through LlamaIndex's
 ``CitationQueryEngine``, citing sources as [n]. Without one (or when it cannot be loaded or called)
-the chatbot answers offline: an ``M3Reranker`` picks the retrieved sentences BGE-M3 scores highest
-for the question and cites each as [n].
+the chatbot answers offline: an ``M3Reranker`` picks the retrieved sentences the encoder scores highest
+for the question and cites each passage as [n], or it says that the files do not answer when no
+passage holds most of the question's words (see ``_chatbot_common``).
 
 Usage::
 
@@ -35,10 +38,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from llama_index.core import Document
 from llama_index.core.llms import LLM
-from llama_index.core.node_parser import SentenceSplitter
-from llama_index.core.schema import NodeWithScore, TextNode
+from llama_index.core.schema import NodeRelationship, NodeWithScore, RelatedNodeInfo, TextNode
 
 from m3_integrations import M3Model
 from m3_integrations.llama_index import M3Reranker, M3Retriever
@@ -48,6 +49,9 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.append(str(HERE))
 import _chatbot_common as common  # noqa: E402
+
+from m3_integrations.chunking import Chunk  # noqa: E402
+from m3_integrations.documents import SourceDocument  # noqa: E402
 
 DEFAULT_INDEX_DIR = HERE / ".m3_index_llama"
 RETRIEVER_DIR = "retriever"
@@ -66,28 +70,35 @@ KNOWN_LLMS = {
 
 
 # ---------------------------------------------------------------------------------------- indexing
-def read_documents(folder: Path, files: Sequence[Path]) -> list[Document]:
-    documents = []
-    for path in files:
-        name = path.relative_to(folder).as_posix()
-        documents.append(
-            Document(
-                id_=name,
-                text=path.read_text(encoding="utf-8"),
-                metadata={"source": name},
-                # The file name helps the LLM cite, but is not part of what is searched.
-                excluded_embed_metadata_keys=["source"],
-            )
+# Where a chunk lies in its document: kept on the node, but neither embedded nor shown to an LLM.
+POSITION_KEYS = ["source", "source_id", "chunk_index", "start", "end", "num_tokens"]
+
+
+def to_nodes(chunks: Sequence[Chunk]) -> list[TextNode]:
+    """LlamaIndex nodes from the package's chunks: id ``source#i``, offsets, and the source document."""
+    return [
+        TextNode(
+            id_=c.id,
+            text=c.text,
+            metadata=c.metadata,
+            start_char_idx=c.start,
+            end_char_idx=c.end,
+            # Only the text is embedded, as in the other chatbot and the CLI.
+            excluded_embed_metadata_keys=list(c.metadata),
+            excluded_llm_metadata_keys=[key for key in POSITION_KEYS if key in c.metadata],
+            relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=c.source_id)},
         )
-    return documents
+        for c in chunks
+    ]
 
 
-def open_retriever(args: argparse.Namespace, model: M3Model, log: common.Log) -> tuple[M3Retriever, bool]:
+def open_retriever(
+    args: argparse.Namespace, model: M3Model, documents: Sequence[SourceDocument], log: common.Log
+) -> tuple[M3Retriever, bool]:
     """Reuse the persisted retriever when its manifest still matches, else build and persist a new one."""
-    folder = Path(args.data).resolve()
     index_dir = Path(args.index_dir)
-    files = common.source_files(folder)
-    manifest = common.build_manifest(folder, files, model.identity, args.chunk_size, args.chunk_overlap)
+    chunker = common.make_chunker(model, args)
+    manifest = common.build_manifest(documents, model.identity, chunker)
     manifest_path = index_dir / common.MANIFEST
     if not args.rebuild and manifest_path.is_file():
         if common.manifest_matches(manifest_path, manifest):
@@ -103,17 +114,11 @@ def open_retriever(args: argparse.Namespace, model: M3Model, log: common.Log) ->
         else:
             log.info("The files, the model or the chunking changed: rebuilding the index")
 
-    splitter = SentenceSplitter(
-        chunk_size=args.chunk_size,
-        chunk_overlap=args.chunk_overlap,
-        id_func=lambda i, doc: f"{doc.id_}#{i}",  # stable node ids across rebuilds
-    )
-    documents = read_documents(folder, files)
-    log.info(f"Indexing {len(documents)} files from {folder} ...")
-    retriever = M3Retriever.from_documents(
-        documents,
+    chunks = common.split(chunker, documents, log)
+    log.info(f"Indexing {len(documents)} documents from {args.data} ...")
+    retriever = M3Retriever(
+        nodes=to_nodes(chunks),
         model=model,
-        node_parser=splitter,
         similarity_top_k=args.k,
         index_kwargs={"show_progress": not args.quiet},
     )
@@ -153,26 +158,33 @@ def load_llm(spec: str | None, log: common.Log) -> LLM | None:
 
 
 def node_sources(nodes: Sequence[NodeWithScore]) -> str:
-    return common.sources_block(hit.node.metadata.get("source", "?") for hit in nodes)
+    return common.sources_block(common.source_label(hit.node.metadata) for hit in nodes)
 
 
 def extractive_answer(question: str, nodes: Sequence[NodeWithScore], reranker: M3Reranker) -> str:
-    """The sentences of the retrieved nodes that M3 scores highest for the question, each cited [n]."""
-    sentences = [
-        NodeWithScore(
-            node=TextNode(
-                text=sentence,
-                metadata={"n": n},
-                excluded_embed_metadata_keys=["n"],
-                excluded_llm_metadata_keys=["n"],
+    """The sentences of the retrieved nodes that M3 scores highest for the question, each cited [n].
+
+    Or that the files do not say, when no node holds most of the question's words.
+    """
+
+    def rank(query: str, sentences: list[str]) -> list[int]:
+        as_nodes = [
+            NodeWithScore(
+                node=TextNode(
+                    text=sentence,
+                    metadata={"i": i},
+                    excluded_embed_metadata_keys=["i"],
+                    excluded_llm_metadata_keys=["i"],
+                )
             )
-        )
-        for n, sentence in common.numbered_sentences(hit.node.get_content() for hit in nodes)
+            for i, sentence in enumerate(sentences)
+        ]
+        return [hit.node.metadata["i"] for hit in reranker.postprocess_nodes(as_nodes, query_str=query)]
+
+    passages = [
+        common.Passage(hit.node.get_content(), common.source_label(hit.node.metadata)) for hit in nodes
     ]
-    if not sentences:
-        return "Nothing in the indexed files matches the question."
-    best = reranker.postprocess_nodes(sentences, query_str=question)
-    return common.cite((s.node.metadata["n"], s.node.get_content()) for s in best)
+    return common.extractive_answer(question, passages, rank).render()
 
 
 @dataclass
@@ -193,8 +205,7 @@ class Chatbot:
                 return self._ask_llm(question)
             except Exception as err:  # no key, unreachable server...: still answer
                 self.log.warning(f"the LLM failed ({type(err).__name__}: {err}); answering offline")
-        nodes = self.retriever.retrieve(question)
-        return f"{extractive_answer(question, nodes, self.reranker)}\n\n{node_sources(nodes)}"
+        return extractive_answer(question, self.retriever.retrieve(question), self.reranker)
 
     def _ask_llm(self, question: str) -> str:
         from llama_index.core import get_response_synthesizer
@@ -215,25 +226,27 @@ class Chatbot:
         return f"{response.response}\n\n{node_sources(response.source_nodes)}"
 
 
-def build_chatbot(args: argparse.Namespace, log: common.Log) -> Chatbot:
+def build_chatbot(args: argparse.Namespace, log: common.Log, documents: Sequence[SourceDocument]) -> Chatbot:
     model = common.open_model(args)
-    retriever, reused = open_retriever(args, model, log)
-    reranker = M3Reranker(model=model, top_n=3)
+    retriever, reused = open_retriever(args, model, documents, log)
+    reranker = M3Reranker(model=model, top_n=common.MAX_QUOTED_SENTENCES)
     return Chatbot(retriever, reranker, load_llm(args.llm, log), reused, log)
 
 
 def build_parser() -> argparse.ArgumentParser:
     description = __doc__.split("\n\n")[0]
     parser = common.build_parser(
-        description, llm_help="provider:model, e.g. openai:gpt-4o-mini, ollama:llama3.1", chunk_unit="tokens"
+        description, llm_help="provider:model, e.g. openai:gpt-4o-mini, ollama:llama3.1"
     )
-    parser.set_defaults(index_dir=str(DEFAULT_INDEX_DIR), chunk_size=160, chunk_overlap=20)
+    parser.set_defaults(index_dir=str(DEFAULT_INDEX_DIR))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    def start(args: argparse.Namespace, log: common.Log) -> tuple[Callable[[str], str], str]:
-        bot = build_chatbot(args, log)
+    def start(
+        args: argparse.Namespace, log: common.Log, documents: list[SourceDocument]
+    ) -> tuple[Callable[[str], str], str]:
+        bot = build_chatbot(args, log, documents)
         return bot.ask, bot.llm_name
 
     greeting = "Ask about the indexed files (empty line or Ctrl-D quits)."

@@ -13,14 +13,24 @@ from types import ModuleType
 from typing import Any
 
 
-def import_optional(module: str, extra: str) -> ModuleType:
-    """Import an optional dependency, naming the pip extra that provides it when it is missing."""
+def import_optional(module: str, extra: str | None = None, *, package: str | None = None) -> ModuleType:
+    """Import an optional dependency; when it is missing, say what to install.
+
+    Args:
+        module: the module to import.
+        extra: this package's pip extra that provides it (``pip install "m3-integrations[extra]"``).
+        package: otherwise, the pip package that provides it (a LangChain partner package, say).
+
+    Raises:
+        ImportError: the module is not installed; the message names the extra or the package.
+    """
     try:
         return importlib.import_module(module)
     except ImportError as err:
+        install = f'"m3-integrations[{extra}]"' if extra is not None else package or module
         msg = (
             f"`{module}` is required for this feature but is not installed. "
-            f'Install it with `pip install "m3-integrations[{extra}]"`.'
+            f"Install it with `pip install {install}`."
         )
         raise ImportError(msg) from err
 

@@ -1,7 +1,8 @@
 """Okapi BM25 over a sparse inverted structure, with ``rank_bm25.BM25Okapi``'s exact semantics.
 
-Term frequencies are kept in a scipy CSR matrix (documents × terms) and a CSC copy (the inverted
-index: one posting list per term), so scoring a query touches only the postings of its terms. The
+Term frequencies are kept in the index's sparse store (:mod:`m3_integrations.index.sparse_store`: a CSR
+matrix, documents × terms, and a CSC copy, the inverted index: one posting list per term), so scoring a
+query touches only the postings of its terms. The
 corpus statistics (document count, average length, document frequencies) cover live rows only and are
 recomputed after every change, so a deletion updates every idf as a rebuild would.
 
@@ -35,6 +36,8 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+
+from m3_integrations.index.sparse_store import SparseStore
 
 __all__ = ["BM25", "WordTokenizer", "stemmer_languages", "word_tokenize"]
 
@@ -176,6 +179,9 @@ class BM25:
 
     Tokens are either integer ids below ``num_columns`` (the model tokenizer's ids, used as columns
     directly) or any hashable (words), mapped to columns by a vocabulary that grows as documents arrive.
+    The term frequencies live in a :class:`~m3_integrations.index.sparse_store.SparseStore` (the same
+    store as M3's lexical weights); this class adds the vocabulary, the document lengths, the corpus
+    statistics and the formula.
 
     Args:
         k1: term-frequency saturation.
@@ -190,13 +196,9 @@ class BM25:
         self.k1, self.b, self.epsilon = float(k1), float(b), float(epsilon)
         self.num_columns = num_columns
         self.vocab: dict[Hashable, int] = {}
-        self._chunks: list[sp.csr_matrix] = []
-        self._csr: sp.csr_matrix | None = None
-        self._csc: sp.csc_matrix | None = None
+        self.store = SparseStore(self.width)
         self._doc_len = np.zeros(0, dtype=np.float64)
-        self._alive = np.zeros(0, dtype=bool)
         self._stats: tuple[float, float, np.ndarray] | None = None  # (N, avgdl, idf)
-        self._df = np.zeros(0, dtype=np.float64)  # live document frequency per column, with _stats
 
     # ------------------------------------------------------------------ building
     def __len__(self) -> int:
@@ -235,18 +237,16 @@ class BM25:
             indices.append(uniq)
             data.append(counts.astype(np.float32))
             indptr.append(indptr[-1] + len(uniq))
+        self.store.set_width(self.width)
         chunk = sp.csr_matrix(
             (
                 np.concatenate(data) if data else np.zeros(0, np.float32),
                 np.concatenate(indices) if indices else np.zeros(0, np.int64),
                 np.asarray(indptr, dtype=np.int64),
             ),
-            shape=(len(token_lists), max(self.width, 1)),
+            shape=(len(token_lists), self.store.width),
         )
-        self._chunks.append(chunk)
-        self._doc_len = np.concatenate([self._doc_len, lengths])
-        self._alive = np.concatenate([self._alive, np.ones(len(token_lists), dtype=bool)])
-        self._invalidate()
+        self._append(chunk, lengths)
 
     def add_matrix(self, term_frequencies: sp.spmatrix) -> None:
         """Append rows given as a term-frequency matrix ``(n, num_columns)`` (integer-token mode only)."""
@@ -257,28 +257,27 @@ class BM25:
         if chunk.shape[1] != self.num_columns:
             msg = f"term-frequency matrix has {chunk.shape[1]} columns, expected {self.num_columns}"
             raise ValueError(msg)
-        self._chunks.append(chunk)
-        lengths = np.asarray(chunk.sum(axis=1), dtype=np.float64).ravel()
+        self._append(chunk, np.asarray(chunk.sum(axis=1), dtype=np.float64).ravel())
+
+    def _append(self, chunk: sp.csr_matrix, lengths: np.ndarray) -> None:
+        self.store.append(chunk)
         self._doc_len = np.concatenate([self._doc_len, lengths])
-        self._alive = np.concatenate([self._alive, np.ones(chunk.shape[0], dtype=bool)])
-        self._invalidate()
+        self._stats = None
 
     def set_alive(self, alive: np.ndarray) -> None:
         """Which rows count in the corpus statistics (the owner's tombstones)."""
         alive = np.asarray(alive, dtype=bool)
-        if alive.shape != self._alive.shape:
-            msg = f"alive mask has {alive.shape[0]} rows, the BM25 matrix {len(self._alive)}"
+        if alive.shape != self.store.alive.shape:
+            msg = f"alive mask has {alive.shape[0]} rows, the BM25 matrix {len(self.store.alive)}"
             raise ValueError(msg)
-        self._alive = alive.copy()
+        self.store.set_alive(alive)
         self._stats = None
 
     def keep_rows(self, rows: np.ndarray) -> None:
         """Compact: keep only ``rows`` (in that order), and forget the words no live row uses any more."""
-        matrix = self.matrix()[rows]
-        self._chunks = [sp.csr_matrix(matrix)]
+        self.store.keep_rows(rows)
         self._doc_len = self._doc_len[rows]
-        self._alive = self._alive[rows]
-        self._invalidate()
+        self._stats = None
         self.drop_unused_terms()
 
     def words(self) -> list[Hashable]:
@@ -305,70 +304,32 @@ class BM25:
         """
         if self.num_columns is not None:
             return
-        matrix = self.matrix()
-        rows_of_entries = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
-        used = np.zeros(self.width, dtype=bool)
-        used[matrix.indices[self._alive[rows_of_entries]]] = True
+        used = self.store.document_frequency()[: self.width] > 0
         if used.all():
             return
-        new_column = np.cumsum(used) - 1
-        keep = used[matrix.indices]
-        indptr = np.zeros(matrix.shape[0] + 1, dtype=np.int64)
-        np.cumsum(np.bincount(rows_of_entries[keep], minlength=matrix.shape[0]), out=indptr[1:])
         words = self.words()
         self.vocab = {word: i for i, word in enumerate(w for w, u in zip(words, used, strict=True) if u)}
-        self._chunks = [
-            sp.csr_matrix(
-                (matrix.data[keep], new_column[matrix.indices[keep]].astype(np.int64), indptr),
-                shape=(matrix.shape[0], max(self.width, 1)),
-            )
-        ]
-        self._invalidate()
-
-    def _invalidate(self) -> None:
-        self._csr = self._csc = None
+        self.store.keep_columns(used)
         self._stats = None
 
     def matrix(self) -> sp.csr_matrix:
         """The term-frequency matrix ``(n_docs, width)`` (CSR, float32 counts)."""
-        if self._csr is None:
-            width = max(self.width, 1)
-            chunks = [
-                sp.csr_matrix((c.data, c.indices, c.indptr), shape=(c.shape[0], width)) for c in self._chunks
-            ]
-            self._csr = (
-                sp.csr_matrix(sp.vstack(chunks, format="csr"))
-                if chunks
-                else sp.csr_matrix((0, width), dtype=np.float32)
-            )
-            self._chunks = [self._csr]
-        return self._csr
-
-    def _inverted(self) -> sp.csc_matrix:
-        if self._csc is None:
-            self._csc = self.matrix().tocsc()
-            self._csc.sort_indices()
-        return self._csc
+        return self.store.matrix()
 
     def stats(self) -> tuple[float, float, np.ndarray]:
         """``(N, avgdl, idf per column)`` over the live rows, rank_bm25's idf with its ε floor."""
         if self._stats is None:
-            matrix = self.matrix()
-            alive = self._alive
+            alive = self.store.alive
             n_docs = float(alive.sum())
             avgdl = float(self._doc_len[alive].sum() / n_docs) if n_docs else 0.0
-            rows_of_entries = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
-            df = np.bincount(
-                matrix.indices, weights=alive[rows_of_entries].astype(np.float64), minlength=matrix.shape[1]
-            )
+            df = self.store.document_frequency()
             present = df > 0
-            idf = np.zeros(matrix.shape[1], dtype=np.float64)
+            idf = np.zeros(len(df), dtype=np.float64)
             idf[present] = np.log(n_docs - df[present] + 0.5) - np.log(df[present] + 0.5)
             if present.any():
                 average_idf = float(idf[present].mean())
                 idf[present & (idf < 0)] = self.epsilon * average_idf
             self._stats = (n_docs, avgdl, idf)
-            self._df = df
         return self._stats
 
     def coverage(self, query_tokens: Sequence[Hashable]) -> float:
@@ -387,11 +348,7 @@ class BM25:
             msg = f"coverage needs a list of query tokens, got {type(query_tokens).__name__}"
             raise TypeError(msg)
         distinct = list(dict.fromkeys(query_tokens))
-        if not distinct or not len(self._doc_len):
-            return 0.0
-        self.stats()
-        columns = self.columns(distinct)
-        return float(np.count_nonzero(self._df[columns] > 0) / len(distinct))
+        return self.store.coverage(self.columns(distinct), len(distinct))
 
     # ------------------------------------------------------------------ scoring
     def get_scores(self, query_tokens: Sequence[Hashable]) -> np.ndarray:
@@ -405,7 +362,7 @@ class BM25:
         if avgdl <= 0:
             return scores
         uniq, counts = np.unique(cols, return_counts=True)
-        sub = self._inverted()[:, uniq]
+        sub = self.store.inverted()[:, uniq]
         if sub.nnz == 0:
             return scores
         col_of_entry = np.repeat(np.arange(len(uniq)), np.diff(sub.indptr))
@@ -418,13 +375,7 @@ class BM25:
     # ------------------------------------------------------------------ persistence
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain arrays for ``np.savez`` (no pickled objects)."""
-        matrix = self.matrix()
-        return {
-            "bm25_data": matrix.data,
-            "bm25_indices": matrix.indices.astype(np.int64),
-            "bm25_indptr": matrix.indptr.astype(np.int64),
-            "bm25_doc_len": self._doc_len,
-        }
+        return {**self.store.to_arrays("bm25"), "bm25_doc_len": self._doc_len}
 
     @classmethod
     def from_arrays(
@@ -442,12 +393,12 @@ class BM25:
         if vocab is not None:
             bm25.vocab = {token: i for i, token in enumerate(vocab)}
         doc_len = np.asarray(arrays["bm25_doc_len"], dtype=np.float64)
+        bm25.store.set_width(bm25.width)
         matrix = sp.csr_matrix(
             (arrays["bm25_data"], arrays["bm25_indices"], arrays["bm25_indptr"]),
-            shape=(len(doc_len), max(bm25.width, 1)),
+            shape=(len(doc_len), bm25.store.width),
         )
         matrix.check_format(full_check=True)
-        bm25._chunks = [matrix]
+        bm25.store.restore(matrix)
         bm25._doc_len = doc_len
-        bm25._alive = np.ones(len(doc_len), dtype=bool)
         return bm25

@@ -2,11 +2,16 @@
 
 Commands::
 
-    m3-integrations index DIR_OR_FILES... --out INDEX [--model BAAI/bge-m3]
+    m3-integrations index DIR_OR_FILES... --out INDEX [--model BAAI/bge-m3] [--chunk-tokens N]
     m3-integrations search INDEX "query" ["another query" ...] [-k 5] [--mode hybrid] [--json]
     m3-integrations search INDEX --queries-file queries.txt     # or queries.jsonl (BEIR), or - for stdin
     m3-integrations eval --data BEIR_DIR [--model BAAI/bge-m3 | --index INDEX] [--mode M ...]
-                         [--fusion F ...] [--json OUT] [--report OUT]
+                         [--fusion F ...] [--chunk-tokens N] [--json OUT] [--report OUT]
+
+``index`` reads files with :func:`m3_integrations.documents.read_documents` (a BEIR folder gives its
+corpus only; what is skipped is printed with counts) and cuts files, not JSON-lines records, into
+chunks of ``--chunk-tokens`` tokens (see ``m3_integrations._cli_documents``). ``eval`` on chunks scores
+each document by its best chunk, so the metrics stay per document.
 
 The model: ``--model`` takes a hub id (default ``BAAI/bge-m3``) or a local checkpoint folder. An encoder
 without BGE-M3's heads (e5, MiniLM...) also needs ``--allow-missing-heads --pooling mean`` (and for e5
@@ -48,9 +53,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
+from m3_integrations.index.options import FUSION_METHODS, WEIGHT_KEYS
+from m3_integrations.index.options import MODES as MODE_SLOTS
+from m3_integrations.model import DEFAULT_MODEL
+
 if TYPE_CHECKING:
     from m3_integrations import M3Index, M3Model
-    from m3_integrations.evaluation import BeirDataset
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +78,9 @@ EXIT_USAGE = 2
 EXIT_INPUT = 3
 EXIT_MODE = 4
 
-DEFAULT_MODEL = "BAAI/bge-m3"  # model.DEFAULT_MODEL, not imported so that --help needs no torch
-MODES = ("dense", "sparse", "colbert", "dense+sparse", "hybrid")
-FUSIONS = ("weighted", "rrf", "relative_score", "confidence")  # fusion.FUSION_METHODS, imported lazily
-SIGNALS = ("dense", "sparse", "colbert", "bm25")  # index.WEIGHT_KEYS
-TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst")
+MODES = tuple(MODE_SLOTS)
+FUSIONS = FUSION_METHODS
+SIGNALS = WEIGHT_KEYS  # the keys --weights takes
 # Written by earlier versions beside the index to say how to load the model; never read now, as a
 # shared folder could name code to run in it.
 LEGACY_MODEL_FILE = "cli_model.json"
@@ -433,6 +439,9 @@ def _one_line(text: str) -> str:
 
 # ---------------------------------------------------------------------------- parser
 def _build_parser() -> argparse.ArgumentParser:
+    from m3_integrations._cli_documents import add_chunking_arguments
+    from m3_integrations.chunking import DEFAULT_CHUNK_TOKENS
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars or logs"
@@ -453,8 +462,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p_index.add_argument(
         "paths",
         nargs="+",
-        help=f"files or folders ({', '.join(TEXT_SUFFIXES)} files become one document each; "
-        "a .jsonl file holds BEIR corpus records with _id, title, text)",
+        help="files or folders: .txt .md .rst .pdf .html .docx files (cut into chunks) and .jsonl files of "
+        "BEIR corpus records (_id, title, text; one passage each); a BEIR folder gives its corpus only",
     )
     p_index.add_argument(
         "--out",
@@ -465,6 +474,11 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_lexical(p_index)
     p_index.add_argument("--no-colbert", action="store_true", help="do not store ColBERT vectors")
     _add_bm25_tokenizer(p_index)
+    add_chunking_arguments(
+        p_index,
+        default=f"files in chunks of {DEFAULT_CHUNK_TOKENS} tokens, JSON-lines records whole; with "
+        "N, records too",
+    )
 
     recorded = (
         "hub id or local checkpoint folder (default: the index's own model when it is a hub id such as "
@@ -512,6 +526,10 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_search_options(p_eval, multiple=True)
     _add_lexical(p_eval)
     _add_bm25_tokenizer(p_eval)
+    add_chunking_arguments(
+        p_eval,
+        default="0, each corpus record whole; with N, a document scores as its best chunk",
+    )
     p_eval.add_argument(
         "-k",
         type=_positive_int,
@@ -624,8 +642,8 @@ def _check_modes(
 ) -> None:
     """Refuse a mode this model and index settings cannot produce, before any encoding."""
     for mode in modes:
-        needs_lexical = mode in ("sparse", "dense+sparse", "hybrid")
-        needs_colbert = mode in ("colbert", "hybrid")
+        needs_lexical = "lexical" in MODE_SLOTS[mode]
+        needs_colbert = "colbert" in MODE_SLOTS[mode]
         if needs_lexical and lexical == "m3" and not has_sparse:
             msg = (
                 f"mode {mode!r} needs lexical weights but model {model_name!r} has no sparse head "
@@ -644,7 +662,7 @@ def _check_output_folder(out: str, inputs: Sequence[str]) -> Path:
     touching nothing: what :meth:`M3Index.save` refuses (a file or link at the path, a folder of anything
     else), and an input path or a folder holding one.
     """
-    from m3_integrations.persistence import check_save_target
+    from m3_integrations.index.persistence import check_save_target
 
     target = Path(out).expanduser()
     resolved = target.resolve()
@@ -663,7 +681,7 @@ def _check_output_folder(out: str, inputs: Sequence[str]) -> Path:
 def _read_manifest(folder: Path) -> dict[str, Any]:
     """An index folder's ``manifest.json``, read safely by the library (see ``persistence.read_manifest``)."""
     from m3_integrations.errors import IndexLoadError
-    from m3_integrations.persistence import read_manifest
+    from m3_integrations.index.persistence import read_manifest
 
     try:
         return read_manifest(folder)
@@ -786,51 +804,7 @@ def _index_folder(raw: str) -> Path:
     return folder
 
 
-# ---------------------------------------------------------------------------- documents and queries
-def _collect_documents(paths: Sequence[str]) -> tuple[list[str], list[str], list[dict[str, Any]]]:
-    from m3_integrations.evaluation.beir import iter_jsonl, join_title_text
-
-    ids: list[str] = []
-    texts: list[str] = []
-    metadatas: list[dict[str, Any]] = []
-
-    def add_file(file: Path, doc_id: str) -> None:
-        if file.suffix == ".jsonl":
-            try:
-                for line_no, record in iter_jsonl(file, require_id=False):
-                    text = join_title_text(str(record.get("title") or ""), str(record.get("text") or ""))
-                    if text.strip():
-                        ids.append(str(record.get("_id", f"{doc_id}:{line_no}")))
-                        texts.append(text)
-                        metadatas.append({"source": str(file), "line": line_no})
-            except ValueError as err:
-                raise CliError(str(err), EXIT_INPUT) from err
-            return
-        text = file.read_text(encoding="utf-8", errors="replace")
-        if text.strip():
-            ids.append(doc_id)
-            texts.append(text)
-            metadatas.append({"source": str(file)})
-
-    for raw in paths:
-        path = Path(raw).expanduser()
-        if not path.exists():
-            msg = f"path {raw!r} does not exist"
-            raise CliError(msg, EXIT_INPUT)
-        if path.is_dir():
-            for file in sorted(path.rglob("*")):
-                if file.is_file() and file.suffix.lower() in (*TEXT_SUFFIXES, ".jsonl"):
-                    add_file(file, str(file.relative_to(path)))
-        else:
-            add_file(path, path.name)
-    if len(set(ids)) != len(ids):
-        seen: set[str] = set()
-        dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
-        msg = f"two documents share the id {dup!r}; index them in separate commands or rename them"
-        raise CliError(msg, EXIT_INPUT)
-    return ids, texts, metadatas
-
-
+# ---------------------------------------------------------------------------- queries
 class _Query(NamedTuple):
     text: str
     id: str | None
@@ -891,31 +865,35 @@ def _read_queries_file(raw: str) -> list[_Query]:
 # ---------------------------------------------------------------------------- commands
 def _cmd_index(args: argparse.Namespace) -> int:
     from m3_integrations import M3Index
+    from m3_integrations._cli_documents import chunk_plan, make_passages, read_inputs
 
     bm25_kwargs = _bm25_kwargs(args)
+    plan = chunk_plan(args, files_by_default=True)
     out = _check_output_folder(args.out, args.paths)
-    ids, texts, metadatas = _collect_documents(args.paths)
-    if not texts:
-        kinds = ", ".join((*TEXT_SUFFIXES, ".jsonl"))
-        msg = f"no documents with text found in {', '.join(args.paths)} (looked for {kinds} files)"
-        raise CliError(msg, EXIT_INPUT)
+    # Read before the model loads: a missing or damaged file costs no model load.
+    documents = read_inputs(args.paths, show_progress=not args.quiet, report=_ignore if args.quiet else None)
     lexical = args.lexical or "auto"
     model = load_model(args.model, model_kwargs(args))
     if lexical == "m3" and not model.has_sparse:
         msg = f"--lexical m3 needs a sparse head, and model {args.model!r} has none; use --lexical bm25"
         raise CliError(msg, EXIT_MODE)
     start = time.perf_counter()
+    passages = make_passages(model, documents, plan, show_progress=not args.quiet)
     index = M3Index(
         model, lexical=lexical, **bm25_kwargs, store_colbert=not args.no_colbert, show_progress=not args.quiet
     )
-    index.add(texts, ids=ids, metadatas=metadatas)
+    index.add(passages.texts, ids=passages.ids, metadatas=passages.metadatas)
     try:
         index.save(out)
     except FileExistsError as err:  # the library's own refusal to replace what is not an index
         raise CliError(f"--out {args.out!r}: {err}", EXIT_INPUT) from err
     seconds = time.perf_counter() - start
-    print(f"indexed {len(texts)} documents into {args.out} in {seconds:.1f}s")
+    print(f"indexed {passages.describe()} into {args.out} in {seconds:.1f}s")
     return EXIT_OK
+
+
+def _ignore(*_: Any) -> None:
+    """A report callback that drops what it gets (``--quiet``)."""
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -1005,37 +983,12 @@ def _dataset_label(data: str, queries: str | None) -> str:
     return label(data) if queries is None else f"{label(data)} (queries: {label(queries)})"
 
 
-def _check_index_matches_corpus(index: M3Index, dataset: BeirDataset, index_arg: str) -> None:
-    """Refuse an index not built from this corpus, saying what differs."""
-
-    def some(ids: Iterable[str]) -> str:
-        shown = sorted(ids)[:3]
-        return ", ".join(repr(i) for i in shown) + (", ..." if len(shown) == 3 else "")
-
-    index_ids, corpus_ids = set(index.ids), set(dataset.corpus)
-    extra, missing = index_ids - corpus_ids, corpus_ids - index_ids
-    shared = sorted(index_ids & corpus_ids)
-    changed = [hit.id for hit in index.get(shared) if hit.text != dataset.corpus[hit.id].content]
-    problems = []
-    if extra:
-        problems.append(f"{len(extra)} of its documents are not in the corpus ({some(extra)})")
-    if missing:
-        problems.append(f"{len(missing)} corpus documents are not in it ({some(missing)})")
-    if changed:
-        problems.append(f"{len(changed)} documents have another text ({some(changed)})")
-    if problems:
-        corpus = dataset.info.get("corpus", "corpus.jsonl")
-        msg = (
-            f"the index {index_arg!r} was not built from the corpus of {dataset.name}: "
-            f"{'; '.join(problems)}. Build it with `m3-integrations index {corpus} --out INDEX`"
-        )
-        raise CliError(msg, EXIT_INPUT)
-
-
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from m3_integrations import _cli_documents as documents
     from m3_integrations.evaluation import build_index, evaluate_index, format_table, load_beir
 
     bm25_kwargs = _bm25_kwargs(args)
+    plan = documents.chunk_plan(args, files_by_default=False)
     if args.index is not None:
         build_only = [
             flag
@@ -1044,6 +997,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 ("--bm25-tokenizer", args.bm25_tokenizer),
                 ("--bm25-stemmer", args.bm25_stemmer),
                 ("--bm25-stopwords", args.bm25_stopwords),
+                ("--chunk-tokens", args.chunk_tokens),
+                ("--chunk-overlap", args.chunk_overlap),
+                ("--no-chunking", args.no_chunking or None),
             )
             if value is not None
         ]
@@ -1068,6 +1024,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         dataset = dataset.subsample_queries(args.max_queries)
 
     build_seconds: float | None = None
+    chunks = 0
     if args.index is not None:
         folder = _index_folder(args.index)
         recorded = _model_for_index(folder, args)
@@ -1081,15 +1038,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         model_name = recorded.name
         model = load_model(model_name, recorded.kwargs)
         index = _load_index(folder, model)
-        _check_index_matches_corpus(index, dataset, args.index)
+        chunks = documents.check_index_matches_corpus(index, dataset, args.index)
     else:
         model_name = args.model or DEFAULT_MODEL
         model = load_model(model_name, model_kwargs(args))
         lexical = args.lexical or "auto"
         _check_modes(model_name, args.mode, lexical=lexical, has_sparse=model.has_sparse, store_colbert=True)
-        index, build_seconds = build_index(
-            model, dataset, show_progress=not args.quiet, lexical=lexical, **bm25_kwargs
-        )
+        if plan.chunk_tokens is None:
+            index, build_seconds = build_index(
+                model, dataset, show_progress=not args.quiet, lexical=lexical, **bm25_kwargs
+            )
+        else:
+            index, build_seconds, passages = documents.build_chunked_index(
+                model, dataset, plan, show_progress=not args.quiet, lexical=lexical, **bm25_kwargs
+            )
+            chunks = len(passages.ids)
     fusions = args.fusion or [None]
     configurations = [
         (mode, fusion)
@@ -1098,12 +1061,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     ]
     for mode, fusion in configurations:
         _check_search_options(index, args.k, _search_kwargs(args, mode, fusion))
+    # On chunks, metrics count documents: each ranked by its best chunk, k documents per query.
+    searched = documents.DocumentRanking(index) if chunks else index
     results = []
     for mode, fusion in configurations:
         name = mode if fusion is None else f"{mode}/{fusion}"
         results.append(
             evaluate_index(
-                index,
+                searched,
                 dataset,
                 k=args.k,
                 name=name + ("+rerank" if args.rerank else ""),
@@ -1115,6 +1080,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         )
     table = format_table(results)
     print(table)
+    scoring = (
+        f"Scored per document: the index holds {chunks} chunks of the {len(dataset.corpus)} documents; "
+        f"a document scores as its best chunk, and the top {args.k} documents count."
+        if chunks
+        else ""
+    )
+    if scoring:
+        print(scoring)
     meta = {
         "data": args.data,
         "dataset": dataset.name,
@@ -1123,6 +1096,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         "model": model_name,
         "num_documents": len(dataset.corpus),
         "num_queries": len(dataset.queries),
+        "num_chunks": chunks or None,
+        "scored_per": "document (best chunk)" if chunks else "document",
     }
     if args.json_out:
         Path(args.json_out).write_text(
@@ -1137,6 +1112,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             "",
             table,
             "",
+            *([scoring, ""] if scoring else []),
             f"Command: `m3-integrations {' '.join(args.argv)}`",
             "",
         ]

@@ -43,6 +43,7 @@ from m3_integrations import scoring
 __all__ = [
     "FUSION_METHODS",
     "LEXICAL_SIGNALS",
+    "PAPER_WEIGHTS",
     "RRF_K",
     "UNBOUNDED_SIGNALS",
     "competition_ranks",
@@ -58,6 +59,9 @@ __all__ = [
 ]
 
 FUSION_METHODS = ("weighted", "rrf", "relative_score", "confidence")
+# BGE-M3's weights for (dense, lexical, ColBERT) in FlagEmbedding's compute_score: the paper's setting,
+# and the weighted fusion's default for a checkpoint with M3's trained heads.
+PAPER_WEIGHTS = (0.4, 0.2, 0.4)
 RRF_K = 60
 # Signals whose scores are not bounded by 1 and need rescaling before a weighted sum.
 UNBOUNDED_SIGNALS = frozenset({"bm25"})

@@ -16,15 +16,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from m3_integrations import _checkpoint, scoring
+from m3_integrations import _checkpoint, fusion, scoring
 from m3_integrations._utils import validate_texts
 from m3_integrations.errors import CheckpointError, MissingHeadsError
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-__all__ = ["M3Model", "M3Output", "Tokenized"]
+__all__ = ["DEFAULT_MODEL", "M3Model", "M3Output", "Tokenized", "resolve_model"]
 
+# The checkpoint every constructor, adapter and command loads when none is named.
 DEFAULT_MODEL = "BAAI/bge-m3"
 COLBERT_HEAD_FILE = "colbert_linear.pt"
 SPARSE_HEAD_FILE = "sparse_linear.pt"
@@ -709,7 +710,7 @@ class M3Model:
         self,
         sentence_pairs: Sequence[tuple[str, str]] | tuple[str, str],
         *,
-        weights: Sequence[float] = (0.4, 0.2, 0.4),
+        weights: Sequence[float] = fusion.PAPER_WEIGHTS,
         batch_size: int | None = None,
         max_query_length: int | None = None,
         max_passage_length: int | None = None,
@@ -718,7 +719,7 @@ class M3Model:
 
         Args:
             sentence_pairs: ``(query, passage)`` pairs, or one pair.
-            weights: ``(w_dense, w_sparse, w_colbert)``.
+            weights: ``(w_dense, w_sparse, w_colbert)``; the paper's ``(0.4, 0.2, 0.4)`` by default.
             batch_size: texts per forward pass.
             max_query_length: default ``query_max_length``.
             max_passage_length: default ``passage_max_length``.
@@ -823,6 +824,35 @@ class _PendingBatch:
     positions: np.ndarray
     results: dict[str, torch.Tensor]
     event: Any
+
+
+def resolve_model(
+    model: M3Model | str | os.PathLike[str], model_kwargs: Mapping[str, Any] | None = None
+) -> M3Model:
+    """``model`` itself when it is an :class:`M3Model`, else a model loaded from that name or path.
+
+    Passing one ``M3Model`` to several components shares its weights; a name loads a new copy. Every
+    adapter takes its ``model`` argument through here.
+
+    Raises:
+        ValueError: ``model_kwargs`` given with an :class:`M3Model` instance (they would be ignored).
+        TypeError: ``model`` is neither an :class:`M3Model` nor a name or path.
+
+    Example:
+        .. code-block:: python
+
+            model = resolve_model("BAAI/bge-m3", {"device": "cpu"})
+            assert resolve_model(model) is model
+    """
+    if isinstance(model, M3Model):
+        if model_kwargs:
+            msg = "model_kwargs only applies when model is a name or path, not an M3Model instance"
+            raise ValueError(msg)
+        return model
+    if isinstance(model, str | os.PathLike):
+        return M3Model(model, **dict(model_kwargs or {}))
+    msg = f"model must be an M3Model or a model name/path, got {type(model).__name__}"
+    raise TypeError(msg)
 
 
 def _required(value: _T | None) -> _T:

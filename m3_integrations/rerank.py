@@ -1,8 +1,10 @@
 """Second-stage rerankers: a cross-encoder (bge-reranker-v2-m3 style) and M3's own three-signal rerank.
 
-Both expose ``score(query, passages) -> (n,) float32`` and ``rerank(query, passages, top_n=None)``
-(``[(index into passages, score), ...]`` best first, ties in input order). :meth:`M3Index.search
-<m3_integrations.M3Index.search>` accepts either through ``rerank=``.
+A reranker is anything with ``score(query, passages) -> (n,) array`` (the :class:`Reranker` protocol):
+:meth:`M3Index.search <m3_integrations.M3Index.search>` (``rerank=``), the LangChain ``M3Reranker``
+and the LlamaIndex ``M3Reranker`` all accept one, and all check its scores the same way
+(:func:`checked_scores`). The two rerankers here also offer ``rerank(query, passages, top_n=None)``
+(``[(index into passages, score), ...]`` best first, ties in input order; :func:`rerank_passages`).
 
 Example:
     .. code-block:: python
@@ -19,7 +21,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -32,7 +34,75 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CrossEncoderReranker", "M3ScoreReranker"]
+__all__ = ["CrossEncoderReranker", "M3ScoreReranker", "Reranker", "checked_scores", "rerank_passages"]
+
+
+@runtime_checkable
+class Reranker(Protocol):
+    """Anything with ``score(query, passages) -> (n,) array`` (higher is better) can rerank.
+
+    Example:
+        >>> import numpy as np
+        >>> class ByLength:
+        ...     def score(self, query, passages):
+        ...         return np.array([len(p) for p in passages], dtype=np.float32)
+        >>> isinstance(ByLength(), Reranker)
+        True
+        >>> rerank_passages(ByLength(), "q", ["a", "abc", "ab"], top_n=2)
+        [(1, 3.0), (2, 2.0)]
+    """
+
+    def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
+        """Relevance of each passage to the query (higher is better)."""
+        ...
+
+
+def checked_scores(reranker: Reranker, scores: Any, n_passages: int) -> np.ndarray:
+    """A reranker's scores as float64, or a ``ValueError`` naming the reranker.
+
+    A NaN, an infinity or a missing score would otherwise reorder or drop hits without a word.
+
+    Raises:
+        ValueError: not an array of numbers, the wrong shape, or a value that is not finite.
+    """
+    name = type(reranker).__qualname__
+    try:
+        values = np.asarray(scores)
+    except (TypeError, ValueError) as err:
+        msg = f"reranker {name} returned {type(scores).__name__}, not an array of numbers: {err}"
+        raise ValueError(msg) from err
+    if values.dtype.kind not in "iuf":
+        msg = f"reranker {name} returned {type(scores).__name__} of {values.dtype}, not an array of numbers"
+        raise ValueError(msg)
+    if values.shape != (n_passages,):
+        msg = f"reranker {name} returned scores of shape {values.shape} for {n_passages} passages"
+        raise ValueError(msg)
+    values = values.astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        msg = f"reranker {name} returned {values[bad[0]]} for passage {int(bad[0])} (scores must be finite)"
+        raise ValueError(msg)
+    return values
+
+
+def rerank_passages(
+    reranker: Reranker, query: str, passages: Sequence[str], top_n: int | None = None
+) -> list[tuple[int, float]]:
+    """Passages by descending ``reranker`` score as ``(index, score)`` pairs; at most ``top_n`` of them.
+
+    Ties keep the input order. The scores are checked with :func:`checked_scores`.
+
+    Raises:
+        ValueError: ``top_n <= 0``, or scores that are not one finite number per passage.
+    """
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n <= 0):
+        msg = f"top_n must be a positive integer or None, got {top_n!r}"
+        raise ValueError(msg)
+    scores = checked_scores(reranker, reranker.score(query, passages), len(passages))
+    order = np.argsort(-scores, kind="stable")
+    if top_n is not None:
+        order = order[:top_n]
+    return [(int(i), float(scores[i])) for i in order]
 
 
 def _check_query(query: str) -> str:
@@ -45,7 +115,9 @@ def _check_query(query: str) -> str:
     return query
 
 
-class _Reranker:
+class _RerankMethod:
+    """``rerank()`` for the rerankers of this module, on top of their ``score()``."""
+
     def score(self, query: str, passages: Sequence[str]) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -57,17 +129,10 @@ class _Reranker:
         Raises:
             ValueError: empty query or ``top_n <= 0``.
         """
-        if top_n is not None and (not isinstance(top_n, int) or top_n <= 0):
-            msg = f"top_n must be a positive integer or None, got {top_n!r}"
-            raise ValueError(msg)
-        scores = self.score(query, passages)
-        order = np.argsort(-scores, kind="stable")
-        if top_n is not None:
-            order = order[:top_n]
-        return [(int(i), float(scores[i])) for i in order]
+        return rerank_passages(self, query, passages, top_n)
 
 
-class CrossEncoderReranker(_Reranker):
+class CrossEncoderReranker(_RerankMethod):
     """A sequence-classification cross-encoder such as ``BAAI/bge-reranker-v2-m3`` (XLM-R, one logit).
 
     Each ``(query, passage)`` pair is tokenised as ``<s> query </s></s> passage </s>`` and truncated on
@@ -183,7 +248,7 @@ class CrossEncoderReranker(_Reranker):
         return f"CrossEncoderReranker({self.model_name_or_path!r}, device={self.device!s})"
 
 
-class M3ScoreReranker(_Reranker):
+class M3ScoreReranker(_RerankMethod):
     """Re-score passages with BGE-M3's dense, lexical and ColBERT representations, fused by weight.
 
     The fused score is :func:`m3_integrations.fusion.weighted_fusion` — FlagEmbedding's
@@ -192,11 +257,11 @@ class M3ScoreReranker(_Reranker):
     Example:
         .. code-block:: python
 
-            reranker = M3ScoreReranker(M3Model("BAAI/bge-m3"), weights=(0.4, 0.2, 0.4))
+            reranker = M3ScoreReranker(M3Model("BAAI/bge-m3"), weights=(0.4, 0.2, 0.4))  # the default
             reranker.score_all("what is bge-m3?", ["BGE-M3 is an embedding model."])["colbert"]
     """
 
-    def __init__(self, model: M3Model, *, weights: Sequence[float] = (0.4, 0.2, 0.4)) -> None:
+    def __init__(self, model: M3Model, *, weights: Sequence[float] = fusion.PAPER_WEIGHTS) -> None:
         values = [float(w) for w in weights]
         if len(values) != 3 or any(not np.isfinite(w) or w < 0 for w in values) or sum(values) <= 0:
             msg = f"weights must be three non-negative numbers (dense, sparse, colbert), got {weights}"

@@ -5,7 +5,9 @@ Every score formula of the package lives here, once:
 - dense: ``<e_q, e_p>`` of L2-normalised CLS vectors;
 - lexical: ``Σ_{t in q∩p} w_q,t · w_p,t`` over token-id weights;
 - ColBERT MaxSim: ``(1/N_q) Σ_i max_j E_q[i]·E_p[j]``;
-- ``combine_scores``: FlagEmbedding's ``compute_score`` weighting, ``Σ w_i s_i / Σ w_i``.
+- ``combine_scores``: FlagEmbedding's ``compute_score`` weighting, ``Σ w_i s_i / Σ w_i``;
+- the numerics around them: stable top-k selection (:func:`top_k_stable`) and the quantisation of
+  stored ColBERT vectors (:func:`quantize_vectors`).
 
 Example:
     >>> import numpy as np
@@ -48,6 +50,8 @@ __all__ = [
     "lexical_score",
     "lexical_scores",
     "lexical_weights_to_csr",
+    "quantize_vectors",
+    "top_k_stable",
 ]
 
 
@@ -158,18 +162,75 @@ def lexical_weights_to_csr(
 
 
 def lexical_scores(
-    query_weights: Mapping[int, float], passage_weights: Sequence[Mapping[int, float]] | sp.spmatrix
+    query_weights: Mapping[int, float],
+    passage_weights: Sequence[Mapping[int, float]] | sp.spmatrix,
+    *,
+    dtype: np.dtype[Any] | type = np.float32,
 ) -> np.ndarray:
-    """Lexical matching scores of one query against many passages (dicts or a CSR matrix)."""
+    """Lexical matching scores of one query against many passages: dicts, or a sparse ``(n, vocab)`` matrix.
+
+    With a matrix, only the columns of the query's tokens are read: a CSC matrix (an inverted index)
+    gives them as posting lists, so the cost follows the postings of the query's tokens, not the corpus.
+    The sums are taken in float64 and returned as ``dtype``. Token ids outside the matrix's columns
+    match nothing.
+
+    Example:
+        >>> import scipy.sparse as sp
+        >>> inverted = sp.csc_matrix(np.array([[0.5, 0.0], [0.0, 2.0]], dtype=np.float32))
+        >>> lexical_scores({0: 2.0, 7: 1.0}, inverted).tolist()
+        [1.0, 0.0]
+    """
     if sp.issparse(passage_weights):
-        matrix = sp.csr_matrix(passage_weights)
-        n_cols = matrix.shape[1]
-        ids = np.fromiter((t for t in query_weights if 0 <= t < n_cols), dtype=np.int64)
-        if ids.size == 0:
-            return np.zeros(matrix.shape[0], dtype=np.float32)
-        vals = np.asarray([query_weights[int(t)] for t in ids], dtype=np.float32)
-        return np.asarray(matrix[:, ids] @ vals, dtype=np.float32).ravel()
-    return np.asarray([lexical_score(query_weights, p) for p in passage_weights], dtype=np.float32)
+        matrix = (
+            passage_weights if passage_weights.format in ("csr", "csc") else sp.csr_matrix(passage_weights)
+        )
+        n_rows, n_cols = matrix.shape
+        known = [(t, w) for t, w in query_weights.items() if 0 <= t < n_cols]
+        if not known or n_rows == 0:
+            return np.zeros(n_rows, dtype=dtype)
+        ids = np.fromiter((t for t, _ in known), dtype=np.int64, count=len(known))
+        vals = np.fromiter((w for _, w in known), dtype=np.float64, count=len(known))
+        return np.asarray(matrix[:, ids] @ vals, dtype=np.float64).ravel().astype(dtype, copy=False)
+    return np.asarray([lexical_score(query_weights, p) for p in passage_weights], dtype=dtype)
+
+
+def top_k_stable(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest values, best first; equal values keep index (insertion) order.
+
+    Example:
+        >>> top_k_stable(np.array([0.2, 0.9, 0.2, 0.5]), 3).tolist()
+        [1, 3, 0]
+    """
+    values = np.asarray(values)
+    n = len(values)
+    if k >= n:
+        return np.argsort(-values, kind="stable")
+    part = np.argpartition(-values, k - 1)[:k]
+    threshold = values[part].min()
+    selected = np.flatnonzero(values >= threshold)
+    return selected[np.argsort(-values[selected], kind="stable")][:k]
+
+
+def quantize_vectors(vectors: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors as stored: ``float16`` (scale 1), or symmetric ``int8`` with one scale per vector.
+
+    int8 maps each vector's largest absolute value to 127; ``row * scale`` is the vector again, up to
+    the rounding (a vector of zeros gets scale 1).
+
+    Example:
+        >>> codes, scale = quantize_vectors(np.array([[0.5, -1.0]], dtype=np.float32), "int8")
+        >>> codes.tolist(), [round(float(s), 6) for s in scale]
+        ([[64, -127]], [0.007874])
+    """
+    if dtype == "float16":
+        return vectors.astype(np.float16), np.ones(len(vectors), dtype=np.float32)
+    if dtype != "int8":
+        msg = f"vectors are stored as 'float16' or 'int8', not {dtype!r}"
+        raise ValueError(msg)
+    scale = np.abs(vectors).max(axis=1) / 127.0 if len(vectors) else np.zeros(0, dtype=np.float32)
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    quantized = np.clip(np.rint(vectors / scale[:, None]), -127, 127).astype(np.int8)
+    return quantized, scale
 
 
 def colbert_score(query_vecs: np.ndarray, passage_vecs: np.ndarray) -> float:

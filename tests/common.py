@@ -6,12 +6,26 @@ plain loops, so the vectorised production code is checked against something inde
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import importlib.util
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
 
 from m3_integrations import M3Model
+
+# Float32 values that two code paths compute (one text alone against a padded batch, another BLAS blocking,
+# another CPU kernel: OMP_NUM_THREADS, ATEN_CPU_CAPABILITY) differ by rounding noise, and a test must pass on
+# any CPU. Measured on the tiny checkpoint under AVX-512, AVX2 and scalar ATen kernels, MKL's compatible
+# code path, 1 and 2 threads: at most 7e-7 on unit vectors, 1.4e-5 on a lexical weight, 3.3e-6 relative on
+# a score. A lexical weight is relu(h·w + b) over un-normalised hidden states whose terms (up to ~5)
+# cancel, so its noise is absolute, whatever the weight's size; sums of such weights (sparse scores) get a
+# relative tolerance too.
+LEXICAL_WEIGHT_TOL = {"rel": 1e-5, "abs": 1e-4}
 
 SAMPLE_TEXTS = [
     "Paris is the capital of France and Berlin is the capital of Germany.",
@@ -260,3 +274,23 @@ def naive_filter_match(filter_: Mapping, meta: Mapping) -> bool:
         if not ok:
             return False
     return True
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@contextlib.contextmanager
+def example_module(script: str, name: str | None = None) -> Iterator[ModuleType]:
+    """``examples/<script>.py`` loaded by path (examples/ is not a package), in ``sys.modules`` while used.
+
+    Dataclasses look their module up in ``sys.modules``; ``name`` keeps two loads of one script apart.
+    """
+    name = name or script
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(name, None)

@@ -23,26 +23,24 @@ def save_format1(index: M3Index, path: str | os.PathLike[str]) -> None:
     """Write ``index`` to ``path`` exactly as format 1 did (manifest, arrays.npz, JSON files)."""
     with index._lock:
         index.compact()
-        documents = {"ids": index._row_ids, "texts": index._texts, "metadatas": index._metadatas}
-        n = len(index._alive)
-        arrays: dict[str, np.ndarray] = {"dense": index._dense[:n]}
+        stores = index._stores
+        table = stores.documents
+        documents = {"ids": table.ids, "texts": table.texts, "metadatas": table.metadatas}
+        n = table.n_rows
+        arrays: dict[str, np.ndarray] = {"dense": stores.dense.vectors}
         if index.lexical == "m3":
-            lex = index._lexical_matrix()
+            lex = stores.lexical_weights.matrix()
             arrays |= {
                 "lex_data": lex.data,
                 "lex_indices": lex.indices.astype(np.int64),
                 "lex_indptr": lex.indptr.astype(np.int64),
             }
         if index.store_colbert:
-            used = index._colbert_used
-            arrays |= {
-                "colbert": index._colbert[:used],
-                "colbert_scale": index._colbert_scale[:used],
-                "colbert_len": index._colbert_len,
-            }
-        arrays |= index._bm25.to_arrays()
-        vocab = list(index._bm25.vocab) if index.bm25_tokenizer == "word" else None
-        words = index._word_tokenizer.config() if index._word_tokenizer is not None else None
+            arrays |= stores.colbert.to_arrays()
+        bm25 = stores.bm25
+        arrays |= bm25.to_arrays()
+        vocab = list(bm25.vocab) if index.bm25_tokenizer == "word" else None
+        words = index.bm25_word_settings
         manifest: dict[str, Any] = {
             "format": "m3-index",
             "format_version": 1,
@@ -57,8 +55,8 @@ def save_format1(index: M3Index, path: str | os.PathLike[str]) -> None:
             "lexical": index.lexical,
             "bm25_tokenizer": index.bm25_tokenizer,
             "bm25_words": words,
-            "bm25": {"k1": index._bm25.k1, "b": index._bm25.b, "epsilon": index._bm25.epsilon},
-            "colbert_vectors": int(index._colbert_used),
+            "bm25": {"k1": bm25.k1, "b": bm25.b, "epsilon": bm25.epsilon},
+            "colbert_vectors": index.colbert_vectors,
         }
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)

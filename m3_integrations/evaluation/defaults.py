@@ -22,20 +22,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from m3_integrations import index as _index
+from m3_integrations.index.options import IndexKind
 
 __all__ = ["BGE_M3_DEFAULTS", "NO_HEADS_DEFAULTS", "recommended_search_defaults"]
 
-# The values live in the core (M3Index applies them when search gets no fusion/weights); they are
-# restated here with the sparse-key spelling that search accepts.
-BGE_M3_DEFAULTS: dict[str, Any] = {
-    "fusion": _index.DEFAULT_FUSION,
-    "weights": {("sparse" if k == "lexical" else k): v for k, v in _index.DEFAULT_WEIGHTS.items()},
-}
-NO_HEADS_DEFAULTS: dict[str, Any] = {
-    "fusion": _index.NO_HEADS_FUSION,
-    "weights": {("sparse" if k == "lexical" else k): v for k, v in _index.NO_HEADS_WEIGHTS.items()},
-}
+# The values live in the core (m3_integrations.index.options; M3Index applies them when search gets no
+# fusion/weights); here they are spelled with the weight keys that search accepts.
+_BGE_M3 = IndexKind(lexical_signal="sparse", trained_heads=True)
+_NO_HEADS = IndexKind(lexical_signal="bm25", trained_heads=False)
+BGE_M3_DEFAULTS: dict[str, Any] = {"fusion": _BGE_M3.default_fusion, "weights": _BGE_M3.default_weights}
+NO_HEADS_DEFAULTS: dict[str, Any] = {"fusion": _NO_HEADS.default_fusion, "weights": _NO_HEADS.default_weights}
 
 
 def recommended_search_defaults(model: Any) -> dict[str, Any]:

@@ -9,9 +9,9 @@ from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, model_validator
 
-from m3_integrations.langchain._utils import resolve_model
-from m3_integrations.model import M3Model
-from m3_integrations.rerank import CrossEncoderReranker, M3ScoreReranker
+from m3_integrations.fusion import PAPER_WEIGHTS
+from m3_integrations.model import M3Model, resolve_model
+from m3_integrations.rerank import CrossEncoderReranker, M3ScoreReranker, Reranker, rerank_passages
 
 __all__ = ["M3Reranker"]
 
@@ -32,7 +32,8 @@ class M3Reranker(BaseDocumentCompressor):
     Key init args:
         model: an :class:`M3Model` (shared) or a model name/path, for M3's own three scores.
         weights: ``(dense, sparse, colbert)`` weights of the M3 score.
-        cross_encoder: a :class:`CrossEncoderReranker` or a cross-encoder name/path (instead of
+        cross_encoder: a :class:`CrossEncoderReranker` (or any
+            :class:`~m3_integrations.rerank.Reranker`) or a cross-encoder name/path (instead of
             ``model``).
         top_n: how many documents to keep (``None``: all, re-ordered).
 
@@ -67,16 +68,17 @@ class M3Reranker(BaseDocumentCompressor):
     """The M3Model (shared) or its name/path; used when ``cross_encoder`` is ``None``."""
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments for :class:`M3Model` when ``model`` is a name or path."""
-    weights: tuple[float, float, float] = (0.4, 0.2, 0.4)
-    """``(dense, sparse, colbert)`` weights of the fused M3 score."""
-    cross_encoder: CrossEncoderReranker | str | None = None
-    """A CrossEncoderReranker, or a cross-encoder name/path loaded with default settings."""
+    weights: tuple[float, float, float] = PAPER_WEIGHTS
+    """``(dense, sparse, colbert)`` weights of the fused M3 score (the paper's by default)."""
+    cross_encoder: Reranker | str | None = None
+    """A CrossEncoderReranker (or any reranker with ``score(query, passages)``), or a cross-encoder
+    name/path loaded with default settings."""
     top_n: int | None = Field(default=3, gt=0)
     """How many documents to return; ``None`` returns them all, re-ordered."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
 
-    _reranker: M3ScoreReranker | CrossEncoderReranker
+    _reranker: Reranker
 
     @model_validator(mode="after")
     def _load_reranker(self) -> M3Reranker:
@@ -114,7 +116,9 @@ class M3Reranker(BaseDocumentCompressor):
         documents = list(documents)
         if not documents:
             return []
-        ranked = self._reranker.rerank(query, [doc.page_content for doc in documents], top_n=self.top_n)
+        ranked = rerank_passages(
+            self._reranker, query, [doc.page_content for doc in documents], top_n=self.top_n
+        )
         return [_with_score(documents[i], score) for i, score in ranked]
 
 

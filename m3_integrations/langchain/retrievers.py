@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
@@ -14,12 +14,12 @@ from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, model_validator
 
 from m3_integrations.index import M3Index, SearchHit
-from m3_integrations.langchain._utils import resolve_model
-from m3_integrations.model import DEFAULT_MODEL, M3Model
+from m3_integrations.index.options import DEFAULT_CANDIDATES, SEARCH_OPTION_NAMES, Fusion, Mode
+from m3_integrations.model import DEFAULT_MODEL, M3Model, resolve_model
 
 __all__ = ["M3Retriever"]
 
-SEARCH_OPTIONS = ("k", "mode", "weights", "fusion", "candidates", "filter", "rerank", "rerank_top_n")
+SEARCH_OPTIONS = SEARCH_OPTION_NAMES
 
 
 class M3Retriever(BaseRetriever):
@@ -113,13 +113,13 @@ class M3Retriever(BaseRetriever):
     """The embedded index that is searched."""
     k: int = Field(default=4, gt=0)
     """How many documents to return."""
-    mode: Literal["hybrid", "dense+sparse", "dense", "sparse", "colbert"] = "hybrid"
+    mode: Mode = "hybrid"
     """Which signals rank the documents."""
     weights: tuple[float, ...] | dict[str, float] | None = None
     """Per-signal weights; ``None`` uses the index defaults (0.4, 0.2, 0.4 for BGE-M3)."""
-    fusion: Literal["weighted", "rrf", "relative_score", "confidence"] | None = None
+    fusion: Fusion | None = None
     """How the signals' scores are fused; ``None`` uses the index default (weighted for BGE-M3)."""
-    candidates: int | None = Field(default=100, gt=0)
+    candidates: int | None = Field(default=DEFAULT_CANDIDATES, gt=0)
     """First-stage candidates per signal; ``None`` scores every document."""
     filter: dict[str, Any] | Callable[[Mapping[str, Any]], bool] | None = None
     """A dict filter (``m3_integrations.filters``: equality, ``$gt``, ``$in``, ``$or``...) or a predicate."""
@@ -288,11 +288,7 @@ class M3Retriever(BaseRetriever):
             msg = f"unknown search option(s) {', '.join(unknown)}; expected among {', '.join(SEARCH_OPTIONS)}"
             raise TypeError(msg)
         options = {name: getattr(self, name) for name in SEARCH_OPTIONS}
-        options.update(overrides)
-        k = options["k"]
-        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-            msg = f"k must be a positive integer, got {k!r}"
-            raise ValueError(msg)
+        options.update(overrides)  # checked by the index, with the same messages as at construction
         return options
 
     def _search(self, query: str, overrides: Mapping[str, Any]) -> list[Document]:

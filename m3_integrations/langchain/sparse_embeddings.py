@@ -9,8 +9,8 @@ from typing import Any, Literal
 from langchain_core.runnables.config import run_in_executor
 from pydantic import model_validator
 
-from m3_integrations._utils import validate_texts
-from m3_integrations.langchain._utils import M3EncoderFields, check_query_text, import_partner
+from m3_integrations._utils import import_optional, validate_texts
+from m3_integrations.langchain._utils import M3EncoderFields, check_query_text
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class M3SparseEmbeddings(M3EncoderFields, *_partner_interfaces()):  # type: igno
             raise ValueError(msg)
         if self.output == "sparse_vector":
             try:
-                import_partner(_QDRANT_MODULE, "langchain-qdrant")
+                import_optional(_QDRANT_MODULE, package="langchain-qdrant")
             except ImportError as err:
                 msg = f"{err} (or pass output='dict' for {{token_id: weight}} dicts)"
                 raise ImportError(msg) from err

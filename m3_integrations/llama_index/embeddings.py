@@ -11,8 +11,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.callbacks import CallbackManager
 
-from m3_integrations.llama_index._common import resolve_model
-from m3_integrations.model import M3Model, M3Output
+from m3_integrations.model import DEFAULT_MODEL, M3Model, M3Output, resolve_model
 
 __all__ = ["M3Embedding"]
 
@@ -69,7 +68,7 @@ class M3Embedding(BaseEmbedding):
 
     def __init__(
         self,
-        model: M3Model | str | os.PathLike[str] = "BAAI/bge-m3",
+        model: M3Model | str | os.PathLike[str] = DEFAULT_MODEL,
         *,
         embed_batch_size: int = 32,
         query_max_length: int | None = None,

@@ -12,10 +12,10 @@ from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRan
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
-from m3_integrations.llama_index._common import resolve_model
+from m3_integrations.fusion import PAPER_WEIGHTS
 from m3_integrations.llama_index.retrievers import M3NodeWithScore
-from m3_integrations.model import M3Model
-from m3_integrations.rerank import M3ScoreReranker
+from m3_integrations.model import DEFAULT_MODEL, M3Model, resolve_model
+from m3_integrations.rerank import M3ScoreReranker, Reranker, rerank_passages
 
 __all__ = ["M3Reranker"]
 
@@ -38,8 +38,9 @@ class M3Reranker(BaseNodePostprocessor):
             pip install "m3-integrations[llama-index]"
 
     Key init args:
-        model: an ``M3Model`` or name/path (three-score rerank), or a core reranker instance
-            (``CrossEncoderReranker("BAAI/bge-reranker-v2-m3")``, ``M3ScoreReranker``).
+        model: an ``M3Model`` or name/path (three-score rerank), or a reranker: anything with
+            ``score(query, passages)`` (:class:`~m3_integrations.rerank.Reranker`), such as
+            ``CrossEncoderReranker("BAAI/bge-reranker-v2-m3")`` or ``M3ScoreReranker``.
         top_n: how many nodes to keep (``None`` keeps all, reordered).
         weights: ``(dense, sparse, colbert)`` for the three-score rerank.
         metadata_mode: which node content the reranker reads (LlamaIndex's ``MetadataMode``).
@@ -67,14 +68,14 @@ class M3Reranker(BaseNodePostprocessor):
     metadata_mode: MetadataMode = Field(
         default=MetadataMode.EMBED, description="Which node content is passed to the reranker."
     )
-    _reranker: Any = PrivateAttr()
+    _reranker: Reranker = PrivateAttr()
 
     def __init__(
         self,
-        model: Any = "BAAI/bge-m3",
+        model: M3Model | str | os.PathLike[str] | Reranker = DEFAULT_MODEL,
         *,
         top_n: int | None = 5,
-        weights: tuple[float, float, float] = (0.4, 0.2, 0.4),
+        weights: tuple[float, float, float] = PAPER_WEIGHTS,
         metadata_mode: MetadataMode = MetadataMode.EMBED,
         model_kwargs: dict[str, Any] | None = None,
         callback_manager: CallbackManager | None = None,
@@ -82,17 +83,18 @@ class M3Reranker(BaseNodePostprocessor):
         if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n <= 0):
             msg = f"top_n must be a positive integer or None, got {top_n!r}"
             raise ValueError(msg)
-        if callable(getattr(model, "rerank", None)):
+        reranker: Reranker
+        if isinstance(model, Reranker):
             reranker = model
             if model_kwargs:
-                msg = "model_kwargs only apply when model is a name or path"
+                msg = "model_kwargs only applies when model is a name or path, not a reranker"
                 raise ValueError(msg)
         elif isinstance(model, M3Model | str | os.PathLike):
             reranker = M3ScoreReranker(resolve_model(model, model_kwargs), weights=weights)
         else:
             msg = (
-                "model must be an M3Model, a model name/path, or a reranker with a rerank() method, "
-                f"got {type(model).__name__}"
+                "model must be an M3Model, a model name/path, or a reranker with a score(query, passages) "
+                f"method (m3_integrations.rerank.Reranker), got {type(model).__name__}"
             )
             raise TypeError(msg)
         name = getattr(getattr(reranker, "model", None), "model_name_or_path", None) or getattr(
@@ -112,7 +114,7 @@ class M3Reranker(BaseNodePostprocessor):
         return "M3Reranker"
 
     @property
-    def reranker(self) -> Any:
+    def reranker(self) -> Reranker:
         """The core reranker doing the scoring."""
         return self._reranker
 
@@ -140,7 +142,7 @@ class M3Reranker(BaseNodePostprocessor):
                 EventPayload.TOP_K: top_n,
             },
         ) as event:
-            ranked = self._reranker.rerank(query_bundle.query_str, passages, top_n=top_n)
+            ranked = rerank_passages(self._reranker, query_bundle.query_str, passages, top_n=top_n)
             reranked: list[NodeWithScore] = []
             for position, score in ranked:
                 incoming = nodes[position]

@@ -28,9 +28,9 @@ from llama_index.core.vector_stores.types import MetadataFilters
 
 from m3_integrations._utils import atomic_dir
 from m3_integrations.index import FilterType, M3Index
-from m3_integrations.llama_index._common import resolve_model
+from m3_integrations.index.options import DEFAULT_CANDIDATES, Fusion, Mode
 from m3_integrations.llama_index._filters import metadata_filters_to_dict
-from m3_integrations.model import M3Model
+from m3_integrations.model import DEFAULT_MODEL, M3Model, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -149,10 +149,10 @@ class M3Retriever(BaseRetriever):
         m3_index: M3Index | None = None,
         node_store: BaseDocumentStore | None = None,
         similarity_top_k: int = DEFAULT_SIMILARITY_TOP_K,
-        mode: str = "hybrid",
+        mode: Mode = "hybrid",
         weights: Sequence[float] | Mapping[str, float] | None = None,
-        fusion: str | None = None,
-        candidates: int | None = 100,
+        fusion: Fusion | None = None,
+        candidates: int | None = DEFAULT_CANDIDATES,
         filters: MetadataFilters | Callable[[Mapping[str, Any]], bool] | None = None,
         rerank: Any = None,
         rerank_top_n: int | None = None,
@@ -176,7 +176,7 @@ class M3Retriever(BaseRetriever):
                 raise ValueError(msg)
             self._index = m3_index
         else:
-            m3 = resolve_model(model if model is not None else "BAAI/bge-m3", model_kwargs)
+            m3 = resolve_model(model if model is not None else DEFAULT_MODEL, model_kwargs)
             self._index = M3Index(m3, **(index_kwargs or {}))
         self.similarity_top_k = similarity_top_k
         self.mode = mode

@@ -7,8 +7,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from m3_integrations._utils import validate_texts
-from m3_integrations.llama_index._common import resolve_model
-from m3_integrations.model import M3Model
+from m3_integrations.model import M3Model, resolve_model
 
 __all__ = ["M3SparseFunction", "m3_sparse_doc_fn", "m3_sparse_query_fn"]
 

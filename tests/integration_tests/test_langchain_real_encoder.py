@@ -38,10 +38,11 @@ def test_sample_questions_find_their_notes() -> None:
         query_instruction="query: ",
         passage_instruction="passage: ",
     )
-    args = bot.parse_args([])
-    data = bot.common.DEFAULT_DATA
-    chunks = bot.split_documents(data, bot.common.source_files(data), args)
-    retriever = M3Retriever.from_documents(chunks, model=model, k=3, mode="dense+sparse")
+    args = bot.build_parser().parse_args([])
+    log = bot.common.Log(quiet=True)
+    documents = bot.common.read_sources(args.data, log)
+    chunks = bot.common.split(bot.common.make_chunker(model, args), documents, log)
+    retriever = M3Retriever.from_documents(bot.to_documents(chunks), model=model, k=3, mode="dense+sparse")
     questions = {
         "서울의 인구를 검색하면 어떤 문단이 나오나?": "korean_notes.md",
         "What does reciprocal rank fusion add up?": "hybrid_search.txt",
@@ -49,4 +50,4 @@ def test_sample_questions_find_their_notes() -> None:
         "Wozu dient die Quellenangabe?": "german_notes.md",
     }
     for question, source in questions.items():
-        assert retriever.invoke(question)[0].metadata["source"] == source, question
+        assert retriever.invoke(question)[0].metadata["source_id"] == source, question

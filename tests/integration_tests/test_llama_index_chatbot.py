@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import re
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.common import example_module
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SAMPLE_FILES = {
@@ -24,14 +24,8 @@ SAMPLE_FILES = {
 
 @pytest.fixture(scope="module")
 def chatbot():
-    spec = importlib.util.spec_from_file_location("llama_index_chatbot", EXAMPLES / "llama_index_chatbot.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
+    with example_module("llama_index_chatbot") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 @pytest.fixture
@@ -63,7 +57,7 @@ def test_indexes_reuses_and_rebuilds(
         "--index-dir",
         str(index_dir),
     ]
-    query = ["--query", "What does the lexical score capture?", "-k", "3"]
+    query = ["--query", "What does the lexical score capture?", "-k", "10"]
 
     assert chatbot.main([*argv, *query]) == 0
     first = capsys.readouterr()
@@ -71,10 +65,9 @@ def test_indexes_reuses_and_rebuilds(
     assert (index_dir / "sources.json").is_file()
     assert (index_dir / "retriever" / "retriever.json").is_file()
     cited, sources = _answer_parts(first.out)
-    assert cited, first.out
-    assert len(sources) == 3
-    assert all(re.fullmatch(r"\[\d\] \S+\.(md|txt)", line) for line in sources)
-    assert {int(n) for n in cited} <= set(range(1, 4))
+    # Only hybrid_search.txt holds "lexical", "score" and "capture": it alone is quoted and listed.
+    assert cited and set(cited) == {"1"}, first.out
+    assert sources == ["[1] hybrid_search.txt"]
 
     assert chatbot.main([*argv, *query, "--quiet"]) == 0
     second = capsys.readouterr()
@@ -97,7 +90,7 @@ def test_llm_option_and_fallbacks(
     chatbot, tiny_checkpoint: str, data_dir: Path, tmp_path: Path, capsys
 ) -> None:
     argv = ["--model", tiny_checkpoint, "--device", "cpu", "--data", str(data_dir)]
-    argv += ["--index-dir", str(tmp_path / "index"), "--quiet", "--query", "capital", "-k", "2"]
+    argv += ["--index-dir", str(tmp_path / "index"), "--quiet", "--query", "lexical score", "-k", "2"]
 
     # A named LLM that is installed (LlamaIndex's MockLLM) answers through the CitationQueryEngine.
     assert chatbot.main([*argv, "--llm", "mock"]) == 0
@@ -106,12 +99,13 @@ def test_llm_option_and_fallbacks(
     _, sources = _answer_parts(out.out)
     assert sources and all(line.startswith("[") for line in sources)
 
-    # A provider whose package is missing: a warning, then the offline answer.
+    # A provider whose package is missing: a warning, then the offline answer (or "not found", as
+    # the two passages the tiny encoder retrieves may not hold the words).
     assert chatbot.main([*argv, "--llm", "no_such_provider:big-model"]) == 0
     out = capsys.readouterr()
     assert "cannot use --llm no_such_provider:big-model" in out.err
     cited, sources = _answer_parts(out.out)
-    assert cited and len(sources) == 2
+    assert out.out.strip() == chatbot.common.NOT_FOUND or (cited and len(sources) == len(set(cited)))
 
 
 def test_interactive_loop_and_errors(
@@ -121,10 +115,12 @@ def test_interactive_loop_and_errors(
     argv = ["--model", tiny_checkpoint, "--device", "cpu", "--data", str(data_dir)]
     argv += ["--index-dir", str(tmp_path / "index"), "--quiet"]
     with monkeypatch.context() as patch:
-        patch.setattr("sys.stdin", io.StringIO("where is Seoul?\n北京\n\n"))
-        assert chatbot.main(argv) == 0
+        patch.setattr("sys.stdin", io.StringIO("where is Seoul?\n서울\n北京\n\n"))
+        assert chatbot.main([*argv, "-k", "10"]) == 0
     out = capsys.readouterr().out
-    assert out.count("Sources:") == 2
+    # "Seoul" is in none of the files (서울 is): said so; the other two are quoted with sources.
+    assert out.count(chatbot.common.NOT_FOUND) == 1 and out.count("Sources:") == 2
+    assert "[1] korean_notes.md" in out and "[1] chinese_notes.txt" in out
 
     assert chatbot.main([*argv, "--query", "   "]) == 2
     assert "--query is empty" in capsys.readouterr().err

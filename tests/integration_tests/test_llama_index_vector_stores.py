@@ -86,7 +86,7 @@ def test_qdrant_local_hybrid_with_m3_sparse_functions(tiny_model: M3Model, mode:
         sparse = point.vector[store.sparse_vector_name]
         ref = naive_encode(tiny_model, text, tiny_model.passage_max_length)["lexical"]
         got = dict(zip(sparse.indices, sparse.values, strict=True))
-        assert got == pytest.approx(ref, abs=1e-3)
+        assert got == pytest.approx(ref, rel=1e-3, abs=1e-3)
 
     retriever = index.as_retriever(vector_store_query_mode=mode, similarity_top_k=3, sparse_top_k=len(CORPUS))
     lexical = [naive_encode(tiny_model, t)["lexical"] for t in _embedded_texts()]

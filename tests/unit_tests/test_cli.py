@@ -88,7 +88,7 @@ def test_index_then_search_prints_ids_scores_and_snippets(
     hit_lines = [line for line in lines if line[:2] in ("1.", "2.", "3.")]
     assert len(hit_lines) == 3
     ids = {line.split()[1] for line in hit_lines}
-    assert ids <= {"capitals.txt", "fox.md", "sub/korean.txt", "sub/hybrid.txt"}
+    assert ids <= {"capitals.txt#0", "fox.md#0", "sub/korean.txt#0", "sub/hybrid.txt#0"}  # one chunk each
     assert all("dense=" in line and "colbert=" in line and "score=" in line for line in hit_lines)
     snippets = [line for line in lines if line.startswith("   ")]
     assert len(snippets) == 3 and all(len(s.strip()) <= 21 for s in snippets)
@@ -104,7 +104,13 @@ def test_search_json_matches_the_index(
     assert entry["query"] == "quick brown fox" and entry["query_id"] is None
     hits = entry["hits"]
     assert len(hits) == 4
-    assert sorted(h["id"] for h in hits) == ["capitals.txt", "fox.md", "sub/hybrid.txt", "sub/korean.txt"]
+    assert sorted(h["metadata"]["source_id"] for h in hits) == [
+        "capitals.txt",
+        "fox.md",
+        "sub/hybrid.txt",
+        "sub/korean.txt",
+    ]
+    assert all(h["id"] == h["metadata"]["source_id"] + "#0" for h in hits)
     scores = [h["score"] for h in hits]
     assert scores == sorted(scores, reverse=True)
     assert all(h["score"] == pytest.approx(h["scores"]["dense"], abs=1e-6) for h in hits)
@@ -150,7 +156,7 @@ def test_index_with_word_bm25_tokens(docs_dir: Path, tmp_path: Path, tiny_checkp
     capsys.readouterr()
     search = ["search", str(out), "quick brown fox", "-k", "1", "--json", "--mode", "sparse", "-q"]
     assert main([*search, "--model", tiny_checkpoint]) == EXIT_OK
-    assert json.loads(capsys.readouterr().out)[0]["hits"][0]["id"] == "fox.md"
+    assert json.loads(capsys.readouterr().out)[0]["hits"][0]["id"] == "fox.md#0"
     assert main([*args, "--bm25-tokenizer", "bpe"]) == EXIT_USAGE
 
 
@@ -165,7 +171,7 @@ def test_index_with_stemmed_bm25_words(docs_dir: Path, tmp_path: Path, tiny_chec
     capsys.readouterr()
     search = ["search", str(out), "foxes", "-k", "1", "--json", "--mode", "sparse", "-q"]
     assert main([*search, "--model", tiny_checkpoint]) == EXIT_OK
-    assert json.loads(capsys.readouterr().out)[0]["hits"][0]["id"] == "fox.md"  # found through stemming
+    assert json.loads(capsys.readouterr().out)[0]["hits"][0]["id"] == "fox.md#0"  # found through stemming
     # Word options without word tokens, or an unknown language: usage errors before any model loads.
     assert main([*args, "--bm25-tokenizer", "model", "--bm25-stemmer", "english"]) == EXIT_USAGE
     assert "apply to words, not --bm25-tokenizer model" in capsys.readouterr().err
@@ -643,9 +649,11 @@ def test_checkpoint_and_index_problems_exit_3_with_one_line(
     (checkpoint_copy / "config.json").write_text("{not json", encoding="utf-8")
     argv = ["index", str(docs_dir), "--out", str(tmp_path / "i"), "--model", str(checkpoint_copy)]
     assert main(argv) == EXIT_INPUT
-    err = capsys.readouterr().err
-    assert err.startswith("m3-integrations index: error: cannot load model folder")
-    assert err.count("\n") == 1 and "Traceback" not in err
+    # The reader's progress and its note on the skipped .bin file, then the error, in one line.
+    lines = capsys.readouterr().err.splitlines()
+    assert "skipped 1 file of unsupported type .bin: ignored.bin" in lines
+    assert lines[-1].startswith("m3-integrations index: error: cannot load model folder")
+    assert sum("error" in line for line in lines) == 1 and "Traceback" not in "".join(lines)
     assert main([*argv, "-v"]) == EXIT_INPUT
     assert "Traceback" in capsys.readouterr().err  # -v shows where it came from
 

@@ -98,5 +98,5 @@ def test_encoding_from_many_threads_keeps_each_calls_truncation(tiny_model: M3Mo
     assert query_lengths
     assert max(query_lengths) == tiny_model.query_max_length
     # Every stored document has its full BM25 length (no cut at the query limit).
-    lengths = index._bm25._doc_len
+    lengths = index._stores.bm25._doc_len
     assert (lengths == expected_doc_tokens).all(), sorted(set(lengths.tolist()))

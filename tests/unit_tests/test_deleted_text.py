@@ -31,7 +31,7 @@ def test_deleted_document_leaves_no_trace_in_the_saved_folder(
     index.save(tmp_path / "index")  # over the folder that held it
     saved = _all_bytes(tmp_path / "index")
     assert [word for word in SECRET_WORDS if word.encode() in saved] == []
-    assert sorted(index._bm25.words()) == sorted({w for t in INDEX_TEXTS for w in word_tokenize(t)})
+    assert sorted(index._stores.bm25.words()) == sorted({w for t in INDEX_TEXTS for w in word_tokenize(t)})
 
 
 def test_vocabulary_stays_bounded_over_add_delete_cycles(tiny_model: M3Model) -> None:
@@ -45,7 +45,7 @@ def test_vocabulary_stays_bounded_over_add_delete_cycles(tiny_model: M3Model) ->
         index.add_encoded(outputs, texts, ids=ids)
         index.delete(ids)
     index.compact()
-    assert set(index._bm25.words()) == live_words  # not the 24 extra words of every cycle
+    assert set(index._stores.bm25.words()) == live_words  # not the 24 extra words of every cycle
 
 
 def test_dropping_unused_terms_changes_no_score() -> None:

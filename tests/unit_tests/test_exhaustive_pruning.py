@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from m3_integrations import M3Index, M3Model
+from m3_integrations.index.search import SearchEngine
 from m3_integrations.testing import TRAINING_SENTENCES
 
 WORDS = [w for s in TRAINING_SENTENCES for w in re.findall(r"\w+", s)]
@@ -41,11 +42,12 @@ def _build(model: M3Model, **kwargs) -> M3Index:
 
 def _full(index: M3Index, monkeypatch: pytest.MonkeyPatch, *args, **kwargs):
     with monkeypatch.context() as patch:
-        patch.setattr(M3Index, "_pruned_exhaustive", lambda *a, **k: None)
+        patch.setattr(SearchEngine, "_pruned_colbert", lambda *a, **k: None)
         return index.search(*args, **kwargs)
 
 
 def _same(pruned, full) -> None:
+    # Exact on purpose: pruning only skips rows; each row kept is scored by the same code as without it.
     assert [h.id for h in pruned] == [h.id for h in full]
     assert [h.score for h in pruned] == [h.score for h in full]
     assert [h.scores for h in pruned] == [h.scores for h in full]
@@ -79,19 +81,19 @@ def test_pruning_scores_fewer_rows_and_follows_adds_and_deletes(
 ) -> None:
     index = _build(tiny_model)
     scored: list[int] = []
-    original = M3Index._colbert_scores
+    original = SearchEngine._colbert_scores
 
-    def counting(self: M3Index, rows: np.ndarray, encoded) -> np.ndarray:
+    def counting(self: SearchEngine, rows: np.ndarray, encoded) -> np.ndarray:
         scored.append(len(rows))
         return original(self, rows, encoded)
 
-    monkeypatch.setattr(M3Index, "_colbert_scores", counting)
+    monkeypatch.setattr(SearchEngine, "_colbert_scores", counting)
     index.search("quick brown fox", k=3, candidates=None, fusion="weighted")
     assert 0 < sum(scored) < len(TEXTS)  # the tiny model's dense and lexical scores spread widely
     # The cached norm bound must follow the store: a new document with a long text, then deletes.
     index.add(["quick brown fox " * 20], ids=["long"])
     index.delete([f"d{i}" for i in range(0, 1500, 2)])
-    monkeypatch.setattr(M3Index, "_colbert_scores", original)
+    monkeypatch.setattr(SearchEngine, "_colbert_scores", original)
     for query in QUERIES:
         _same(
             index.search(query, k=5, candidates=None),
@@ -109,7 +111,7 @@ def test_other_fusions_and_candidate_search_are_not_pruned(
 ) -> None:
     index = _shared(tiny_model, "float16")
     calls: list[int] = []
-    monkeypatch.setattr(M3Index, "_pruned_exhaustive", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(SearchEngine, "_pruned_colbert", lambda *a, **k: calls.append(1))
     index.search("quick brown fox", k=3, candidates=None, fusion="relative_score")
     index.search("quick brown fox", k=3, candidates=None, fusion="rrf")
     index.search("quick brown fox", k=3, candidates=50, fusion="weighted")

@@ -126,6 +126,7 @@ def test_confidence_coverage_scales_the_weight_and_zero_drops_the_signal() -> No
     other_weights = {s: w for s, w in WEIGHTS.items() if s != "bm25"}
     assert dropped.tolist() == pytest.approx(fuse(without_bm25, other_weights, method="confidence").tolist())
     full = fuse(SCORES, WEIGHTS, method="confidence", coverage={"bm25": 1.0})
+    # Exact on purpose: a coverage of 1 multiplies a weight by 1.0, which changes no bit.
     assert full.tolist() == fuse(SCORES, WEIGHTS, method="confidence").tolist()
 
 

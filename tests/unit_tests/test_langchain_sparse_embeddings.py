@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from m3_integrations import M3Model
 from m3_integrations.langchain import M3SparseEmbeddings
-from tests.common import SAMPLE_TEXTS, naive_encode
+from tests.common import LEXICAL_WEIGHT_TOL, SAMPLE_TEXTS, naive_encode
 
 
 def _as_dict(vector: SparseVector) -> dict[int, float]:
@@ -48,7 +48,7 @@ def test_sparse_vectors_match_naive_lexical_weights(tiny_model: M3Model) -> None
         got = _as_dict(vector)
         assert got.keys() == expected.keys()
         for token, weight in expected.items():
-            assert got[token] == pytest.approx(weight, abs=1e-5)
+            assert got[token] == pytest.approx(weight, **LEXICAL_WEIGHT_TOL)
     assert vectors[SAMPLE_TEXTS.index("")].indices == []
 
 
@@ -58,7 +58,7 @@ def test_query_uses_query_settings(tiny_checkpoint: str) -> None:
     expected = naive_encode(sparse.m3_model, text, max_length=5)["lexical"]
     got = _as_dict(sparse.embed_query(text))
     assert got.keys() == expected.keys()
-    assert got == pytest.approx(expected, abs=1e-5)
+    assert got == pytest.approx(expected, **LEXICAL_WEIGHT_TOL)
 
 
 def test_dict_output_for_milvus(tiny_model: M3Model) -> None:

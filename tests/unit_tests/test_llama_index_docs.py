@@ -11,6 +11,7 @@ from llama_index.core import Settings
 
 from m3_integrations import M3Model
 from m3_integrations.llama_index import M3NodeWithScore, M3Retriever
+from m3_integrations.testing import build_tiny_checkpoint
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "llama_index.md"
 
@@ -36,6 +37,10 @@ def test_recipes_run(
     assert code.count('M3Model("BAAI/bge-m3")') == 1
     code = code.replace('M3Model("BAAI/bge-m3")', "_tiny_model")
     code = code.replace('CrossEncoderReranker("BAAI/bge-reranker-v2-m3")', "CrossEncoderReranker(_reranker)")
+    # The plain-encoder recipe loads e5 from the hub: a tiny checkpoint without heads stands in for it.
+    plain_checkpoint = build_tiny_checkpoint(tmp_path / "plain", colbert_head=False, sparse_head=False)
+    assert code.count('"intfloat/multilingual-e5-small"') == 1
+    code = code.replace('"intfloat/multilingual-e5-small"', repr(plain_checkpoint))
     monkeypatch.chdir(tmp_path)
     namespace = {"_tiny_model": tiny_model, "_reranker": tiny_reranker_checkpoint}
     exec(compile(code, str(DOC), "exec"), namespace)
@@ -48,3 +53,6 @@ def test_recipes_run(
     assert len(namespace["response"].source_nodes) == 2
     assert {n.node.metadata["lang"] for n in namespace["hits"]} <= {"en", "ko"}
     assert namespace["nodes"]  # the Qdrant hybrid retrieval found something
+    # The score keys the docs promise: BM25 stands in for the missing sparse head.
+    assert set(namespace["hits"][0].scores) == {"dense", "sparse", "colbert"}
+    assert set(namespace["plain_hits"][0].scores) == {"dense", "bm25", "colbert"}

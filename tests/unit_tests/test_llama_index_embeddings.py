@@ -67,7 +67,8 @@ async def test_async_matches_sync(embed_model: M3Embedding) -> None:
     t_async = await embed_model.aget_text_embedding_batch(texts)
     np.testing.assert_allclose(t_async, embed_model.get_text_embedding_batch(texts), atol=1e-6)
     one = await embed_model.aget_text_embedding(texts[1])
-    np.testing.assert_allclose(one, t_async[1], atol=1e-6)
+    # One text alone against the same text in a padded batch of three: rounding noise (tests/common.py).
+    np.testing.assert_allclose(one, t_async[1], atol=1e-5)
 
 
 def test_max_length_is_forwarded(tiny_model: M3Model) -> None:

@@ -9,7 +9,7 @@ import pytest
 from m3_integrations import M3Model
 from m3_integrations.llama_index import M3SparseFunction, m3_sparse_doc_fn, m3_sparse_query_fn
 from m3_integrations.testing import build_tiny_checkpoint
-from tests.common import SAMPLE_TEXTS, naive_encode
+from tests.common import LEXICAL_WEIGHT_TOL, SAMPLE_TEXTS, naive_encode
 
 
 def _as_dict(indices: list[int], values: list[float]) -> dict[int, float]:
@@ -35,7 +35,7 @@ def test_sparse_fn_matches_naive_lexical_weights(tiny_model: M3Model, factory, m
         got = _as_dict(idx, val)
         assert set(got) == set(ref)
         for token_id, weight in ref.items():
-            assert got[token_id] == pytest.approx(weight, abs=1e-4)
+            assert got[token_id] == pytest.approx(weight, **LEXICAL_WEIGHT_TOL)
 
 
 def test_query_fn_uses_query_instruction(tiny_checkpoint: str) -> None:
@@ -43,9 +43,11 @@ def test_query_fn_uses_query_instruction(tiny_checkpoint: str) -> None:
     (q_idx,), (q_val,) = m3_sparse_query_fn(model)(["hello world"])
     (d_idx,), (d_val,) = m3_sparse_doc_fn(model)(["hello world"])
     assert _as_dict(q_idx, q_val) == pytest.approx(
-        naive_encode(model, "query: hello world")["lexical"], abs=1e-4
+        naive_encode(model, "query: hello world")["lexical"], **LEXICAL_WEIGHT_TOL
     )
-    assert _as_dict(d_idx, d_val) == pytest.approx(naive_encode(model, "hello world")["lexical"], abs=1e-4)
+    assert _as_dict(d_idx, d_val) == pytest.approx(
+        naive_encode(model, "hello world")["lexical"], **LEXICAL_WEIGHT_TOL
+    )
 
 
 def test_empty_text_and_empty_batch(tiny_model: M3Model) -> None:

@@ -12,7 +12,13 @@ import torch
 
 from m3_integrations import M3Model, M3Output
 from m3_integrations.testing import build_tiny_checkpoint
-from tests.common import SAMPLE_TEXTS, naive_colbert_score, naive_encode, naive_lexical_score
+from tests.common import (
+    LEXICAL_WEIGHT_TOL,
+    SAMPLE_TEXTS,
+    naive_colbert_score,
+    naive_encode,
+    naive_lexical_score,
+)
 
 
 def test_encode_matches_naive_formulas(tiny_model: M3Model) -> None:
@@ -27,7 +33,7 @@ def test_encode_matches_naive_formulas(tiny_model: M3Model) -> None:
         got = out.lexical_weights[i]
         assert set(got) == set(ref["lexical"]), text
         for token_id, weight in ref["lexical"].items():
-            assert got[token_id] == pytest.approx(weight, abs=1e-5)
+            assert got[token_id] == pytest.approx(weight, **LEXICAL_WEIGHT_TOL)
         assert out.colbert_vecs[i].shape == (len(ref["ids"]) - 1, tiny_model.colbert_dim)
         np.testing.assert_allclose(out.colbert_vecs[i], ref["colbert"], atol=1e-5)
         assert out.num_tokens[i] == len(ref["ids"])
@@ -48,7 +54,7 @@ def test_lexical_weights_drop_specials_and_keep_max_of_repeats(tiny_model: M3Mod
     assert repeated
     for token_id in repeated:
         if token_id in ref["lexical"]:
-            assert weights[token_id] == pytest.approx(ref["lexical"][token_id], abs=1e-5)
+            assert weights[token_id] == pytest.approx(ref["lexical"][token_id], **LEXICAL_WEIGHT_TOL)
 
 
 def test_order_is_restored_under_length_sorted_batching(tiny_model: M3Model) -> None:
@@ -170,14 +176,16 @@ def test_compute_score_semantics(tiny_model: M3Model) -> None:
         sparse = naive_lexical_score(rq["lexical"], rp["lexical"])
         colbert = naive_colbert_score(rq["colbert"], rp["colbert"])
         assert got["dense"][i] == pytest.approx(dense, abs=1e-5)
-        assert got["sparse"][i] == pytest.approx(sparse, abs=1e-4)
+        # A sparse score sums products of lexical weights: it can exceed 1, so relative above 1.
+        assert got["sparse"][i] == pytest.approx(sparse, rel=1e-4, abs=1e-4)
         assert got["colbert"][i] == pytest.approx(colbert, abs=1e-5)
-        assert got["sparse+dense"][i] == pytest.approx((0.2 * sparse + 0.4 * dense) / 0.6, abs=1e-4)
+        assert got["sparse+dense"][i] == pytest.approx((0.2 * sparse + 0.4 * dense) / 0.6, rel=1e-4, abs=1e-4)
         assert got["colbert+sparse+dense"][i] == pytest.approx(
-            0.4 * dense + 0.2 * sparse + 0.4 * colbert, abs=1e-4
+            0.4 * dense + 0.2 * sparse + 0.4 * colbert, rel=1e-4, abs=1e-4
         )
     single = tiny_model.compute_score(pairs[0], weights=weights)
-    assert single["dense"][0] == pytest.approx(got["dense"][0], abs=1e-6)
+    # One pair alone against three in a padded batch: the same noise as the naive comparisons above.
+    assert single["dense"][0] == pytest.approx(got["dense"][0], abs=1e-5)
 
 
 @pytest.mark.parametrize("weights", [(1.0, 1.0), (0.0, 0.0, 0.0), (-1.0, 1.0, 1.0)])
@@ -290,6 +298,8 @@ def test_copy_of_checkpoint_is_independent(tiny_checkpoint: str, tmp_path: Path)
     a = M3Model(tiny_checkpoint, device="cpu").encode(["x y z"]).dense
     b = M3Model(str(target), device="cpu").encode(["x y z"]).dense
     assert a is not None and b is not None
+    # Exact on purpose: the same weights, input and code path twice; any difference is state shared
+    # between the two models, not rounding.
     np.testing.assert_array_equal(a, b)
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from m3_integrations import IndexLoadError, IndexNotFoundError, M3Index, M3Model, persistence
-from m3_integrations.persistence import LOCK_FILE
+from m3_integrations import IndexLoadError, IndexNotFoundError, M3Index, M3Model
+from m3_integrations.index import folder_reader
+from m3_integrations.index.format import LOCK_FILE
 from tests.common import INDEX_TEXTS
 from tests.legacy_format1 import save_format1
 
@@ -37,6 +38,7 @@ def saved(tiny_model: M3Model, tmp_path_factory: pytest.TempPathFactory) -> tupl
 
 
 def _state(hits: list) -> list[tuple]:
+    # Compared between an index and its saved copy: the same arrays and code, so no rounding noise.
     return [
         (h.id, h.text, h.metadata, round(h.score, 6), {k: round(v, 6) for k, v in h.scores.items()})
         for h in hits
@@ -499,7 +501,7 @@ def test_load_starts_again_when_a_save_removes_the_version_it_is_reading(
     target = _copy(path, tmp_path)
     other = M3Index(tiny_model)
     other.add(["the index saved in between"], ids=["between"])
-    real_open = persistence._Dir.open
+    real_open = folder_reader.OpenFolder.open
     saves = []
 
     def open_after_a_save(folder: Path, **kwargs):
@@ -508,7 +510,7 @@ def test_load_starts_again_when_a_save_removes_the_version_it_is_reading(
             other.save(target)  # switches the manifest and removes the version the load was about to read
         return real_open(folder, **kwargs)
 
-    monkeypatch.setattr(persistence._Dir, "open", open_after_a_save)
+    monkeypatch.setattr(folder_reader.OpenFolder, "open", open_after_a_save)
     loaded = M3Index.load(target, model=tiny_model)
     assert saves and not (target / saves[0]).exists()
     assert loaded.ids == ["between"]

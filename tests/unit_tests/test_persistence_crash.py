@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from m3_integrations import IndexNotFoundError, M3Index, M3Model
-from m3_integrations.persistence import LOCK_FILE
+from m3_integrations.index.format import LOCK_FILE
 from tests.common import INDEX_TEXTS
 from tests.legacy_format1 import save_format1
 
@@ -80,14 +80,14 @@ class Writer:
 
 def _content(index: M3Index) -> tuple:
     """What tells the two indexes apart in every file: ids, texts, metadata, vectors, BM25 words."""
-    n = len(index._alive)
+    stores = index._stores
     return (
         tuple(index.ids),
-        tuple(index._texts),
-        json.dumps(index._metadatas),
-        index._dense[:n].tobytes(),
-        index._colbert[: index._colbert_used].tobytes(),
-        tuple(index._bm25.words()),
+        tuple(stores.documents.texts),
+        json.dumps(stores.documents.metadatas),
+        stores.dense.vectors.tobytes(),
+        stores.colbert.to_arrays()["colbert"].tobytes(),
+        tuple(stores.bm25.words()),
     )
 
 

@@ -31,7 +31,10 @@ def naive_cross_scores(reranker: CrossEncoderReranker, query: str, passages: lis
 def test_cross_encoder_equals_naive_per_pair_forward(cross_encoder: CrossEncoderReranker) -> None:
     scores = cross_encoder.score(QUERY, PASSAGES)
     assert scores.dtype == np.float32 and scores.shape == (len(PASSAGES),)
-    np.testing.assert_allclose(scores, naive_cross_scores(cross_encoder, QUERY, PASSAGES), atol=1e-5)
+    # Logits are not bounded by 1: relative above 1, absolute near 0.
+    np.testing.assert_allclose(
+        scores, naive_cross_scores(cross_encoder, QUERY, PASSAGES), rtol=1e-5, atol=1e-5
+    )
     assert len(set(np.round(scores, 5).tolist())) > 3  # a random model still separates passages
     ranked = cross_encoder.rerank(QUERY, PASSAGES, top_n=3)
     assert [i for i, _ in ranked] == np.argsort(-scores, kind="stable")[:3].tolist()
@@ -53,9 +56,12 @@ def test_m3_score_reranker_equals_compute_score(tiny_model: M3Model) -> None:
     reranker = M3ScoreReranker(tiny_model, weights=(0.4, 0.2, 0.4))
     signals = reranker.score_all(QUERY, PASSAGES)
     reference = tiny_model.compute_score([(QUERY, p) for p in PASSAGES])
+    # The query encoded alone vs in (query, passage) batches: the sparse score (3.4 here) sums products of
+    # lexical weights that each carry ~1e-5 of float32 noise (tests/common.py), so relative tolerances.
     for name in ("dense", "sparse", "colbert"):
-        np.testing.assert_allclose(signals[name], reference[name], atol=1e-5)
-    np.testing.assert_allclose(signals["fused"], reference["colbert+sparse+dense"], atol=1e-5)
+        np.testing.assert_allclose(signals[name], reference[name], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(signals["fused"], reference["colbert+sparse+dense"], rtol=1e-4, atol=1e-5)
+    # Exact on purpose: score() is score_all()'s fused column, the same computation.
     np.testing.assert_allclose(reranker.score(QUERY, PASSAGES), signals["fused"])
     with pytest.raises(ValueError, match="weights"):
         M3ScoreReranker(tiny_model, weights=(1, 1))
@@ -70,6 +76,7 @@ def test_search_with_cross_encoder_rerank(tiny_model: M3Model, cross_encoder: Cr
     order = np.argsort(-expected, kind="stable")[:3]
     assert [h.id for h in hits] == [fused[i].id for i in order]
     for hit, i in zip(hits, order, strict=True):
+        # The same texts in the same order through the same cross-encoder batches: identical up to 1e-6.
         assert hit.score == hit.scores["rerank"] == pytest.approx(float(expected[i]))
         assert hit.scores["dense"] == fused[i].scores["dense"]
 

@@ -1,0 +1,339 @@
+"""Replacing a folder's contents atomically: a new immutable data folder, then one manifest switch.
+
+A folder written here holds ``manifest.json`` (what the folder is, which data folder holds it, and the
+size and SHA-256 of each of its files), a lock file, and one ``v-<32 hex>/`` data folder. The folder
+itself is never renamed or removed. :func:`write_folder` writes and fsyncs a fresh data folder, writes
+the new manifest next to the old one and fsyncs it, then switches with one atomic ``os.replace``; a
+crash at any moment leaves the previous or the new manifest, each naming a complete data folder. After
+the switch, with the writer lock held, whatever no manifest names (failed or killed writers' data
+folders and temporary manifests, an earlier layout's files once converted) is removed.
+
+What a folder is, and what of it may be replaced, is a :class:`FolderFormat`: ``M3Index.save`` writes
+the index format (:mod:`m3_integrations.index.persistence`), the LlamaIndex retriever's ``persist``
+its own. A path holding anything else (a user's files, a link, a file, a newer release's folder) is
+refused with ``FileExistsError`` before anything is written.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import stat
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from m3_integrations._utils import fsync_folder
+from m3_integrations.errors import IndexLoadError
+from m3_integrations.index.folder_reader import MANIFEST, VanishedError, read_manifest_file
+
+try:  # POSIX only; see _writer_lock for what happens without it
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["VERSION_DIR_RE", "FolderFormat", "check_target", "write_folder"]
+
+VERSION_DIR_RE = re.compile(r"v-[0-9a-f]{32}")
+_MANIFEST_TMP_RE = re.compile(r"\.manifest\.json\.tmp-[0-9a-f]{32}")
+OLD_RELEASE_STALE_SECONDS = 3600.0
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+@dataclass(frozen=True)
+class FolderFormat:
+    """One kind of folder :func:`write_folder` writes, and what of an existing folder it may replace.
+
+    Attributes:
+        name: the manifest's ``"format"``.
+        versions: the ``format_version`` values this release reads (a folder of another is refused).
+        noun: what the folder is called in messages (``"M3Index"``).
+        what: what is written there, in messages (``"the index"``).
+        folder_noun: the same as a kind of folder (``"index folder"``).
+        verb: the method that writes it (``"save"``), and ``writer`` its full name (``"M3Index.save"``).
+        lock_file: the writers' lock file inside the folder.
+        legacy_entries: an earlier layout's entries directly in the folder (name → is a folder); removed
+            once a save has converted the folder.
+        legacy_check: for an earlier layout without a manifest: why ``folder`` is not one (None if it
+            is, so it may be replaced). Without it, such entries are someone else's files.
+        old_release_files: the files of an earlier release's sibling folders (``.NAME.tmp-*``,
+            ``.NAME.old-PID``) that a save may remove once they are provably stale.
+    """
+
+    name: str
+    versions: tuple[int, ...]
+    noun: str
+    what: str
+    folder_noun: str
+    verb: str
+    writer: str
+    lock_file: str
+    legacy_entries: Mapping[str, bool]
+    legacy_check: Callable[[Path], str | None] | None = None
+    old_release_files: frozenset[str] = frozenset()
+
+    def refusal(self, folder: Path, problem: str) -> FileExistsError:
+        """The error for a target that is not this format's."""
+        return FileExistsError(f"cannot {self.verb} {self.what} to {folder}: {problem}")
+
+
+def write_folder(
+    path: str | os.PathLike[str],
+    fmt: FolderFormat,
+    manifest: Mapping[str, Any],
+    files: Mapping[str, Callable[[BinaryIO], None]],
+    folders: Mapping[str, Callable[[Path], None]] | None = None,
+) -> None:
+    """Write ``files`` (and ``folders``) into a new data folder of ``path`` and switch its manifest to it.
+
+    ``manifest`` gains ``data`` (the data folder's name) and ``files`` (size and SHA-256 of each file;
+    a subfolder written by ``folders`` carries its own manifest and checksums). Writers of one folder are
+    serialised (threads and processes); what no manifest names is removed after the switch. Files and
+    folders are created with the process's umask.
+
+    Raises:
+        FileExistsError: ``path`` is not a folder of ``fmt``, an empty folder or absent (nothing touched).
+    """
+    folder = Path(path)
+    if check_target(folder, fmt) == "missing":
+        folder.mkdir(parents=True, exist_ok=True)
+    with _writer_lock(folder, fmt):
+        check_target(folder, fmt)  # again: another process may have changed it before we held the lock
+        data_name = f"v-{uuid.uuid4().hex}"
+        data_dir = folder / data_name
+        os.mkdir(data_dir)
+        tmp_manifest: Path | None = None
+        try:
+            for name, write_folder_into in (folders or {}).items():
+                write_folder_into(data_dir / name)
+            table: dict[str, dict[str, Any]] = {}
+            for name, write in files.items():
+                with open(data_dir / name, "xb") as fh:
+                    write(fh)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                table[name] = {
+                    "bytes": (data_dir / name).stat().st_size,
+                    "sha256": _sha256_file(data_dir / name),
+                }
+            fsync_folder(data_dir)
+            body = {**manifest, "data": data_name, "files": table}
+            tmp_manifest = folder / f".{MANIFEST}.tmp-{uuid.uuid4().hex}"
+            with open(tmp_manifest, "xb") as fh:
+                fh.write(json.dumps(body, indent=2, ensure_ascii=False).encode("utf-8"))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp_manifest, folder / MANIFEST)  # the one atomic switch
+            tmp_manifest = None
+            fsync_folder(folder)
+        except BaseException:
+            _remove(data_dir)
+            if tmp_manifest is not None:
+                _remove(tmp_manifest)
+            raise
+        _collect_garbage(folder, fmt, keep=data_name)
+        if fmt.old_release_files:
+            _remove_stale_old_release_siblings(folder, fmt.old_release_files)
+
+
+def check_target(folder: Path, fmt: FolderFormat) -> str:
+    """``"missing"`` or ``"ours"`` (a folder of ``fmt``, an empty one, or one holding only our leftovers).
+
+    Raises:
+        FileExistsError: anything else; the message says what is there and what to do.
+    """
+    try:
+        info = os.lstat(folder)
+    except FileNotFoundError:
+        return "missing"
+    verb = f"{fmt.verb}()"
+    if stat.S_ISLNK(info.st_mode):
+        problem = (
+            f"it is a symbolic link, and {verb} never writes through links; pass the folder it points to, "
+            "or another path"
+        )
+        raise fmt.refusal(folder, problem)
+    if not stat.S_ISDIR(info.st_mode):
+        problem = (
+            f"a file is there, and {verb} only replaces an {fmt.folder_noun}; choose another path, or move "
+            "the file away yourself"
+        )
+        raise fmt.refusal(folder, problem)
+    names = os.listdir(folder)
+    if MANIFEST in names:
+        problem = _foreign_manifest(folder, fmt)
+        if problem is None:
+            return "ours"
+        problem = (
+            f"its {MANIFEST} {problem}, and {verb} only replaces a folder written by {fmt.writer}; choose "
+            "another path, or empty the folder yourself"
+        )
+        raise fmt.refusal(folder, problem)
+    legacy_is_ours = fmt.legacy_check is not None and fmt.legacy_check(folder) is None
+    foreign = sorted(
+        name
+        for name in names
+        if not _is_own_entry(name, fmt) and not (legacy_is_ours and name in fmt.legacy_entries)
+    )
+    if not foreign:
+        return "ours"
+    shown = ", ".join(repr(name) for name in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+    problem = (
+        f"the folder holds {len(foreign)} entries that are not an {fmt.noun} ({shown}), and {verb} only "
+        f"fills an empty folder or replaces an {fmt.folder_noun}; choose another path, or empty the folder "
+        "yourself"
+    )
+    raise fmt.refusal(folder, problem)
+
+
+def _foreign_manifest(folder: Path, fmt: FolderFormat) -> str | None:
+    """Why ``folder/manifest.json`` is not a manifest of ``fmt`` this release can replace; None if it is."""
+    try:
+        manifest = read_manifest_file(folder)
+    except (IndexLoadError, VanishedError, OSError, ValueError, RecursionError) as err:
+        return f"cannot be read as an {fmt.noun} manifest ({err})"
+    if not isinstance(manifest, dict) or manifest.get("format") != fmt.name:
+        return f'is not an {fmt.noun} manifest (no "format": "{fmt.name}")'
+    version = manifest.get("format_version")
+    if version not in fmt.versions or isinstance(version, bool):
+        return f"has format_version {version!r}, which this release does not know (a newer release?)"
+    return None
+
+
+def _is_own_entry(name: str, fmt: FolderFormat) -> bool:
+    return name == fmt.lock_file or bool(VERSION_DIR_RE.fullmatch(name) or _MANIFEST_TMP_RE.fullmatch(name))
+
+
+@contextmanager
+def _writer_lock(folder: Path, fmt: FolderFormat) -> Iterator[None]:
+    """Hold the folder's writer lock: a per-folder thread lock, then ``flock`` on the format's lock file.
+
+    Without ``fcntl`` (Windows) only the thread lock remains: saves from several processes to one folder
+    must then not overlap.
+    """
+    key = os.path.realpath(folder)
+    with _THREAD_LOCKS_GUARD:
+        thread_lock = _THREAD_LOCKS.setdefault(key, threading.Lock())
+    with thread_lock:
+        lock_path = folder / fmt.lock_file
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC, 0o666)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise fmt.refusal(folder, f"{fmt.lock_file} is a symbolic link") from err
+            raise
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise fmt.refusal(folder, f"{fmt.lock_file} is not a regular file")
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
+
+def _collect_garbage(folder: Path, fmt: FolderFormat, *, keep: str) -> None:
+    """Remove data folders and temporary manifests no manifest names (called with the writer lock held).
+
+    Holding the lock, no other writer is running, so whatever is unreferenced belongs to dead or finished
+    writers. An earlier layout's entries left in the folder after a conversion go too; nothing else is
+    touched.
+    """
+    for name in os.listdir(folder):
+        if name == keep:
+            continue
+        entry = folder / name
+        legacy = name in fmt.legacy_entries and fmt.legacy_entries[name] == entry.is_dir()
+        if VERSION_DIR_RE.fullmatch(name) or _MANIFEST_TMP_RE.fullmatch(name) or legacy:
+            try:
+                _remove(entry)
+                logger.debug("removed %s (no manifest refers to it)", entry)
+            except OSError as err:  # the save itself succeeded; the next one retries
+                logger.warning("could not remove leftover %s: %s", entry, err)
+
+
+def _remove_stale_old_release_siblings(folder: Path, files: frozenset[str]) -> None:
+    """Remove ``.NAME.tmp-*`` / ``.NAME.old-PID`` folders of an earlier release's killed saves.
+
+    Only folders holding nothing but that release's ``files`` qualify, and only when stale: an
+    ``.old-PID`` whose process is gone, a ``.tmp-*`` that nothing has modified for an hour.
+    """
+    pattern = re.compile(rf"\.{re.escape(folder.name)}\.(?:tmp-[A-Za-z0-9_]+|old-(\d+))")
+    try:
+        siblings = os.listdir(folder.parent)
+    except OSError:
+        return
+    now = time.time()
+    for name in siblings:
+        match = pattern.fullmatch(name)
+        if match is None:
+            continue
+        sibling = folder.parent / name
+        try:
+            info = os.lstat(sibling)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != _uid():
+                continue
+            names = os.listdir(sibling)
+            children = [os.lstat(sibling / child) for child in names]
+            if not set(names) <= files or not all(stat.S_ISREG(c.st_mode) for c in children):
+                continue
+            if match.group(1) is not None:
+                stale = not _process_alive(int(match.group(1)))
+            else:
+                newest = max([info.st_mtime, *(c.st_mtime for c in children)])
+                stale = now - newest > OLD_RELEASE_STALE_SECONDS
+            if stale:
+                shutil.rmtree(sibling)
+                logger.info("removed %s, left by an interrupted save of an earlier release", sibling)
+        except OSError as err:
+            logger.warning("could not inspect or remove %s: %s", sibling, err)
+
+
+def _uid() -> int:
+    getuid = getattr(os, "getuid", None)
+    return getuid() if getuid is not None else 0
+
+
+def _process_alive(pid: int) -> bool:
+    """False only when no process ``pid`` exists (its folder is then provably stale)."""
+    if pid <= 0 or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists (another user's), or we cannot tell: keep the folder
+    return True
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry)
+    else:
+        entry.unlink(missing_ok=True)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,517 @@
+"""``M3Index``: an embedded hybrid index over BGE-M3's dense, lexical and ColBERT representations.
+
+The facade users call. It owns the lock, the model and the stores, checks every document before
+anything is stored, and hands the work to the package's parts: the stores
+(:mod:`~m3_integrations.index.storage`), the search (:mod:`~m3_integrations.index.search`, through the
+methods of :mod:`~m3_integrations.index.querying`), the options (:mod:`~m3_integrations.index.options`)
+and persistence (:mod:`~m3_integrations.index.persistence`). ``docs/engine.md`` has the whole design.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import scipy.sparse as sp
+
+from m3_integrations import scoring
+from m3_integrations._utils import validate_texts
+from m3_integrations.bm25 import BM25, WordTokenizer
+from m3_integrations.index import persistence
+from m3_integrations.index.metadata import normalize_metadata
+from m3_integrations.index.options import IndexKind
+from m3_integrations.index.querying import QueryMethods
+from m3_integrations.index.search import IndexStores, SearchEngine
+from m3_integrations.index.sparse_store import SparseStore
+from m3_integrations.index.storage import ColbertStore, DenseStore, DocumentTable, lexical_chunk
+from m3_integrations.index.types import SearchHit
+
+if TYPE_CHECKING:
+    import os
+
+    from m3_integrations.model import M3Model, M3Output
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["M3Index"]
+
+
+class M3Index(QueryMethods):
+    """Embedded hybrid index: dense + lexical + ColBERT (+ BM25), incremental, filtered, persisted.
+
+    Setup:
+        .. code-block:: bash
+
+            pip install m3-integrations
+
+    Key init args:
+        model: the :class:`~m3_integrations.M3Model` that encodes documents and queries.
+        store_colbert: keep ColBERT vectors (needed for fast ``colbert``/``hybrid`` modes).
+        colbert_dtype: ``"float16"`` (half of float32) or ``"int8"`` (a quarter, per-vector scale).
+        dense_dtype: ``"float32"`` or ``"float16"`` (half the memory and the fastest first stage on
+            large indexes: candidates are picked with float16 products, then rescored exactly).
+        lexical: ``"m3"`` (the model's lexical weights), ``"bm25"``, or ``"auto"`` (m3 when the model
+            has a sparse head, else BM25). With BM25 as the lexical signal, the ``sparse`` weight and
+            mode use BM25 and hits report it under ``"bm25"``.
+        bm25_tokenizer: ``"word"`` (lower-cased words; CJK ideographs and kana one per token),
+            ``"model"`` (the model's subword ids), or ``"auto"``: words when BM25 is the lexical signal
+            (a model without sparse head; words beat subword ids there in benchmarks/REPORT.md) or when
+            a stemmer or stop words are given, the model's ids otherwise (BM25 as a fourth signal
+            beside BGE-M3's own lexical weights).
+        bm25_stemmer: with ``bm25_tokenizer="word"``, a Snowball language (``"english"``, ``"german"``,
+            …) to stem words with (needs ``pip install "m3-integrations[stemming]"``); ``None`` keeps
+            words as they are.
+        bm25_stopwords: with ``bm25_tokenizer="word"``, ``"english"`` (built-in list) or your own words
+            to leave out of BM25; ``None`` keeps every word.
+
+    Instantiate:
+        .. code-block:: python
+
+            from m3_integrations import M3Index, M3Model
+
+            index = M3Index(M3Model("BAAI/bge-m3"))
+
+    Add documents:
+        .. code-block:: python
+
+            ids = index.add(
+                ["BGE-M3 has three heads.", "서울은 수도이다."], metadatas=[{"lang": "en"}, {"lang": "ko"}]
+            )
+            index.add(["BGE-M3 has three outputs."], ids=[ids[0]])  # same id: replaced
+            index.delete([ids[1]])
+
+    Search:
+        .. code-block:: python
+
+            hits = index.search("what does bge-m3 output?", k=5)  # hybrid, weights (0.4, 0.2, 0.4)
+            hits[0].id, hits[0].score, hits[0].scores  # {"dense": ..., "sparse": ..., "colbert": ...}
+            index.search("bge-m3", mode="dense+sparse", fusion="rrf", weights={"bm25": 0.3})
+
+    Search with filter:
+        .. code-block:: python
+
+            index.search("capital", filter={"lang": "ko"})
+            index.search("capital", filter={"year": {"$gte": 2020}, "tags": {"$in": ["geo", "rag"]}})
+            index.search("capital", filter=lambda meta: meta.get("year", 0) > 2020)
+
+    Scores before fusion:
+        .. code-block:: python
+
+            candidates = index.score_candidates("what does bge-m3 output?", mode="hybrid", k=5)
+            candidates.signals["colbert"]  # one score per candidate
+            candidates.rank(index.search_options(5, mode="hybrid", fusion="rrf"))  # [(id, score), ...]
+
+    Persist:
+        .. code-block:: python
+
+            index.save("my_index")
+            index = M3Index.load("my_index", model=M3Model("BAAI/bge-m3"))
+    """
+
+    def __init__(
+        self,
+        model: M3Model,
+        *,
+        store_colbert: bool = True,
+        colbert_dtype: Literal["float16", "int8"] = "float16",
+        dense_dtype: Literal["float32", "float16"] = "float32",
+        lexical: Literal["auto", "m3", "bm25"] = "auto",
+        bm25_tokenizer: Literal["auto", "model", "word"] = "auto",
+        bm25_stemmer: str | None = None,
+        bm25_stopwords: str | Sequence[str] | None = None,
+        show_progress: bool = False,
+        batch_size: int | None = None,
+    ) -> None:
+        if colbert_dtype not in ("float16", "int8"):
+            msg = f"colbert_dtype must be 'float16' or 'int8', got {colbert_dtype!r}"
+            raise ValueError(msg)
+        if dense_dtype not in ("float32", "float16"):
+            msg = f"dense_dtype must be 'float32' or 'float16', got {dense_dtype!r}"
+            raise ValueError(msg)
+        if lexical not in ("auto", "m3", "bm25"):
+            msg = f"lexical must be 'auto', 'm3' or 'bm25', got {lexical!r}"
+            raise ValueError(msg)
+        if lexical == "m3" and not model.has_sparse:
+            msg = "lexical='m3' needs a checkpoint with sparse_linear.pt; use lexical='bm25' or 'auto'"
+            raise ValueError(msg)
+        if bm25_tokenizer not in ("auto", "model", "word"):
+            msg = f"bm25_tokenizer must be 'auto', 'model' or 'word', got {bm25_tokenizer!r}"
+            raise ValueError(msg)
+        word_options = bm25_stemmer is not None or bm25_stopwords is not None
+        if bm25_tokenizer == "model" and word_options:
+            msg = "bm25_stemmer and bm25_stopwords apply to words: use them with bm25_tokenizer='word'"
+            raise ValueError(msg)
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
+            msg = f"batch_size must be a positive integer, got {batch_size!r}"
+            raise ValueError(msg)
+        self.model = model
+        self.store_colbert = bool(store_colbert)
+        self.colbert_dtype = colbert_dtype
+        self.dense_dtype = dense_dtype
+        self.lexical = "m3" if lexical == "m3" or (lexical == "auto" and model.has_sparse) else "bm25"
+        if bm25_tokenizer == "auto":
+            bm25_tokenizer = "word" if self.lexical == "bm25" or word_options else "model"
+        self.bm25_tokenizer: Literal["model", "word"] = bm25_tokenizer
+        self._word_tokenizer = None
+        if bm25_tokenizer == "word":
+            self._word_tokenizer = WordTokenizer(stemmer=bm25_stemmer, stopwords=bm25_stopwords)
+        self.show_progress = show_progress
+        self.batch_size = batch_size
+        self.dense_dim = int(model.dense_dim)
+        self.colbert_dim = int(model.colbert_dim)
+        self.vocab_size = int(model.vocab_size)
+        self.kind = IndexKind(
+            lexical_signal="sparse" if self.lexical == "m3" else "bm25",
+            trained_heads=self.lexical == "m3" and bool(getattr(model, "has_colbert_head", False)),
+        )
+        self._lock = threading.RLock()
+        self._stores = IndexStores(
+            documents=DocumentTable(),
+            dense=DenseStore(self.dense_dim, dense_dtype),
+            lexical_weights=SparseStore(self.vocab_size) if self.lexical == "m3" else None,
+            colbert=ColbertStore(self.colbert_dim, colbert_dtype) if self.store_colbert else None,
+            bm25=BM25(num_columns=self.vocab_size if self.bm25_tokenizer == "model" else None),
+            lexical_signal=self.kind.lexical_signal,
+            workspace=scoring.StagingBuffer(),  # used under the lock
+        )
+        self._engine = SearchEngine(self._stores, self._lock, self._encode_colbert)
+
+    # ------------------------------------------------------------------ what is stored
+    @property
+    def lexical_signal(self) -> str:
+        """The score key of the lexical signal: ``"sparse"`` (M3's lexical weights) or ``"bm25"``."""
+        return self.kind.lexical_signal
+
+    def __len__(self) -> int:
+        return len(self._stores.documents)
+
+    def __contains__(self, id: object) -> bool:
+        return id in self._stores.documents.row_of
+
+    @property
+    def ids(self) -> list[str]:
+        """Ids of the stored documents, in insertion order (a replaced document counts as new)."""
+        with self._lock:
+            return self._stores.documents.live_ids()
+
+    def __repr__(self) -> str:
+        return (
+            f"M3Index(n={len(self)}, lexical={self.lexical!r}, store_colbert={self.store_colbert}, "
+            f"colbert_dtype={self.colbert_dtype!r}, dense_dtype={self.dense_dtype!r})"
+        )
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes held per representation (arrays only; texts and metadata not counted).
+
+        Keys: ``dense``, ``sparse`` (M3's lexical weights, CSR + CSC), ``colbert`` (vectors, scales and
+        offsets) and ``bm25`` (term frequencies, CSR + CSC); 0 for what the index does not store.
+        """
+        with self._lock:
+            return self._stores.memory_bytes()
+
+    @property
+    def bm25_word_settings(self) -> dict[str, Any] | None:
+        """The word tokenizer's stemmer and stop words (``WordTokenizer.config()``); None for model ids."""
+        return self._word_tokenizer.config() if self._word_tokenizer is not None else None
+
+    @property
+    def colbert_vectors(self) -> int:
+        """How many ColBERT vectors are stored (deleted documents' included until a compaction)."""
+        colbert = self._stores.colbert
+        return 0 if colbert is None else colbert.n_vectors
+
+    # ------------------------------------------------------------------ adding
+    def add(
+        self,
+        texts: Sequence[str],
+        *,
+        ids: Sequence[str] | None = None,
+        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> list[str]:
+        """Encode and store documents; a document whose id is already stored replaces it.
+
+        Args:
+            texts: the documents (empty strings are stored too): a list, tuple or other ordered
+                sequence, or an iterator; a dict or a set raises ``TypeError`` (no defined order).
+            ids: one unique string id per text; random UUID4 strings when ``None``.
+            metadatas: one metadata dict per text (``None`` entries become ``{}``): JSON only (string
+                keys; str, int, float, bool, None, lists and dicts; tuples become lists; at most 32
+                levels deep). The index stores a deep copy.
+
+        Returns:
+            The ids, in input order.
+
+        Raises:
+            TypeError: a text or id is not a string, ``texts`` is a dict or set, a metadata entry is not a
+                dict, or metadata holds a non-string key or a non-JSON value (the message names the id
+                and the key path).
+            ValueError: ids or metadatas of the wrong length, an id repeated within the call, NaN or
+                infinity in metadata, nesting deeper than 32 levels, or a lone surrogate in a text, id or
+                metadata string. Nothing is stored when anything is refused.
+        """
+        texts, ids, metas = self._validate_documents(texts, ids, metadatas)
+        if not texts:
+            return []
+        output = self.model.encode_passages(
+            texts,
+            return_dense=True,
+            return_sparse=self.lexical == "m3",
+            return_colbert=self.store_colbert,
+            batch_size=self.batch_size,
+            show_progress=self.show_progress,
+        )
+        self._add_validated(output, texts, ids, metas, self.bm25_tokens(texts))
+        return ids
+
+    def add_encoded(
+        self,
+        output: M3Output,
+        texts: Sequence[str],
+        *,
+        ids: Sequence[str] | None = None,
+        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+        bm25_tokens: Sequence[Sequence[Any]] | sp.spmatrix | None = None,
+    ) -> list[str]:
+        """Store documents whose representations are already computed (benchmarks, bulk loads).
+
+        Args:
+            output: the passages' :class:`~m3_integrations.M3Output` (dense; lexical weights when
+                ``lexical="m3"``, as dicts or as one CSR matrix ``(n, vocab_size)``; ColBERT vectors
+                when ``store_colbert``).
+            texts: the documents' texts.
+            ids: as in :meth:`add`.
+            metadatas: as in :meth:`add`.
+            bm25_tokens: per document, its BM25 tokens, or (model tokenizer only) a term-frequency
+                matrix ``(n, vocab_size)``; tokenised from ``texts`` when ``None``.
+
+        Returns:
+            The ids, in input order.
+        """
+        texts, ids, metas = self._validate_documents(texts, ids, metadatas)
+        if len(output) != len(texts) and (output.dense is None or len(output.dense) != len(texts)):
+            msg = f"output holds {len(output)} documents but {len(texts)} texts were given"
+            raise ValueError(msg)
+        n_tokens = (
+            None
+            if bm25_tokens is None
+            else bm25_tokens.shape[0]  # type: ignore[union-attr]
+            if sp.issparse(bm25_tokens)
+            else len(bm25_tokens)
+        )
+        if n_tokens is not None and n_tokens != len(texts):
+            msg = f"bm25_tokens has {n_tokens} entries but {len(texts)} texts were given"
+            raise ValueError(msg)
+        if bm25_tokens is None:
+            tokens: Any = self.bm25_tokens(texts)
+        else:
+            tokens = bm25_tokens if sp.issparse(bm25_tokens) else list(bm25_tokens)
+        self._add_validated(output, texts, ids, metas, tokens)
+        return ids
+
+    def bm25_tokens(self, texts: Sequence[str]) -> list[list[Any]]:
+        """The BM25 tokens this index makes of each text (documents and queries alike).
+
+        Words with ``bm25_tokenizer="word"`` (after its stop words and stemmer), else the model's
+        subword ids. :meth:`encode_queries` uses it for queries.
+
+        Example:
+            .. code-block:: python
+
+                M3Index(model, bm25_tokenizer="word").bm25_tokens(["Red apples"])  # [["red", "apples"]]
+        """
+        if self._word_tokenizer is not None:
+            return [self._word_tokenizer(t) for t in texts]
+        return self.model.tokenize(list(texts), add_special_tokens=False).input_ids
+
+    def _validate_documents(
+        self,
+        texts: Sequence[str],
+        ids: Sequence[str] | None,
+        metadatas: Sequence[Mapping[str, Any] | None] | None,
+    ) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+        texts = validate_texts(texts, what="texts", allow_empty_strings=True)
+        if ids is None:
+            ids = [str(uuid.uuid4()) for _ in texts]
+        else:
+            ids = validate_texts(ids, what="ids")
+            if len(ids) != len(texts):
+                msg = f"got {len(ids)} ids for {len(texts)} texts"
+                raise ValueError(msg)
+            seen: set[str] = set()
+            for doc_id in ids:
+                if doc_id in seen:
+                    msg = f"duplicate id {doc_id!r} within one add call"
+                    raise ValueError(msg)
+                seen.add(doc_id)
+        if metadatas is None:
+            metas: list[dict[str, Any]] = [{} for _ in texts]
+        else:
+            if isinstance(metadatas, Mapping):
+                msg = "metadatas must be a list with one dict (or None) per text, got a single dict"
+                raise TypeError(msg)
+            metadatas = list(metadatas)
+            if len(metadatas) != len(texts):
+                msg = f"got {len(metadatas)} metadatas for {len(texts)} texts"
+                raise ValueError(msg)
+            metas = [
+                normalize_metadata(meta, f"metadatas[{i}] (document {doc_id!r})")
+                for i, (meta, doc_id) in enumerate(zip(metadatas, ids, strict=True))
+            ]
+        return texts, ids, metas
+
+    def _add_validated(
+        self,
+        output: M3Output,
+        texts: list[str],
+        ids: list[str],
+        metas: list[dict[str, Any]],
+        bm25_tokens: list[Any] | sp.spmatrix,
+    ) -> None:
+        stores = self._stores
+        n_new = len(texts)
+        # Every representation is checked and converted before the lock: a refused add stores nothing.
+        dense = stores.dense.prepare(output.dense, n_new)
+        lexical = None
+        if stores.lexical_weights is not None:
+            lexical = lexical_chunk(output.lexical_weights, n_new, self.vocab_size)
+        colbert = stores.colbert.prepare(output.colbert_vecs, n_new) if stores.colbert is not None else None
+        with self._lock:
+            stores.documents.append(ids, texts, metas)
+            stores.dense.append(dense)
+            if lexical is not None and stores.lexical_weights is not None:
+                stores.lexical_weights.append(lexical)
+            if colbert is not None and stores.colbert is not None:
+                stores.colbert.append(colbert)
+            if sp.issparse(bm25_tokens):
+                stores.bm25.add_matrix(bm25_tokens)
+            else:
+                stores.bm25.add(bm25_tokens)
+            stores.set_alive()
+            self._maybe_compact()
+
+    def reserve(self, documents: int, colbert_vectors: int = 0) -> None:
+        """Preallocate room for ``documents`` more rows and ``colbert_vectors`` more ColBERT vectors.
+
+        Bulk loads that know their size avoid the copies of geometric growth (and its 1.5x peak).
+        """
+        with self._lock:
+            self._stores.dense.reserve(documents)
+            if self._stores.colbert is not None:
+                self._stores.colbert.reserve(colbert_vectors)
+
+    # ------------------------------------------------------------------ reading and deleting
+    def get(self, ids: Sequence[str]) -> list[SearchHit]:
+        """Stored documents by id, in the order asked (``score`` is NaN, ``scores`` empty).
+
+        Raises:
+            KeyError: an id is not stored (the message names it).
+        """
+        if isinstance(ids, str):
+            ids = [ids]
+        with self._lock:
+            return [self._stores.hit(row, math.nan) for row in self._stores.documents.rows_of(ids)]
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Delete documents by id; all or nothing.
+
+        Raises:
+            KeyError: an id is not stored (the message names it); nothing is deleted then.
+        """
+        if isinstance(ids, str):
+            ids = [ids]
+        with self._lock:
+            self._stores.documents.delete(ids)
+            self._stores.set_alive()
+            self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        dead = self._stores.documents.dead_rows
+        if dead >= 64 and dead * 2 >= self._stores.documents.n_rows:
+            self.compact()
+
+    def compact(self) -> None:
+        """Drop the rows of deleted or replaced documents (insertion order is kept)."""
+        with self._lock:
+            keep = np.flatnonzero(self._stores.documents.alive)
+            if len(keep) == self._stores.documents.n_rows:
+                return
+            self._stores.keep_rows(keep)
+
+    def _encode_colbert(self, texts: list[str]) -> list[np.ndarray]:
+        """ColBERT vectors of passages, for an index that stores none (encoded at query time)."""
+        return (
+            self.model.encode_passages(
+                texts,
+                return_dense=False,
+                return_sparse=False,
+                return_colbert=True,
+                batch_size=self.batch_size,
+            ).colbert_vecs
+            or []
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the index to the folder ``path``, atomically: a crash at any moment keeps it loadable.
+
+        ``path`` holds ``manifest.json`` (format version, model identity, dims, counts, dtypes, and the
+        size and SHA-256 of every data file) and one data folder ``v-<id>/`` with ``arrays.npz`` (plain
+        numeric arrays), ``documents.json`` (ids, texts, metadata) and, for word BM25, ``bm25_vocab.json``.
+        Nothing is pickled. A save writes a new data folder and switches ``manifest.json`` to it with
+        one atomic rename; loads running meanwhile see the old or the new index, never a mix. Saves to one
+        folder are serialised across threads and processes. Deleted documents are compacted away first,
+        so their texts and words are not written. See "Safety" in ``docs/engine.md``.
+
+        Args:
+            path: a new path, an empty folder, or a folder written by :meth:`save` (replaced).
+
+        Raises:
+            FileExistsError: ``path`` is something else (a folder with other files, a file, a symbolic
+                link); nothing is touched then.
+            TypeError: a metadata value is not JSON-serialisable (the message names the id).
+
+        Example:
+            .. code-block:: python
+
+                index.save("my_index")
+                index.save("my_index")  # replaces the index saved before
+        """
+        with self._lock:
+            self.compact()
+            self._stores.bm25.drop_unused_terms()  # compact() keeps the vocabulary when no row was dead
+            persistence.save_index(self, self._stores, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], model: M3Model, **kwargs: Any) -> M3Index:
+        """Load an index written by :meth:`save` (or by the previous release), checking it against ``model``.
+
+        The folder is untrusted input: every file is read once, checked against the manifest's size and
+        SHA-256, and every value search relies on is validated; nothing is unpickled or followed outside
+        the folder.
+
+        Args:
+            path: the folder.
+            model: the model the index was built with (same identity and dimensions).
+            **kwargs: ``show_progress`` / ``batch_size`` for the loaded index.
+
+        Raises:
+            IndexNotFoundError: no index at ``path``.
+            IndexLoadError: a missing, truncated, damaged or hostile file, an unknown format version, or
+                a model whose identity or dimensions differ from the index's (message starting "model
+                mismatch"); the message names the file.
+
+        Example:
+            .. code-block:: python
+
+                index = M3Index.load("my_index", model=M3Model("BAAI/bge-m3"))
+        """
+        contents = persistence.load_index(path, model)
+        index = cls(model, **contents.settings, **kwargs)
+        with index._lock:
+            contents.install(index._stores)
+        return index

@@ -1,0 +1,353 @@
+"""Saving and loading :class:`~m3_integrations.M3Index` folders: atomic, crash-safe and hardened.
+
+Layout of a saved index (format 2)::
+
+    path/
+      manifest.json      what the index is (model, counts, dtypes) and which data folder holds it,
+                         with the size and SHA-256 of every file in that folder
+      .m3-index.lock     writers hold an exclusive ``flock`` on it while they save
+      v-<32 hex>/        one immutable data folder: arrays.npz, documents.json, bm25_vocab.json
+
+``path`` itself is never renamed or removed: a save writes a fresh data folder and switches the manifest
+to it with one atomic rename (:mod:`m3_integrations.index.folder_writer`). Format 1 (the previous
+release: data files directly in ``path``) still loads, and saving over it converts it.
+
+A load reads ``manifest.json`` once, then every file it names once
+(:mod:`m3_integrations.index.folder_reader`), and validates every value the search relies on
+(:mod:`m3_integrations.index.format`). A folder that cannot be loaded raises
+:class:`~m3_integrations.IndexLoadError` naming the file. :meth:`M3Index.save` and :meth:`M3Index.load`
+are the public face of this module.
+
+Example:
+    .. code-block:: python
+
+        index.save("my_index")  # M3Index.save calls save_index(index, stores, "my_index")
+        index = M3Index.load("my_index", model=model)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import numpy as np
+import scipy.sparse as sp
+
+from m3_integrations.bm25 import BM25, WordTokenizer
+from m3_integrations.errors import IndexLoadError, IndexNotFoundError
+from m3_integrations.index.folder_reader import (
+    MANIFEST,
+    MAX_MANIFEST_BYTES,
+    OpenFolder,
+    VanishedError,
+    parse_json,
+    parsing,
+    read_file,
+    read_npz,
+)
+from m3_integrations.index.folder_writer import check_target, write_folder
+from m3_integrations.index.format import (
+    ARRAYS_FILE,
+    DOCUMENTS_FILE,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    INDEX_FOLDER,
+    VOCAB_FILE,
+    Layout,
+    check_arrays,
+    check_documents,
+    check_manifest,
+    check_vocab,
+)
+
+if TYPE_CHECKING:
+    from m3_integrations.index.index import M3Index
+    from m3_integrations.index.search import IndexStores
+    from m3_integrations.model import M3Model
+
+__all__ = ["LoadedIndex", "check_save_target", "load_index", "read_manifest", "save_index"]
+
+LOAD_ATTEMPTS = 10
+
+
+# ---------------------------------------------------------------------------- saving
+def save_index(index: M3Index, stores: IndexStores, path: str | os.PathLike[str]) -> None:
+    """Write ``index`` (compacted, under its lock) to the folder ``path``.
+
+    Raises:
+        FileExistsError: something other than an M3Index folder or an empty folder is at ``path``
+            (a folder with other files, a regular file, a symlink); nothing is touched then.
+        TypeError: a metadata value is not JSON-serialisable (the message names the id).
+    """
+    documents = _documents_bytes(stores)
+    bm25 = stores.bm25
+    vocab = (
+        json.dumps(bm25.words(), ensure_ascii=False).encode("utf-8")
+        if index.bm25_tokenizer == "word"
+        else None
+    )
+    arrays: dict[str, np.ndarray] = stores.dense.to_arrays()
+    lexical_nnz = 0
+    if stores.lexical_weights is not None:
+        arrays |= stores.lexical_weights.to_arrays("lex")
+        lexical_nnz = len(arrays["lex_data"])
+    if stores.colbert is not None:
+        arrays |= stores.colbert.to_arrays()
+    arrays |= bm25.to_arrays()
+    manifest: dict[str, Any] = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "model": index.model.identity,
+        "count": stores.documents.n_rows,
+        "dense_dim": index.dense_dim,
+        "colbert_dim": index.colbert_dim,
+        "vocab_size": index.vocab_size,
+        "dense_dtype": index.dense_dtype,
+        "colbert_dtype": index.colbert_dtype,
+        "store_colbert": index.store_colbert,
+        "lexical": index.lexical,
+        "bm25_tokenizer": index.bm25_tokenizer,
+        "bm25_words": index.bm25_word_settings,
+        "bm25": {"k1": bm25.k1, "b": bm25.b, "epsilon": bm25.epsilon},
+        "colbert_vectors": index.colbert_vectors if index.store_colbert else 0,
+        "lexical_nnz": lexical_nnz,
+        "bm25_nnz": len(arrays["bm25_data"]),
+        "bm25_columns": int(bm25.width),
+    }
+    files: dict[str, Callable[[BinaryIO], None]] = {
+        ARRAYS_FILE: lambda fh: np.savez(fh, **arrays),  # type: ignore[arg-type]
+        DOCUMENTS_FILE: lambda fh: fh.write(documents),
+    }
+    if vocab is not None:
+        files[VOCAB_FILE] = lambda fh: fh.write(vocab)
+    write_folder(path, INDEX_FOLDER, manifest, files)
+
+
+def _documents_bytes(stores: IndexStores) -> bytes:
+    table = stores.documents
+    for doc_id, meta in zip(table.ids, table.metadatas, strict=True):
+        try:
+            json.dumps(meta)
+        except (TypeError, ValueError, RecursionError) as err:
+            msg = f"metadata of document {doc_id!r} is not JSON-serialisable: {err}"
+            raise TypeError(msg) from err
+    documents = {"ids": table.ids, "texts": table.texts, "metadatas": table.metadatas}
+    return json.dumps(documents, ensure_ascii=False).encode("utf-8")
+
+
+def check_save_target(path: str | os.PathLike[str]) -> None:
+    """Raise what :meth:`M3Index.save` would raise for ``path``, without writing anything.
+
+    Lets a caller (the CLI) refuse a destination before the slow work of building an index.
+
+    Raises:
+        FileExistsError: ``path`` is a file, a link, or a folder that is neither empty nor an index.
+    """
+    check_target(Path(path), INDEX_FOLDER)
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``manifest.json`` of the index folder ``path``, read as :meth:`M3Index.load` reads it.
+
+    A regular file only (no link, FIFO or device), size-bounded, JSON, with this library's format name;
+    nothing else in the folder is read. For settings an index records (the model's identity), which the
+    caller must still validate: a folder may come from anyone.
+
+    Raises:
+        IndexNotFoundError: no folder, or no manifest in it.
+        IndexLoadError: the manifest cannot be read or is not an M3Index manifest.
+    """
+    folder = Path(path)
+    root = _open_index_folder(folder)
+    try:
+        raw = _read_manifest(root, folder)
+    finally:
+        root.close()
+    manifest = parse_json(raw, folder / MANIFEST)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        msg = f"{folder / MANIFEST} is not an M3Index manifest"
+        raise IndexLoadError(msg)
+    return manifest
+
+
+# ---------------------------------------------------------------------------- loading
+@dataclass
+class LoadedIndex:
+    """A checked index folder: the settings to build the :class:`M3Index` with, then what to install."""
+
+    settings: dict[str, Any]
+    ids: list[str]
+    texts: list[str]
+    metadatas: list[dict[str, Any]]
+    arrays: dict[str, np.ndarray]
+    lexical: sp.csr_matrix | None
+    bm25: BM25
+
+    def install(self, stores: IndexStores) -> None:
+        """Put the loaded rows into a new index's (empty) stores."""
+        stores.documents.restore(self.ids, self.texts, self.metadatas)
+        stores.dense.restore(self.arrays["dense"])
+        if stores.lexical_weights is not None and self.lexical is not None:
+            stores.lexical_weights.restore(self.lexical)
+        if stores.colbert is not None:
+            arrays = self.arrays
+            stores.colbert.restore(arrays["colbert"], arrays["colbert_scale"], arrays["colbert_len"])
+        stores.bm25 = self.bm25
+
+
+def load_index(path: str | os.PathLike[str], model: M3Model) -> LoadedIndex:
+    """Read and check the index saved at ``path`` (format 1 or 2) against ``model``.
+
+    Raises:
+        IndexNotFoundError: no index at ``path``.
+        IndexLoadError: anything else that keeps the folder from loading (the message names the file);
+            a different model gives a message starting "model mismatch".
+    """
+    folder = Path(path)
+    vanished = ""
+    for attempt in range(LOAD_ATTEMPTS):
+        try:
+            return _load_once(folder, model)
+        except VanishedError as err:  # a save replaced the data folder between the manifest and its files
+            vanished = str(err)
+            time.sleep(0.002 * (attempt + 1))
+    msg = (
+        f"{vanished}, named by {folder / MANIFEST}, is missing ({LOAD_ATTEMPTS} attempts): the index is "
+        "damaged, or saves kept replacing it while it was read (then try again)"
+    )
+    raise IndexLoadError(msg)
+
+
+def _open_index_folder(folder: Path) -> OpenFolder:
+    try:
+        return OpenFolder.open(folder)
+    except FileNotFoundError as err:
+        raise IndexNotFoundError(_not_found(folder, "no such folder")) from err
+    except NotADirectoryError as err:
+        raise IndexNotFoundError(_not_found(folder, "it is a file, not a folder")) from err
+    except OSError as err:
+        msg = f"{folder} cannot be opened: {err}"
+        raise IndexLoadError(msg) from err
+
+
+def _read_manifest(root: OpenFolder, folder: Path) -> bytes:
+    try:
+        return read_file(root, MANIFEST, max_bytes=MAX_MANIFEST_BYTES)
+    except VanishedError as err:
+        raise IndexNotFoundError(_not_found(folder, f"{MANIFEST} is missing")) from err
+
+
+def _load_once(folder: Path, model: M3Model) -> LoadedIndex:
+    root = _open_index_folder(folder)
+    data_dir: OpenFolder | None = None
+    manifest_path = folder / MANIFEST
+    try:
+        manifest = parse_json(_read_manifest(root, folder), manifest_path)
+        layout = check_manifest(manifest, manifest_path, model)
+        if layout.data is None:
+            data_dir = root
+        else:
+            try:
+                data_dir = OpenFolder.open(folder / layout.data, parent=root, follow=False)
+            except FileNotFoundError as err:
+                raise VanishedError(str(folder / layout.data)) from err
+            except OSError as err:
+                msg = (
+                    f"{folder / layout.data} (named by {manifest_path}) is not a plain folder "
+                    f"(a symbolic link or a file?): {err.strerror}"
+                )
+                raise IndexLoadError(msg) from err
+        blobs = {
+            name: read_file(data_dir, name, max_bytes=limit, declared=size, sha256=digest)
+            for name, (size, digest, limit) in layout.files.items()
+        }
+        data_path = data_dir.path
+    finally:
+        if data_dir is not None and data_dir is not root:
+            data_dir.close()
+        root.close()
+    return _checked_contents(
+        model, manifest=manifest, manifest_label=manifest_path, layout=layout, blobs=blobs, data_dir=data_path
+    )
+
+
+def _not_found(folder: Path, reason: str) -> str:
+    hint = ""
+    try:
+        for name in sorted(os.listdir(folder.parent)):
+            if name.startswith(f".{folder.name}.old-") and (folder.parent / name / MANIFEST).is_file():
+                hint = (
+                    f"; an interrupted save of an earlier release left the previous index in "
+                    f"{folder.parent / name}: move it to {folder} to use it"
+                )
+                break
+    except OSError:
+        pass
+    return f"no M3Index at {folder} ({reason}){hint}"
+
+
+def _checked_contents(
+    model: M3Model,
+    *,
+    manifest: dict[str, Any],
+    manifest_label: Path,
+    layout: Layout,
+    blobs: dict[str, bytes],
+    data_dir: Path,
+) -> LoadedIndex:
+    arrays_label = data_dir / ARRAYS_FILE
+    arrays = read_npz(blobs.pop(ARRAYS_FILE), layout.arrays, arrays_label)
+    documents_label = data_dir / DOCUMENTS_FILE
+    ids, texts, metadatas = check_documents(
+        parse_json(blobs.pop(DOCUMENTS_FILE), documents_label), layout.count, documents_label
+    )
+    vocab = None
+    columns = layout.bm25_columns
+    if manifest["bm25_tokenizer"] == "word":
+        vocab_label = data_dir / VOCAB_FILE
+        vocab = check_vocab(parse_json(blobs.pop(VOCAB_FILE), vocab_label), columns, vocab_label)
+        columns = len(vocab)
+    assert columns is not None
+    with parsing(arrays_label):
+        check_arrays(
+            arrays,
+            manifest,
+            n=layout.count,
+            bm25_columns=columns,
+            vocab_size=model.vocab_size,
+            label=arrays_label,
+        )
+    words = manifest.get("bm25_words") or {}
+    try:  # an unknown stemmer language, or the stemming extra not installed
+        WordTokenizer(stemmer=words.get("stemmer"), stopwords=words.get("stopwords"))
+    except (ImportError, ValueError) as err:
+        msg = f"{manifest_label}: the index's BM25 word settings cannot be used here: {err}"
+        raise IndexLoadError(msg) from err
+    with parsing(arrays_label):
+        bm25 = BM25.from_arrays(
+            arrays,
+            vocab=vocab,
+            num_columns=model.vocab_size if manifest["bm25_tokenizer"] == "model" else None,
+            **manifest["bm25"],
+        )
+        lexical = None
+        if manifest["lexical"] == "m3":
+            lexical = sp.csr_matrix(
+                (arrays["lex_data"], arrays["lex_indices"], arrays["lex_indptr"]),
+                shape=(layout.count, model.vocab_size),
+            )
+    settings = {
+        "store_colbert": manifest["store_colbert"],
+        "colbert_dtype": manifest["colbert_dtype"],
+        "dense_dtype": manifest["dense_dtype"],
+        "lexical": manifest["lexical"],
+        "bm25_tokenizer": manifest["bm25_tokenizer"],
+        "bm25_stemmer": words.get("stemmer"),
+        "bm25_stopwords": words.get("stopwords"),
+    }
+    return LoadedIndex(settings, ids, texts, metadatas, arrays, lexical, bm25)
