@@ -44,9 +44,11 @@ import torch
 from scipy.cluster.hierarchy import fcluster, linkage
 
 from m3_integrations import scoring
+from m3_integrations.index import colbert_codecs as core
 
 __all__ = [
     "Codec",
+    "EngineResidualCodec",
     "Float16Codec",
     "Float32Codec",
     "Int8Codec",
@@ -719,6 +721,56 @@ class ResidualCodec(Codec):
 
     def model_bytes(self) -> int:
         return 0 if self.centroids is None else 4 * (self.centroids.size + self.levels.size)
+
+
+class EngineResidualCodec(Codec):
+    """The engine's residual codec (:class:`m3_integrations.index.colbert_codecs.ResidualCodec`), 1 or 2 bits.
+
+    Scored as the engine scores it (:func:`m3_integrations.scoring.colbert_scores_lookup`), so the study
+    measures the code that ``colbert_storage="compact"`` runs.
+    """
+
+    def __init__(self, n_centroids: int = 1024, bits: int = 2) -> None:
+        self.n_centroids = n_centroids
+        self.bits = bits
+        self.name = f"m3res{n_centroids}-{bits}b"
+        self.trained = True
+        self.codec: core.ResidualCodec | None = None
+
+    def fit(self, sample: np.ndarray, *, seed: int = 0) -> None:
+        n = min(self.n_centroids, len(sample))
+        self.codec = core.ResidualCodec.train(sample, bits=self.bits, n_centroids=n, seed=seed)
+
+    def _require(self) -> core.ResidualCodec:
+        if self.codec is None:
+            msg = f"{self.name} is not trained: call fit() on a sample of the index's vectors first"
+            raise RuntimeError(msg)
+        return self.codec
+
+    def encode(self, vectors: np.ndarray) -> dict[str, np.ndarray]:
+        ids, residual = self._require().encode(vectors)
+        return {"centroid": ids, "residual": residual}
+
+    def widen(self, codes: dict[str, np.ndarray]) -> np.ndarray:
+        return self._require().decode(codes["centroid"], codes["residual"])
+
+    def score(
+        self, query: np.ndarray, codes: dict[str, np.ndarray], starts: np.ndarray, lengths: np.ndarray
+    ) -> np.ndarray:
+        codec = self._require()
+        return scoring.colbert_scores_lookup(
+            codec.query_tables(query),
+            (codes["centroid"], codes["residual"]),
+            codec.code_offsets(),
+            starts,
+            lengths,
+        )
+
+    def bytes_per_vector(self, dim: int) -> float:
+        return 2.0 + math.ceil(dim * self.bits / 8)
+
+    def model_bytes(self) -> int:
+        return 0 if self.codec is None else self._require().model_bytes()
 
 
 class SignCodec(Codec):

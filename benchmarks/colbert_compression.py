@@ -345,6 +345,10 @@ def make_settings(dim: int, *, everything: bool = False) -> dict[str, Setting]:
         Setting(lambda: S(codecs.ResidualCodec(1024)), exhaustive=True),
         Setting(lambda: S(codecs.ResidualCodec(1024), pool_factor=2), exhaustive=True),
         Setting(lambda: S(codecs.ResidualCodec(1024), pool_factor=3)),
+        # The engine's codec with 2-bit residuals (pool2 is 1/15.9 of float16 at d=1024, pool3 1/23.8).
+        Setting(lambda: S(codecs.EngineResidualCodec(1024, 2), pool_factor=2), exhaustive=True),
+        Setting(lambda: S(codecs.EngineResidualCodec(1024, 2), pool_factor=3), exhaustive=True),
+        Setting(lambda: S(codecs.EngineResidualCodec(1024, 1), pool_factor=2), exhaustive=True),
     ]
     if everything:
         # Measured on the first jobs only (PCA lost too much there) or in the self-test and the speed
@@ -468,7 +472,8 @@ class SubstitutedColbertIndex(M3Index):
     """``M3Index`` whose stage-2 ColBERT MaxSim comes from a storage setting: the study's only change.
 
     Everything else (candidate generation, the default fusion and weights, coverage) is the engine's.
-    The hook is the engine's private ``_colbert_scores``; ``calls`` lets the study check it is used.
+    The hook is the search engine's private ``_colbert_scores``; ``calls`` lets the study check it is
+    used.
     """
 
     storage: codecs.Storage | None = None
@@ -478,7 +483,11 @@ class SubstitutedColbertIndex(M3Index):
     current = -1
     calls = 0
 
-    def _colbert_scores(self, rows: np.ndarray, encoded: EncodedQuery) -> np.ndarray:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._engine._colbert_scores = self._substituted_colbert  # type: ignore[method-assign]
+
+    def _substituted_colbert(self, rows: np.ndarray, encoded: EncodedQuery) -> np.ndarray:
         assert self.storage is not None and self.stored is not None and encoded.colbert_vecs is not None
         self.calls += 1
         if self.exhaustive is not None:
@@ -810,6 +819,56 @@ def stage_speed(only: Sequence[str] | None, repeats: int = 9) -> None:
     _save_json(SPEED_RESULTS, {**previous, **results})
 
 
+def stage_engine_speed(repeats: int = 15) -> None:
+    """The engine's stores at BGE-M3's shapes: ``score`` of 200 candidates, exact vs compact (1 and 2 bits).
+
+    Synthetic unit vectors with a decaying spectrum; documents are pooled as the compact store pools them
+    (so compact scores ~144 vectors per document); timed in interleaved rounds, median per store.
+    """
+    from m3_integrations.index.compact_store import CompactColbertStore
+    from m3_integrations.index.storage import ColbertStore
+
+    rng = np.random.default_rng(5)
+    spectrum = 1.0 / np.sqrt(1.0 + np.arange(SPEED_DIM))
+    n_docs = 2 * SPEED_CANDIDATES
+    docs = [
+        codecs.unit(rng.standard_normal((SPEED_TOKENS, SPEED_DIM)).astype(np.float32) * spectrum)
+        for _ in range(n_docs)
+    ]
+    query = codecs.unit(rng.standard_normal((SPEED_QUERY_TOKENS, SPEED_DIM)).astype(np.float32) * spectrum)
+    rows = np.sort(rng.choice(n_docs, size=SPEED_CANDIDATES, replace=False))
+    stores: dict[str, Any] = {}
+    for name, dtype in (("exact (float16)", "float16"), ("int8", "int8")):
+        store = ColbertStore(SPEED_DIM, dtype)
+        store.append(store.prepare(docs, n_docs))
+        stores[name] = store
+    build: dict[str, float] = {}
+    for bits in (1, 2):
+        store = CompactColbertStore(SPEED_DIM, bits=bits, train_min_vectors=1, train_sample=16_384)
+        start = time.perf_counter()
+        store.append(store.prepare(docs, n_docs))  # pools, then trains on the first add (1 vector suffices)
+        build[f"compact {bits}-bit"] = time.perf_counter() - start
+        stores[f"compact {bits}-bit"] = store
+    timings: dict[str, list[float]] = {name: [] for name in stores}
+    for _ in range(repeats):
+        for name, store in stores.items():
+            start = time.perf_counter()
+            store.scores(query, rows)
+            timings[name].append(time.perf_counter() - start)
+    results: dict[str, Any] = {}
+    for name, store in stores.items():
+        results[name] = {
+            "score_ms": 1000 * statistics.median(timings[name]),
+            "bytes_per_document": store.memory_bytes() / n_docs,
+            "fraction_of_float16": store.memory_bytes() / n_docs / (2 * SPEED_DIM * SPEED_TOKENS),
+            "build_s": build.get(name),
+            "run": time.strftime("%Y-%m-%d %H:%M"),
+            "load": os.getloadavg()[0],
+        }
+        logger.info("engine speed %-16s %s", name, results[name])
+    _save_json(OUT / "engine_speed.json", results)
+
+
 # ----------------------------------------------------------------------------- report
 def _deltas(results: dict[str, Any], name: str, mode: str, metric: str) -> dict[str, float]:
     """Per job, ``setting - float32`` of one metric (jobs where both were measured)."""
@@ -932,7 +991,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "stages", nargs="+", choices=["selftest", "encode", "quality", "speed", "drift", "report"]
+        "stages",
+        nargs="+",
+        choices=["selftest", "encode", "quality", "speed", "engine-speed", "drift", "report"],
     )
     parser.add_argument("--repeats", type=int, default=9, help="score-time repeats (speed stage)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -965,6 +1026,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             stage_quality(encoders, args.collections, args.settings)
         elif stage == "speed":
             stage_speed(args.settings, args.repeats)
+        elif stage == "engine-speed":
+            stage_engine_speed(args.repeats)
         elif stage == "drift":
             for name in args.settings or ["pool2+pca96-i8"]:
                 stage_drift(name)
