@@ -282,13 +282,23 @@ class CompactColbertStore:
         return self.codec.decode(self._ids[: self._used], self._residual[: self._used])
 
     def max_norm(self) -> float:
-        """An upper bound on the norm of a stored vector as scored (exact for float16, cached)."""
+        """The largest norm of a stored vector as scored (its reconstruction); cached until the store changes.
+
+        Computed block by block over the decoded vectors (as the float16 store does over its own):
+        the codec's :meth:`~.colbert_codecs.ResidualCodec.norm_bound` also bounds it, but looser, and a
+        looser bound lets the exhaustive search skip fewer rows.
+        """
         if self._max_norm is None:
-            if self.codec is not None:
-                self._max_norm = self.codec.norm_bound()
-            else:
-                norms = np.linalg.norm(self._vectors[: self._used].astype(np.float32), axis=1)
-                self._max_norm = float(norms.max(initial=0.0))
+            largest = 0.0
+            step = 65_536
+            for begin in range(0, self._used, step):
+                end = min(begin + step, self._used)
+                if self.codec is None:
+                    block = self._vectors[begin:end].astype(np.float32)
+                else:
+                    block = self.codec.decode(self._ids[begin:end], self._residual[begin:end])
+                largest = max(largest, float(np.linalg.norm(block, axis=1).max(initial=0.0)))
+            self._max_norm = largest
         return self._max_norm
 
     def drift(self) -> float | None:

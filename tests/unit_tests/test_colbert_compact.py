@@ -20,6 +20,7 @@ from m3_integrations.index import colbert_codecs, compact_store
 from m3_integrations.index.colbert_codecs import ResidualCodec, kmeans, pool_tokens
 from m3_integrations.index.compact_store import CompactColbertStore
 from m3_integrations.index.search import SearchEngine
+from m3_integrations.index.types import EncodedQuery
 from m3_integrations.testing import TRAINING_SENTENCES
 from tests.common import naive_colbert_score
 from tests.legacy_format1 import save_format1
@@ -252,25 +253,70 @@ def test_compact_index_ranks_like_exact(tiny_model: M3Model, trained: M3Index) -
         assert np.abs(difference).mean() < 0.03
 
 
-@pytest.mark.parametrize(
-    "options",
-    [
-        {"k": 5},
-        {"k": 4, "filter": {"n": 1}},
-        {"k": 5, "weights": {"dense": 0.02, "sparse": 0.002, "colbert": 1.0}},
-    ],
-)
+_PRUNING: dict[str, M3Index] = {}
+
+
+def _pruning_index(model: M3Model, monkeypatch: pytest.MonkeyPatch) -> M3Index:
+    """1,500 documents of synthetic vectors (cheap to add): enough rows for the bound to skip many."""
+    if "index" not in _PRUNING:
+        rng = np.random.default_rng(21)
+        n = 1500
+        colbert = [_unit(rng, int(rng.integers(4, 16)), model.colbert_dim) for _ in range(n)]
+        lexical = [
+            {
+                int(t): float(w)
+                for t, w in zip(
+                    rng.choice(model.vocab_size, size=3, replace=False), rng.random(3), strict=True
+                )
+            }
+            for _ in range(n)
+        ]
+        # Dense scores against the queries' direction e_0 spread from -0.9 to 1 (most below 0): the
+        # bound (max query norm x max stored norm, loose here) then rules most rows out.
+        dense = rng.standard_normal((n, model.dense_dim)).astype(np.float32) * 0.05
+        dense[:, 0] += rng.exponential(0.1, size=n).astype(np.float32) - 0.12
+        dense /= np.linalg.norm(dense, axis=1, keepdims=True)
+        output = M3Output(dense=dense, lexical_weights=lexical, colbert_vecs=colbert, num_tokens=[8] * n)
+        with monkeypatch.context() as patch:
+            patch.setattr(compact_store, "TRAIN_MIN_VECTORS", TRAIN_AT)
+            index = M3Index(model, colbert_storage="compact")
+            texts = [" ".join(rng.choice(WORDS, size=5)) for _ in range(n)]
+            index.add_encoded(
+                output, texts, ids=[f"s{i}" for i in range(n)], metadatas=[{"n": i % 3} for i in range(n)]
+            )
+        _PRUNING["index"] = index
+    return _PRUNING["index"]
+
+
+@pytest.mark.parametrize("options", [{"k": 5}, {"k": 4, "filter": {"n": 1}}])
 def test_pruned_search_on_codes_equals_scoring_every_row(
-    trained: M3Index, monkeypatch: pytest.MonkeyPatch, options: dict
+    tiny_model: M3Model, monkeypatch: pytest.MonkeyPatch, options: dict
 ) -> None:
-    index = trained
-    assert index._stores.colbert.trained
-    for query in QUERIES:
-        pruned = index.search(query, candidates=None, fusion="weighted", **options)
+    index = _pruning_index(tiny_model, monkeypatch)
+    store = index._stores.colbert
+    assert store.trained
+    np.testing.assert_allclose(store.max_norm(), np.linalg.norm(store.decoded(), axis=1).max(), rtol=1e-6)
+    scored = []
+    original = SearchEngine._colbert_scores
+
+    def counting(self: SearchEngine, rows: np.ndarray, encoded: object) -> np.ndarray:
+        scored.append(len(rows))
+        return original(self, rows, encoded)
+
+    rng = np.random.default_rng(3)
+    direction = np.eye(tiny_model.dense_dim, dtype=np.float32)[0]
+    queries = [
+        EncodedQuery(dense=direction, colbert_vecs=_unit(rng, 6, tiny_model.colbert_dim)) for _ in range(4)
+    ]
+    for encoded in queries:
+        with monkeypatch.context() as patch:
+            patch.setattr(SearchEngine, "_colbert_scores", counting)
+            pruned = index.search_encoded(encoded, candidates=None, fusion="weighted", **options)
         with monkeypatch.context() as patch:
             patch.setattr(SearchEngine, "_pruned_colbert", lambda *a, **k: None)
-            full = index.search(query, candidates=None, fusion="weighted", **options)
+            full = index.search_encoded(encoded, candidates=None, fusion="weighted", **options)
         assert [(h.id, h.score, h.scores) for h in pruned] == [(h.id, h.score, h.scores) for h in full]
+    assert sum(scored) < 0.5 * len(queries) * len(index)  # the bound skipped most rows
 
 
 def test_codebooks_round_trip_and_later_adds_reuse_them(
