@@ -4,7 +4,8 @@ Every score formula of the package lives here, once:
 
 - dense: ``<e_q, e_p>`` of L2-normalised CLS vectors;
 - lexical: ``Σ_{t in q∩p} w_q,t · w_p,t`` over token-id weights;
-- ColBERT MaxSim: ``(1/N_q) Σ_i max_j E_q[i]·E_p[j]``;
+- ColBERT MaxSim: ``(1/N_q) Σ_i max_j E_q[i]·E_p[j]``, over exact, float16/int8 or compressed
+  vectors (:func:`colbert_scores_lookup`: each product a sum of per-query table rows);
 - ``combine_scores``: FlagEmbedding's ``compute_score`` weighting, ``Σ w_i s_i / Σ w_i``;
 - the numerics around them: stable top-k selection (:func:`top_k_stable`) and the quantisation of
   stored ColBERT vectors (:func:`quantize_vectors`).
@@ -43,6 +44,7 @@ __all__ = [
     "StagingBuffer",
     "colbert_score",
     "colbert_scores",
+    "colbert_scores_lookup",
     "colbert_scores_stored",
     "combine_scores",
     "dense_scores",
@@ -477,6 +479,74 @@ def colbert_scores_stored(
             block_starts = offsets[i:j][nonempty] - begin
             maxes = np.maximum.reduceat(sim, block_starts, axis=axis)
             out[i:j][nonempty] = maxes.sum(axis=1 - axis) / len(query)
+        i = j
+    return out
+
+
+def colbert_scores_lookup(
+    tables: torch.Tensor,
+    codes: Sequence[np.ndarray],
+    code_offsets: Sequence[np.ndarray],
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    *,
+    block_rows: int = 65_536,
+) -> np.ndarray:
+    """ColBERT MaxSim against compressed vectors whose products with the query are sums of table rows.
+
+    A compressed vector ``j`` is a few small integer codes; its product with query token ``i`` is
+    ``Σ_c tables[codes_c[j] + code_offsets_c, i]`` (product quantisation and residual codes both have
+    this form; :mod:`m3_integrations.index.colbert_codecs` builds the tables once per query). Each
+    vector's row of products comes from one ``embedding_bag`` sum, without decoding the vector; the
+    MaxSim reduction is :func:`colbert_scores_stored`'s.
+
+    Args:
+        tables: ``(R, N_q)`` float32: row ``r`` is one code value's share of the products.
+        codes: per code array, ``(T,)`` or ``(T, m)`` unsigned integers, one row per stored vector.
+        code_offsets: per code array, ``(m,)`` (or scalar) int64 added to its values to address ``tables``.
+        starts: first stored vector of each passage.
+        lengths: vectors of each passage (0 scores 0).
+        block_rows: vectors gathered per block (bounds the temporary memory).
+
+    Returns:
+        ``(n,)`` float32 scores.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> tables = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])  # 3 code values, 2 query tokens
+        >>> codes = [np.array([0, 1, 2], dtype=np.uint8)]
+        >>> offsets = [np.zeros(1, dtype=np.int64)]
+        >>> colbert_scores_lookup(tables, codes, offsets, np.array([0, 2]), np.array([2, 1])).tolist()
+        [1.0, 0.5]
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    n = len(starts)
+    out = np.zeros(n, dtype=np.float32)
+    if n == 0 or tables.shape[1] == 0 or int(lengths.sum()) == 0:
+        return out
+    offsets_t = [torch.as_tensor(np.asarray(o, dtype=np.int64)).reshape(1, -1) for o in code_offsets]
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    shift = starts - offsets[:-1]
+    block = max(block_rows, int(lengths.max()))
+    i = 0
+    while i < n:
+        j = max(i + 1, int(np.searchsorted(offsets, offsets[i] + block, side="right")) - 1)
+        begin, end = int(offsets[i]), int(offsets[j])
+        if end > begin:
+            rows = np.repeat(shift[i:j], lengths[i:j]) + np.arange(begin, end)
+            index = torch.cat(
+                [
+                    torch.from_numpy(code[rows].astype(np.int64, copy=False)).reshape(end - begin, -1)
+                    + offset
+                    for code, offset in zip(codes, offsets_t, strict=True)
+                ],
+                dim=1,
+            )
+            sim = torch.nn.functional.embedding_bag(index, tables, mode="sum").numpy()  # (size, N_q)
+            nonempty = lengths[i:j] > 0
+            maxes = np.maximum.reduceat(sim, offsets[i:j][nonempty] - begin, axis=0)
+            out[i:j][nonempty] = maxes.sum(axis=1) / tables.shape[1]
         i = j
     return out
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from m3_integrations.errors import IndexLoadError
+from m3_integrations.index.colbert_codecs import COLBERT_STORAGES, POOL_FACTOR
 from m3_integrations.index.folder_reader import MANIFEST, ArraySpec
 from m3_integrations.index.folder_writer import VERSION_DIR_RE, FolderFormat
 
@@ -102,6 +103,7 @@ def check_manifest(manifest: Any, label: Path, model: M3Model) -> Layout:
     _choice(manifest, "dense_dtype", ("float32", "float16"), label)
     _choice(manifest, "colbert_dtype", ("float16", "int8"), label)
     _choice(manifest, "store_colbert", (True, False), label)
+    codec = _check_colbert_storage(manifest, label)
     _choice(manifest, "lexical", ("m3", "bm25"), label)
     tokenizer = _choice(manifest, "bm25_tokenizer", ("model", "word"), label)
     if manifest["lexical"] == "m3" and not model.has_sparse:
@@ -131,7 +133,19 @@ def check_manifest(manifest: Any, label: Path, model: M3Model) -> Layout:
             "lex_indices": ArraySpec(int64, (nnz["lexical_nnz"],)),
             "lex_indptr": ArraySpec(int64, (n + 1,)),
         }
-    if manifest["store_colbert"]:
+    if manifest["store_colbert"] and codec is not None:
+        bits, dim = codec["bits"], model.colbert_dim
+        arrays |= {
+            "colbert": ArraySpec(np.dtype(np.float16), (0, dim)),
+            "colbert_scale": ArraySpec(float32, (0,)),
+            "colbert_len": ArraySpec(int64, (n,)),
+            "colbert_ids": ArraySpec(np.dtype("<u2"), (colbert_vectors,)),
+            "colbert_residual": ArraySpec(np.dtype("u1"), (colbert_vectors, math.ceil(dim * bits / 8))),
+            "colbert_centroids": ArraySpec(float32, (codec["centroids"], dim)),
+            "colbert_cutoffs": ArraySpec(float32, ((1 << bits) - 1, dim)),
+            "colbert_values": ArraySpec(float32, (1 << bits, dim)),
+        }
+    elif manifest["store_colbert"]:
         int8 = manifest["colbert_dtype"] == "int8"
         arrays |= {
             "colbert": ArraySpec(np.dtype(manifest["colbert_dtype"]), (colbert_vectors, model.colbert_dim)),
@@ -167,6 +181,47 @@ def check_manifest(manifest: Any, label: Path, model: M3Model) -> Layout:
             msg = f"{label}: data is {data!r}, expected the name of a data folder like 'v-<32 hex digits>'"
             raise IndexLoadError(msg)
     return Layout(version, data, n, files, arrays, bm25_columns)
+
+
+def colbert_storage_of(manifest: Mapping[str, Any]) -> str:
+    """The manifest's ``colbert_storage``; folders written before it existed follow ``colbert_dtype``."""
+    storage = manifest.get("colbert_storage")
+    if storage is None:
+        return "int8" if manifest.get("colbert_dtype") == "int8" else "exact"
+    return str(storage)
+
+
+def _check_colbert_storage(manifest: Mapping[str, Any], label: Path) -> dict[str, Any] | None:
+    """``colbert_storage`` (optional) and, for ``"compact"``, the ``colbert_codec`` it records (or None)."""
+    if manifest.get("colbert_storage") is not None:
+        _choice(manifest, "colbert_storage", COLBERT_STORAGES, label)
+    storage = colbert_storage_of(manifest)
+    if (storage == "int8") != (manifest["colbert_dtype"] == "int8"):
+        msg = f"{label}: colbert_storage {storage!r} contradicts colbert_dtype {manifest['colbert_dtype']!r}"
+        raise IndexLoadError(msg)
+    if storage != "compact" or not manifest["store_colbert"]:
+        return None
+    codec = manifest.get("colbert_codec")
+    if codec is None:
+        return None
+    expected = {"kind", "pool_factor", "bits", "centroids", "train_error", "drift_sum", "drift_count"}
+    if not isinstance(codec, dict) or set(codec) != expected:
+        msg = f"{label}: colbert_codec is not an object with the keys {', '.join(sorted(expected))}"
+        raise IndexLoadError(msg)
+    _choice(codec, "kind", ("residual",), label)
+    _choice(codec, "pool_factor", (POOL_FACTOR,), label)
+    _choice(codec, "bits", (1, 2), label)
+    centroids = codec["centroids"]
+    if type(centroids) is not int or not 1 <= centroids <= 1 << 16:
+        msg = f"{label}: colbert_codec centroids is {centroids!r}, expected an integer in [1, 65536]"
+        raise IndexLoadError(msg)
+    for key in ("train_error", "drift_sum"):
+        value = codec[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+            msg = f"{label}: colbert_codec {key} is {value!r}, expected a finite non-negative number"
+            raise IndexLoadError(msg)
+    _count(codec, "drift_count", label)
+    return codec
 
 
 def _check_model(manifest: Mapping[str, Any], model: M3Model, label: Path) -> None:
@@ -344,11 +399,21 @@ def check_arrays(
     if manifest["store_colbert"]:
         colbert, scale, lengths = arrays["colbert"], arrays["colbert_scale"], arrays["colbert_len"]
         _require(bool((lengths >= 0).all()), label, "colbert_len holds negative lengths")
+        stored = arrays.get("colbert_ids", colbert)
         _require(
-            int(lengths.sum()) == len(colbert),
+            int(lengths.sum()) == len(stored),
             label,
-            f"colbert_len adds up to {int(lengths.sum())}, not {len(colbert)}",
+            f"colbert_len adds up to {int(lengths.sum())}, not {len(stored)}",
         )
+        if "colbert_ids" in arrays:
+            centroids = arrays["colbert_centroids"]
+            _require(
+                int(stored.max(initial=0)) < len(centroids),
+                label,
+                f"colbert_ids point outside the {len(centroids)} centroids",
+            )
+            for name in ("colbert_centroids", "colbert_cutoffs", "colbert_values"):
+                _require(bool(np.isfinite(arrays[name]).all()), label, f"{name} holds NaN or infinite values")
         if colbert.dtype.kind == "f":
             _require(bool(np.isfinite(colbert).all()), label, "colbert holds NaN or infinite values")
         _require(

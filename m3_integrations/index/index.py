@@ -18,11 +18,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
+from tqdm.auto import tqdm
 
 from m3_integrations import scoring
 from m3_integrations._utils import validate_texts
 from m3_integrations.bm25 import BM25, WordTokenizer
 from m3_integrations.index import persistence
+from m3_integrations.index.colbert_codecs import COLBERT_STORAGES, ColbertStorage, ResidualCodec
+from m3_integrations.index.compact_store import CompactColbertStore
 from m3_integrations.index.metadata import normalize_metadata
 from m3_integrations.index.options import IndexKind
 from m3_integrations.index.querying import QueryMethods
@@ -52,7 +55,13 @@ class M3Index(QueryMethods):
     Key init args:
         model: the :class:`~m3_integrations.M3Model` that encodes documents and queries.
         store_colbert: keep ColBERT vectors (needed for fast ``colbert``/``hybrid`` modes).
-        colbert_dtype: ``"float16"`` (half of float32) or ``"int8"`` (a quarter, per-vector scale).
+        colbert_storage: how ColBERT vectors are stored (``benchmarks/colbert_compression.md``):
+            ``"exact"`` (float16, the default), ``"int8"`` (half of float16, one scale per vector) or
+            ``"compact"`` (token pooling by 2, then ColBERTv2-style residual codes trained on the index's
+            own vectors: 1/32 of float16 at d=1024; see ``docs/engine.md``). ``None`` follows
+            ``colbert_dtype``.
+        colbert_dtype: ``"float16"`` or ``"int8"``: the older spelling of ``colbert_storage="exact"``
+            and ``"int8"`` (kept working).
         dense_dtype: ``"float32"`` or ``"float16"`` (half the memory and the fastest first stage on
             large indexes: candidates are picked with float16 products, then rescored exactly).
         lexical: ``"m3"`` (the model's lexical weights), ``"bm25"``, or ``"auto"`` (m3 when the model
@@ -119,6 +128,7 @@ class M3Index(QueryMethods):
         *,
         store_colbert: bool = True,
         colbert_dtype: Literal["float16", "int8"] = "float16",
+        colbert_storage: ColbertStorage | None = None,
         dense_dtype: Literal["float32", "float16"] = "float32",
         lexical: Literal["auto", "m3", "bm25"] = "auto",
         bm25_tokenizer: Literal["auto", "model", "word"] = "auto",
@@ -129,6 +139,18 @@ class M3Index(QueryMethods):
     ) -> None:
         if colbert_dtype not in ("float16", "int8"):
             msg = f"colbert_dtype must be 'float16' or 'int8', got {colbert_dtype!r}"
+            raise ValueError(msg)
+        if colbert_storage is None:
+            colbert_storage = "int8" if colbert_dtype == "int8" else "exact"
+        elif colbert_storage not in COLBERT_STORAGES:
+            names = ", ".join(map(repr, COLBERT_STORAGES))
+            msg = f"colbert_storage must be one of {names}, got {colbert_storage!r}"
+            raise ValueError(msg)
+        elif colbert_dtype == "int8" and colbert_storage != "int8":
+            msg = (
+                f"colbert_dtype='int8' contradicts colbert_storage={colbert_storage!r}: "
+                "give colbert_storage only"
+            )
             raise ValueError(msg)
         if dense_dtype not in ("float32", "float16"):
             msg = f"dense_dtype must be 'float32' or 'float16', got {dense_dtype!r}"
@@ -151,7 +173,9 @@ class M3Index(QueryMethods):
             raise ValueError(msg)
         self.model = model
         self.store_colbert = bool(store_colbert)
-        self.colbert_dtype = colbert_dtype
+        self.colbert_storage: ColbertStorage = colbert_storage
+        # The dtype of stored vectors before compression ("compact" keeps float16 until trained).
+        self.colbert_dtype: Literal["float16", "int8"] = "int8" if colbert_storage == "int8" else "float16"
         self.dense_dtype = dense_dtype
         self.lexical = "m3" if lexical == "m3" or (lexical == "auto" and model.has_sparse) else "bm25"
         if bm25_tokenizer == "auto":
@@ -174,12 +198,17 @@ class M3Index(QueryMethods):
             documents=DocumentTable(),
             dense=DenseStore(self.dense_dim, dense_dtype),
             lexical_weights=SparseStore(self.vocab_size) if self.lexical == "m3" else None,
-            colbert=ColbertStore(self.colbert_dim, colbert_dtype) if self.store_colbert else None,
+            colbert=self._colbert_store() if self.store_colbert else None,
             bm25=BM25(num_columns=self.vocab_size if self.bm25_tokenizer == "model" else None),
             lexical_signal=self.kind.lexical_signal,
             workspace=scoring.StagingBuffer(),  # used under the lock
         )
         self._engine = SearchEngine(self._stores, self._lock, self._encode_colbert)
+
+    def _colbert_store(self) -> ColbertStore | CompactColbertStore:
+        if self.colbert_storage == "compact":
+            return CompactColbertStore(self.colbert_dim)
+        return ColbertStore(self.colbert_dim, self.colbert_dtype)
 
     # ------------------------------------------------------------------ what is stored
     @property
@@ -202,7 +231,7 @@ class M3Index(QueryMethods):
     def __repr__(self) -> str:
         return (
             f"M3Index(n={len(self)}, lexical={self.lexical!r}, store_colbert={self.store_colbert}, "
-            f"colbert_dtype={self.colbert_dtype!r}, dense_dtype={self.dense_dtype!r})"
+            f"colbert_storage={self.colbert_storage!r}, dense_dtype={self.dense_dtype!r})"
         )
 
     def memory_bytes(self) -> dict[str, int]:
@@ -441,6 +470,98 @@ class M3Index(QueryMethods):
             if len(keep) == self._stores.documents.n_rows:
                 return
             self._stores.keep_rows(keep)
+
+    # ------------------------------------------------------------------ compressed ColBERT
+    def colbert_drift(self) -> float | None:
+        """How much worse the compact codec fits the documents added since it was trained.
+
+        The mean squared reconstruction error of the (pooled) ColBERT vectors added since training,
+        over that of the training sample: about 1 while new documents resemble the old ones. Well
+        above 1 (say 1.5: a codec trained on other text) calls for :meth:`retrain_colbert`. ``None``
+        when the index is not ``colbert_storage="compact"``, the codec is not trained yet, or nothing
+        was added since.
+
+        Example:
+            .. code-block:: python
+
+                if (index.colbert_drift() or 1.0) > 1.5:
+                    index.retrain_colbert()
+        """
+        with self._lock:
+            store = self._stores.colbert
+            return store.drift() if isinstance(store, CompactColbertStore) else None
+
+    def retrain_colbert(self, *, seed: int = 0) -> None:
+        """Train the compact ColBERT codec again and re-encode every stored document with it.
+
+        Codes cannot give back the vectors they approximate, so every stored document's text is
+        encoded again with the index's model (one encoding pass over the corpus, in batches, with a
+        progress bar when ``show_progress``): a random sample of documents, enough for
+        :data:`~m3_integrations.index.colbert_codecs.TRAIN_SAMPLE` pooled vectors, trains the new codec,
+        then every document is encoded with it. Vectors given to :meth:`add_encoded` are recomputed
+        from their texts. Holds the index's lock throughout; on an error nothing changes.
+
+        Raises:
+            ValueError: the index is not ``colbert_storage="compact"``, or it is empty.
+
+        Example:
+            .. code-block:: python
+
+                index = M3Index(model, colbert_storage="compact")
+                index.add(texts)
+                index.retrain_colbert()
+        """
+        store = self._stores.colbert
+        if not isinstance(store, CompactColbertStore):
+            msg = f"retrain_colbert needs colbert_storage='compact', this index has {self.colbert_storage!r}"
+            if not self.store_colbert:
+                msg += " and stores no ColBERT vectors"
+            raise ValueError(msg)
+        with self._lock:
+            texts = self._stores.documents.texts
+            if not texts:
+                msg = "the index is empty: there is nothing to train the ColBERT codec on"
+                raise ValueError(msg)
+            rng = np.random.default_rng(seed)
+            order = rng.permutation(len(texts))
+            covered = np.cumsum(store.lengths[order])
+            sample_rows = np.sort(order[: int(np.searchsorted(covered, store.train_sample)) + 1])
+            batch = max(1, self.batch_size or 64)
+            progress = tqdm(
+                total=len(texts) + len(sample_rows), desc="retraining ColBERT", disable=not self.show_progress
+            )
+            with progress:
+                pooled: dict[int, np.ndarray] = {}
+                for begin in range(0, len(sample_rows), batch):
+                    rows = sample_rows[begin : begin + batch]
+                    vectors = store.pool(self._encode_colbert([texts[r] for r in rows]))
+                    pooled.update(zip(rows.tolist(), vectors, strict=True))
+                    progress.update(len(rows))
+                sample = np.concatenate([pooled[r] for r in sample_rows.tolist()])
+                if len(sample) > store.train_sample:
+                    sample = sample[np.sort(rng.choice(len(sample), size=store.train_sample, replace=False))]
+                codec = ResidualCodec.train(sample, bits=store.bits, seed=seed)
+                ids, bits, lengths = [], [], []
+                for begin in range(0, len(texts), batch):
+                    rows = list(range(begin, min(begin + batch, len(texts))))
+                    missing = [r for r in rows if r not in pooled]
+                    fresh = dict(
+                        zip(
+                            missing,
+                            store.pool(self._encode_colbert([texts[r] for r in missing])),
+                            strict=True,
+                        )
+                    )
+                    for r in rows:
+                        vectors = pooled.pop(r) if r in pooled else fresh[r]
+                        row_ids, row_bits = codec.encode(vectors)
+                        ids.append(row_ids)
+                        bits.append(row_bits)
+                        lengths.append(len(vectors))
+                    progress.update(len(rows))
+            store.replace_all(
+                codec, (np.concatenate(ids), np.concatenate(bits)), np.asarray(lengths, dtype=np.int64)
+            )
 
     def _encode_colbert(self, texts: list[str]) -> list[np.ndarray]:
         """ColBERT vectors of passages, for an index that stores none (encoded at query time)."""

@@ -40,6 +40,7 @@ import scipy.sparse as sp
 
 from m3_integrations.bm25 import BM25, WordTokenizer
 from m3_integrations.errors import IndexLoadError, IndexNotFoundError
+from m3_integrations.index.compact_store import CompactColbertStore
 from m3_integrations.index.folder_reader import (
     MANIFEST,
     MAX_MANIFEST_BYTES,
@@ -63,6 +64,7 @@ from m3_integrations.index.format import (
     check_documents,
     check_manifest,
     check_vocab,
+    colbert_storage_of,
 )
 
 if TYPE_CHECKING:
@@ -109,6 +111,7 @@ def save_index(index: M3Index, stores: IndexStores, path: str | os.PathLike[str]
         "vocab_size": index.vocab_size,
         "dense_dtype": index.dense_dtype,
         "colbert_dtype": index.colbert_dtype,
+        "colbert_storage": index.colbert_storage,
         "store_colbert": index.store_colbert,
         "lexical": index.lexical,
         "bm25_tokenizer": index.bm25_tokenizer,
@@ -119,6 +122,8 @@ def save_index(index: M3Index, stores: IndexStores, path: str | os.PathLike[str]
         "bm25_nnz": len(arrays["bm25_data"]),
         "bm25_columns": int(bm25.width),
     }
+    if isinstance(stores.colbert, CompactColbertStore):
+        manifest |= stores.colbert.manifest_fields()
     files: dict[str, Callable[[BinaryIO], None]] = {
         ARRAYS_FILE: lambda fh: np.savez(fh, **arrays),  # type: ignore[arg-type]
         DOCUMENTS_FILE: lambda fh: fh.write(documents),
@@ -187,6 +192,7 @@ class LoadedIndex:
     arrays: dict[str, np.ndarray]
     lexical: sp.csr_matrix | None
     bm25: BM25
+    colbert_codec: dict[str, Any] | None = None  # the manifest's colbert_codec (compact storage)
 
     def install(self, stores: IndexStores) -> None:
         """Put the loaded rows into a new index's (empty) stores."""
@@ -194,7 +200,9 @@ class LoadedIndex:
         stores.dense.restore(self.arrays["dense"])
         if stores.lexical_weights is not None and self.lexical is not None:
             stores.lexical_weights.restore(self.lexical)
-        if stores.colbert is not None:
+        if isinstance(stores.colbert, CompactColbertStore):
+            stores.colbert.restore_arrays(self.arrays, self.colbert_codec)
+        elif stores.colbert is not None:
             arrays = self.arrays
             stores.colbert.restore(arrays["colbert"], arrays["colbert_scale"], arrays["colbert_len"])
         stores.bm25 = self.bm25
@@ -344,10 +352,12 @@ def _checked_contents(
     settings = {
         "store_colbert": manifest["store_colbert"],
         "colbert_dtype": manifest["colbert_dtype"],
+        "colbert_storage": colbert_storage_of(manifest),
         "dense_dtype": manifest["dense_dtype"],
         "lexical": manifest["lexical"],
         "bm25_tokenizer": manifest["bm25_tokenizer"],
         "bm25_stemmer": words.get("stemmer"),
         "bm25_stopwords": words.get("stopwords"),
     }
-    return LoadedIndex(settings, ids, texts, metadatas, arrays, lexical, bm25)
+    codec = manifest.get("colbert_codec") if settings["colbert_storage"] == "compact" else None
+    return LoadedIndex(settings, ids, texts, metadatas, arrays, lexical, bm25, codec)

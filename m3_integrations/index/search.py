@@ -25,6 +25,7 @@ import numpy as np
 
 from m3_integrations import fusion, scoring
 from m3_integrations.bm25 import BM25
+from m3_integrations.index.compact_store import CompactColbertStore
 from m3_integrations.index.filter_index import evaluate
 from m3_integrations.index.metadata import copy_metadata
 from m3_integrations.index.options import ParsedFilter, SearchOptions
@@ -47,7 +48,7 @@ class IndexStores:
     documents: DocumentTable
     dense: DenseStore
     lexical_weights: SparseStore | None
-    colbert: ColbertStore | None
+    colbert: ColbertStore | CompactColbertStore | None
     bm25: BM25
     lexical_signal: str
     workspace: scoring.StagingBuffer

@@ -1,0 +1,369 @@
+"""The ColBERT store of ``colbert_storage="compact"``: pooled vectors as residual codes.
+
+Same interface as :class:`~m3_integrations.index.storage.ColbertStore` (``prepare``/``append``,
+``scores``, ``max_norm``, ``keep_rows``, ``memory_bytes``, ``to_arrays``/``restore``), over the codec of
+:mod:`m3_integrations.index.colbert_codecs`:
+
+- every document's vectors are token-pooled at add time (:func:`~.colbert_codecs.pool_tokens`);
+- until the store holds :data:`~.colbert_codecs.TRAIN_MIN_VECTORS` pooled vectors, they are kept in
+  float16 (a small index is scored as exactly as ``"exact"`` storage of pooled vectors);
+- the add that crosses that size trains a :class:`~.colbert_codecs.ResidualCodec` on a random sample
+  (at most :data:`~.colbert_codecs.TRAIN_SAMPLE`) of the stored vectors and converts them all to codes;
+  later adds (after a save and load too) are encoded with the same codec;
+- :meth:`CompactColbertStore.drift` compares the reconstruction error of the vectors added since
+  training with the training sample's: a ratio well above 1 (say 1.5) says the codec no longer fits,
+  and :meth:`M3Index.retrain_colbert <m3_integrations.M3Index.retrain_colbert>` re-encodes the documents.
+
+Example:
+    >>> import numpy as np
+    >>> store = CompactColbertStore(4, train_min_vectors=10**9)  # never trains: pooled float16
+    >>> store.append(store.prepare([np.eye(4, dtype=np.float32)], 1))
+    >>> store.n_vectors, store.trained  # 4 tokens pooled into 2 vectors
+    (2, False)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from m3_integrations import scoring
+from m3_integrations.index.colbert_codecs import (
+    POOL_FACTOR,
+    RESIDUAL_BITS,
+    TRAIN_MIN_VECTORS,
+    TRAIN_SAMPLE,
+    ResidualCodec,
+    pool_tokens,
+)
+from m3_integrations.index.storage import _append_rows, _reserved
+
+__all__ = ["CompactColbertStore", "PreparedCompact"]
+
+logger = logging.getLogger(__name__)
+
+
+class PreparedCompact(NamedTuple):
+    """New documents' pooled vectors (float32, back to back), their lengths, and their codes if encoded."""
+
+    pooled: np.ndarray
+    lengths: np.ndarray
+    codec: ResidualCodec | None
+    codes: tuple[np.ndarray, np.ndarray] | None
+
+
+class CompactColbertStore:
+    """Pooled ColBERT vectors of all documents: float16 until the codec is trained, then residual codes.
+
+    Args:
+        dim: width of the vectors.
+        bits: residual bits per dimension (1 or 2); default :data:`~.colbert_codecs.RESIDUAL_BITS`.
+        train_min_vectors: pooled vectors at which the codec is trained (see the module); default
+            :data:`~.colbert_codecs.TRAIN_MIN_VECTORS`.
+        train_sample: most vectors the codec is trained on; default :data:`~.colbert_codecs.TRAIN_SAMPLE`.
+        seed: seed of the training sample and of k-means.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        bits: int | None = None,
+        train_min_vectors: int | None = None,
+        train_sample: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.dim = dim
+        # Defaults read now (not at import), so that a test can lower them for a tiny index.
+        self.bits = RESIDUAL_BITS if bits is None else bits
+        self.train_min_vectors = TRAIN_MIN_VECTORS if train_min_vectors is None else train_min_vectors
+        self.train_sample = TRAIN_SAMPLE if train_sample is None else train_sample
+        self.seed = seed
+        self.restore(np.zeros((0, dim), dtype=np.float16), np.zeros(0, dtype=np.int64))
+
+    # ------------------------------------------------------------------ state
+    def restore(
+        self,
+        vectors: np.ndarray,
+        lengths: np.ndarray,
+        *,
+        codec: ResidualCodec | None = None,
+        codes: tuple[np.ndarray, np.ndarray] | None = None,
+        drift: tuple[float, int] = (0.0, 0),
+    ) -> None:
+        """Replace the store: float16 ``vectors`` (untrained), or ``codec`` and its ``codes`` (ids, residual).
+
+        ``drift`` is ``(sum of squared errors, count)`` of the vectors added since training.
+        """
+        self.codec = codec
+        self._vectors = vectors if codec is None else np.zeros((0, self.dim), dtype=np.float16)
+        n_bytes = -(-self.dim * self.bits // 8)
+        empty = (np.zeros(0, np.uint16), np.zeros((0, n_bytes), np.uint8))
+        self._ids, self._residual = codes if codes is not None else empty
+        self._used = len(vectors) if codec is None else len(self._ids)
+        self._lengths = np.asarray(lengths, dtype=np.int64)
+        self._starts = np.cumsum(self._lengths) - self._lengths
+        self._drift_sum, self._drift_count = float(drift[0]), int(drift[1])
+        self._max_norm: float | None = None
+
+    @property
+    def trained(self) -> bool:
+        """Whether the vectors are stored as codes (the codec is trained)."""
+        return self.codec is not None
+
+    @property
+    def n_vectors(self) -> int:
+        """How many (pooled) vectors are stored, tombstoned documents' included."""
+        return self._used
+
+    # ------------------------------------------------------------------ adding
+    def prepare(self, vectors: Sequence[np.ndarray] | None, n_new: int) -> PreparedCompact:
+        """New documents' vectors, checked and pooled (and encoded when the codec is trained).
+
+        Raises:
+            ValueError: not one array per document, arrays of another width, or non-finite values.
+        """
+        if vectors is None or len(vectors) != n_new:
+            msg = "ColBERT vectors are required (one array per document) with store_colbert=True"
+            raise ValueError(msg)
+        pooled = self.pool(vectors)
+        lengths = np.asarray([len(p) for p in pooled], dtype=np.int64)
+        flat = np.concatenate(pooled) if n_new else np.zeros((0, self.dim), dtype=np.float32)
+        codec = self.codec
+        codes = codec.encode(flat) if codec is not None else None
+        return PreparedCompact(flat, lengths, codec, codes)
+
+    def pool(self, vectors: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Each document's vectors checked and token-pooled (float32).
+
+        Raises:
+            ValueError: arrays of another width, or non-finite values.
+        """
+        pooled = []
+        for v in vectors:
+            array = np.asarray(v, dtype=np.float32)
+            if len(array) and (array.ndim != 2 or array.shape[1] != self.dim):
+                msg = f"ColBERT vectors must have {self.dim} columns, got shape {np.shape(v)}"
+                raise ValueError(msg)
+            if len(array) and not np.isfinite(array).all():
+                msg = "ColBERT vectors hold NaN or infinite values"
+                raise ValueError(msg)
+            pooled.append(
+                pool_tokens(array, POOL_FACTOR) if len(array) else np.zeros((0, self.dim), np.float32)
+            )
+        return pooled
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Stored (pooled) vectors per row, tombstones included."""
+        return self._lengths
+
+    def append(self, prepared: PreparedCompact) -> None:
+        """Add prepared documents at the end; the add that reaches ``train_min_vectors`` trains the codec."""
+        used = self._used
+        if self.codec is None:
+            self._vectors = _append_rows(self._vectors, prepared.pooled.astype(np.float16), used)
+        else:
+            codes = prepared.codes
+            if prepared.codec is not self.codec or codes is None:  # trained since prepare: encode again
+                codes = self.codec.encode(prepared.pooled)
+            self._ids = _append_rows(self._ids, codes[0], used)
+            self._residual = _append_rows(self._residual, codes[1], used)
+            errors = ((self.codec.decode(*codes) - prepared.pooled) ** 2).sum(axis=1)
+            self._drift_sum += float(errors.sum())
+            self._drift_count += len(errors)
+        self._used = used + len(prepared.pooled)
+        starts = used + np.cumsum(prepared.lengths) - prepared.lengths
+        self._starts = np.concatenate([self._starts, starts.astype(np.int64)])
+        self._lengths = np.concatenate([self._lengths, prepared.lengths])
+        self._max_norm = None
+        if self.codec is None and self._used >= self.train_min_vectors:
+            self.train()
+
+    def train(self, sample: np.ndarray | None = None) -> None:
+        """Train the codec and convert the stored vectors to codes.
+
+        ``sample`` (exact vectors) defaults to a random sample of the stored float16 vectors. Only an
+        untrained store holds vectors to convert; see :meth:`replace_all` for a trained one.
+
+        Raises:
+            ValueError: the store is already trained, or there is nothing to train on.
+        """
+        if self.codec is not None:
+            msg = "the ColBERT codec is already trained (retrain through M3Index.retrain_colbert)"
+            raise ValueError(msg)
+        stored = self._vectors[: self._used]
+        if sample is None:
+            sample = self._sample(stored).astype(np.float32)
+        logger.info("training the compact ColBERT codec on %d of %d vectors", len(sample), self._used)
+        codec = ResidualCodec.train(sample, bits=self.bits, seed=self.seed)
+        codes = codec.encode(stored.astype(np.float32))
+        # Swapped in only now: a failure above leaves the float16 vectors as they were.
+        self.restore(stored, self._lengths, codec=codec, codes=codes)
+
+    def _sample(self, vectors: np.ndarray) -> np.ndarray:
+        if len(vectors) == 0:
+            msg = "no ColBERT vectors are stored to train the codec on"
+            raise ValueError(msg)
+        rng = np.random.default_rng(self.seed)
+        pick = np.sort(rng.choice(len(vectors), size=min(self.train_sample, len(vectors)), replace=False))
+        return np.asarray(vectors[pick])
+
+    def replace_all(
+        self, codec: ResidualCodec, codes: tuple[np.ndarray, np.ndarray], lengths: np.ndarray
+    ) -> None:
+        """Install a newly trained codec with the codes of every row (lengths per row, as now)."""
+        if len(lengths) != len(self._lengths):
+            msg = f"codes for {len(lengths)} documents, the store has {len(self._lengths)}"
+            raise ValueError(msg)
+        self.restore(self._vectors[:0], lengths, codec=codec, codes=codes)
+
+    def reserve(self, vectors: int) -> None:
+        """Room for ``vectors`` more vectors without copying on the way."""
+        size = self._used + vectors
+        if self.codec is None:
+            self._vectors = _reserved(self._vectors, self._used, size)
+        else:
+            self._ids = _reserved(self._ids, self._used, size)
+            self._residual = _reserved(self._residual, self._used, size)
+
+    def keep_rows(self, rows: np.ndarray) -> None:
+        """Keep only the documents ``rows``, in order, their vectors back to back again."""
+        lengths = self._lengths[rows]
+        starts = self._starts[rows]
+        keep = np.repeat(starts, lengths) + (
+            np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        )
+        drift = (self._drift_sum, self._drift_count)
+        if self.codec is None:
+            self.restore(self._vectors[keep], lengths.copy(), drift=drift)
+        else:
+            self.restore(
+                self._vectors[:0],
+                lengths.copy(),
+                codec=self.codec,
+                codes=(self._ids[keep], self._residual[keep]),
+                drift=drift,
+            )
+
+    # ------------------------------------------------------------------ reading
+    def scores(
+        self, query: np.ndarray, rows: np.ndarray, *, workspace: scoring.StagingBuffer | None = None
+    ) -> np.ndarray:
+        """MaxSim of the exact ``query`` with the documents ``rows`` as stored (decoded codes)."""
+        if self.codec is None:
+            return scoring.colbert_scores_stored(
+                query,
+                self._vectors[: self._used],
+                self._starts[rows],
+                self._lengths[rows],
+                workspace=workspace,
+            )
+        query = np.asarray(query, dtype=np.float32)
+        if query.ndim != 2 or query.shape[1] != self.dim:
+            msg = f"dimension mismatch: query has shape {query.shape}, stored vectors have {self.dim} columns"
+            raise ValueError(msg)
+        used = self._used
+        return scoring.colbert_scores_lookup(
+            self.codec.query_tables(query),
+            (self._ids[:used], self._residual[:used]),
+            self.codec.code_offsets(),
+            self._starts[rows],
+            self._lengths[rows],
+        )
+
+    def decoded(self) -> np.ndarray:
+        """Every stored vector as scored, ``(n_vectors, d)`` float32 (tests and diagnostics)."""
+        if self.codec is None:
+            return self._vectors[: self._used].astype(np.float32)
+        return self.codec.decode(self._ids[: self._used], self._residual[: self._used])
+
+    def max_norm(self) -> float:
+        """The largest norm of a stored vector as scored (its reconstruction); cached until the store changes.
+
+        Computed block by block over the decoded vectors (as the float16 store does over its own):
+        the codec's :meth:`~.colbert_codecs.ResidualCodec.norm_bound` also bounds it, but looser, and a
+        looser bound lets the exhaustive search skip fewer rows.
+        """
+        if self._max_norm is None:
+            largest = 0.0
+            step = 65_536
+            for begin in range(0, self._used, step):
+                end = min(begin + step, self._used)
+                if self.codec is None:
+                    block = self._vectors[begin:end].astype(np.float32)
+                else:
+                    block = self.codec.decode(self._ids[begin:end], self._residual[begin:end])
+                largest = max(largest, float(np.linalg.norm(block, axis=1).max(initial=0.0)))
+            self._max_norm = largest
+        return self._max_norm
+
+    def drift(self) -> float | None:
+        """Mean squared reconstruction error of the vectors added since training over the training sample's.
+
+        About 1 while new documents resemble the training sample; ``None`` before training or before
+        any add after it.
+        """
+        if self.codec is None or self._drift_count == 0 or self.codec.train_error <= 0:
+            return None
+        return self._drift_sum / self._drift_count / self.codec.train_error
+
+    def memory_bytes(self) -> int:
+        """Bytes of the vectors or codes, the per-document offsets and the codec's centroids."""
+        used = self._used
+        stored = self._vectors[:used].nbytes + self._ids[:used].nbytes + self._residual[:used].nbytes
+        codec = self.codec.model_bytes() if self.codec is not None else 0
+        return int(stored + self._starts.nbytes + self._lengths.nbytes + codec)
+
+    # ------------------------------------------------------------------ persistence
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain arrays for persistence (``colbert`` is empty once trained, ``colbert_scale`` always).
+
+        ``colbert`` (float16), ``colbert_scale``, ``colbert_len``, and once trained ``colbert_ids``,
+        ``colbert_residual``, ``colbert_centroids`` and ``colbert_cutoffs``, ``colbert_values``.
+        """
+        used = self._used
+        arrays = {
+            "colbert": self._vectors[:used] if self.codec is None else self._vectors[:0],
+            "colbert_scale": np.zeros(0, dtype=np.float32),
+            "colbert_len": self._lengths,
+        }
+        if self.codec is not None:
+            arrays |= {"colbert_ids": self._ids[:used], "colbert_residual": self._residual[:used]}
+            arrays |= self.codec.to_arrays()
+        return arrays
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """The ``colbert_codec`` manifest field: ``None`` before training."""
+        if self.codec is None:
+            return {"colbert_codec": None}
+        return {
+            "colbert_codec": {
+                "kind": "residual",
+                "pool_factor": POOL_FACTOR,
+                "bits": self.codec.bits,
+                "centroids": len(self.codec.centroids),
+                "train_error": self.codec.train_error,
+                "drift_sum": self._drift_sum,
+                "drift_count": self._drift_count,
+            }
+        }
+
+    def restore_arrays(
+        self, arrays: Mapping[str, np.ndarray], codec_fields: Mapping[str, Any] | None
+    ) -> None:
+        """Install what :meth:`to_arrays` and :meth:`manifest_fields` saved (checked by the loader)."""
+        if codec_fields is None:
+            self.restore(arrays["colbert"], arrays["colbert_len"])
+            return
+        codec = ResidualCodec.from_arrays(arrays, codec_fields["train_error"])
+        self.restore(
+            arrays["colbert"][:0],
+            arrays["colbert_len"],
+            codec=codec,
+            codes=(arrays["colbert_ids"], arrays["colbert_residual"]),
+            drift=(codec_fields["drift_sum"], codec_fields["drift_count"]),
+        )
