@@ -41,6 +41,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from m3_integrations._utils import import_optional
+from m3_integrations.scoring import top_k_stable
 
 if TYPE_CHECKING:
     from m3_integrations.index.storage import DenseStore
@@ -71,6 +72,7 @@ _KMEANS_ITERATIONS = 10
 # The cells are retrained once the rows have doubled since training (lists grow long and slow).
 _RETRAIN_GROWTH = 2.0
 _ADD_CHUNK = 65_536
+_OVERSAMPLE = 2
 
 
 def load_faiss() -> ModuleType:
@@ -252,8 +254,8 @@ class DenseANN:
         allowed rows are seen as without a filter.
 
         Returns:
-            The rows, best first; or ``None`` when fewer than ``min(k, n_allowed)`` were found (the
-            caller then scans the allowed rows exactly).
+            The rows, best first by their exact dense scores; or ``None`` when fewer than
+            ``min(k, n_allowed)`` were found (the caller then scans the allowed rows exactly).
         """
         self.build(store, allowed)
         faiss = self._faiss
@@ -276,12 +278,15 @@ class DenseANN:
             selector = faiss.IDSelectorBitmap(n_rows, faiss.swig_ptr(bitmap))
             params.sel = selector
         query32 = np.ascontiguousarray(np.asarray(query, dtype=np.float32).reshape(1, -1))
-        _, labels = ivf.search(query32, wanted, params=params)
+        # Twice as many rows as wanted, reordered by their exact scores: the 8-bit codes' rounding
+        # swaps near-tied rows at the boundary of the top k, and the exact scores swap them back.
+        _, labels = ivf.search(query32, min(_OVERSAMPLE * wanted, n_allowed), params=params)
         rows = labels[0]
-        rows = rows[rows >= 0]
+        rows = rows[rows >= 0].astype(np.int64, copy=False)
         if len(rows) < wanted:
             return None
-        return rows.astype(np.int64, copy=False)
+        exact = store.scores(query, rows)
+        return rows[top_k_stable(exact, wanted)]
 
     def memory_bytes(self) -> int:
         """Bytes of the codes, ids and cell centroids (0 when not built)."""
