@@ -56,7 +56,13 @@ from m3_integrations.index.ann import load_faiss  # noqa: E402
 from m3_integrations.testing import resident_memory_mb  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
-DATA = Path(os.environ.get("M3_SHARED_DATA", ROOT.parent / "shared" / "data"))
+# ../shared/data beside a clone; a worktree under wt/ sits one level deeper
+DATA = Path(
+    os.environ.get(
+        "M3_SHARED_DATA",
+        next((p for p in (ROOT.parent / "shared/data", ROOT.parents[1] / "shared/data") if p.is_dir()), ""),
+    )
+)
 MODELS = Path("/root/.cache/m3-models")
 logger = logging.getLogger("ann_first_stage")
 
