@@ -184,10 +184,11 @@ class DenseANN:
         return self._faiss
 
     # ------------------------------------------------------------------ building
-    def build(self, store: DenseStore, alive: np.ndarray | None = None) -> None:
+    def build(self, store: DenseStore) -> None:
         """Bring the structure up to date with ``store``: train it if needed, then add the new rows.
 
-        ``alive`` (a bool mask over rows) picks the rows the cells are trained from; ``None``: all.
+        The lists are trained on a sample of every row, tombstones included (at most half the rows,
+        and real vectors all the same), so that neither a filter nor the deletes bias them.
 
         Raises:
             ImportError: faiss is not installed (the message names the ``ann`` extra).
@@ -200,14 +201,14 @@ class DenseANN:
         if n_rows == 0:
             return
         if self._ivf is None:
-            self._ivf = self._trained(faiss, store, alive)
+            self._ivf = self._trained(faiss, store)
             self._trained_rows = n_rows
         if self._added < n_rows:
             self._add(store, n_rows)
 
-    def _trained(self, faiss: ModuleType, store: DenseStore, alive: np.ndarray | None) -> object:
+    def _trained(self, faiss: ModuleType, store: DenseStore) -> object:
         vectors = store.vectors
-        pool = np.flatnonzero(alive) if alive is not None and alive.any() else np.arange(len(vectors))
+        pool = np.arange(len(vectors))
         lists = max(
             1, min(round(_LISTS_PER_SQRT_ROW * math.sqrt(len(pool))), len(pool) // _TRAIN_POINTS_PER_LIST)
         )
@@ -257,7 +258,7 @@ class DenseANN:
             The rows, best first by their exact dense scores; or ``None`` when fewer than
             ``min(k, n_allowed)`` were found (the caller then scans the allowed rows exactly).
         """
-        self.build(store, allowed)
+        self.build(store)
         faiss = self._faiss
         ivf = self._ivf
         assert faiss is not None
