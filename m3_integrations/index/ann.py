@@ -64,7 +64,7 @@ ANN_EXTRA = "ann"
 # under about 15 ms per query on the 2-core machine (docs/engine.md), and the exact answer is cheap.
 DEFAULT_ANN_THRESHOLD = 50_000
 # Lists scanned per query; recall and latency per setting are in docs/engine.md.
-DEFAULT_ANN_NPROBE = 32
+DEFAULT_ANN_NPROBE = 64
 # k-means cells: about 2 sqrt(n), each trained from at least 39 points (faiss's own lower bound).
 _LISTS_PER_SQRT_ROW = 2.0
 _TRAIN_POINTS_PER_LIST = 40

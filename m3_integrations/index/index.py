@@ -83,7 +83,7 @@ class M3Index(QueryMethods):
             can differ. Not saved with the index: pass it to :meth:`load` too.
         ann_threshold: documents a search must cover (live and matching its filter) before ``"auto"``
             uses the approximate stage (default 50,000).
-        ann_nprobe: IVF lists scanned per query (default 32; more: higher recall, slower).
+        ann_nprobe: IVF lists scanned per query (default 64; more: higher recall, slower).
 
     Instantiate:
         .. code-block:: python

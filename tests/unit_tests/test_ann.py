@@ -1,11 +1,12 @@
 """The approximate dense first stage (issue 16, item 3): faiss IVF candidates, rescored exactly.
 
 Synthetic documents in loose topic clusters (d=32, the tiny model's width): 3,000 rows, 60 clusters, queries
-near a random document. With the defaults (IVF lists ~ 2 sqrt(n) capped at n/40, 32 of them probed,
-scaled up under a filter) the dense top-10 is found for at least 99% of the positions over 200 queries;
-what is tested is that tolerance, not equality, because an IVF scan may skip a cell holding a true
-neighbour. Every dense score a hit carries is recomputed from the stored vectors, so it equals the
-exact path's score for the same document.
+near a random document. The index gets the default 75 IVF lists (~ 2 sqrt(n), capped at n/40) and
+probes 16 of them (about the share the default 64 probes at 100k documents; the default itself would
+scan nearly every list here, and test little): the dense top-10 is found for at least 99% of the
+positions over 200 queries. What is tested is that tolerance, not equality, because an IVF scan may
+skip a list holding a true neighbour. Every dense score a hit carries is recomputed from the stored
+vectors, so it equals the exact path's score for the same document.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ pytest.importorskip("faiss")
 
 N_DOCS = 3000
 N_QUERIES = 200
+PROBES = 16
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -87,7 +89,7 @@ def _naive_dense_top(dense: np.ndarray, query: np.ndarray, rows: np.ndarray, k: 
 
 @pytest.fixture(scope="module")
 def approximate(tiny_model: M3Model, corpus: tuple) -> M3Index:
-    return _index(tiny_model, corpus[0], ann=True)
+    return _index(tiny_model, corpus[0], ann=True, ann_nprobe=PROBES)
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +174,7 @@ def test_fallback_to_the_exact_scan_when_the_lists_come_back_short(
 
 def test_deletes_adds_and_compaction(tiny_model: M3Model, corpus: tuple) -> None:
     output, queries, centers = corpus
-    index = _index(tiny_model, output, ann=True)
+    index = _index(tiny_model, output, ann=True, ann_nprobe=PROBES)
     query = queries[0]
     first = index.search_encoded(query, k=10, mode="dense")
     built = index._stores.dense_ann.built_rows  # type: ignore[union-attr]
@@ -210,7 +212,7 @@ def test_growth_retrains_the_lists(tiny_model: M3Model, corpus: tuple) -> None:
         colbert_vecs=output.colbert_vecs[:800],
         num_tokens=output.num_tokens[:800],
     )
-    index = _index(tiny_model, small, ann=True)
+    index = _index(tiny_model, small, ann=True, ann_nprobe=PROBES)
     index.build_ann()
     structure = index._stores.dense_ann
     assert structure is not None
