@@ -52,7 +52,7 @@ from search_scaling import DENSE_DIM, Synthetic, fake_model  # noqa: E402
 
 from m3_integrations import M3Index, M3Model, M3Output  # noqa: E402
 from m3_integrations.index import EncodedQuery  # noqa: E402
-from m3_integrations.index.ann import load_faiss  # noqa: E402
+from m3_integrations.index.ann import DEFAULT_ANN_NPROBE, load_faiss  # noqa: E402
 from m3_integrations.testing import resident_memory_mb  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
@@ -404,7 +404,7 @@ def real(
             index.build_ann()
             lists = index._stores.dense_ann._ivf.nlist  # type: ignore[union-attr]
             for nprobe in nprobes:
-                index.ann_nprobe = nprobe or 32
+                index.ann_nprobe = nprobe or DEFAULT_ANN_NPROBE
                 for mode, options in {"hybrid": {}, "dense": {"mode": "dense"}}.items():
                     fallbacks = _count_fallbacks(index, encoded, options)
                     got = timed(index, encoded, **options)[0]
