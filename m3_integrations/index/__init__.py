@@ -9,7 +9,8 @@ One module per responsibility (the table "Where things live" in ``docs/engine.md
 - :mod:`~m3_integrations.index.storage` and :mod:`~m3_integrations.index.sparse_store`: the document
   table and one store per representation;
 - :mod:`~m3_integrations.index.search`: candidates, per-signal scores, fusion, rerank;
-  :class:`CandidateScores` for scores before fusion;
+  :class:`CandidateScores` for scores before fusion; :mod:`~m3_integrations.index.ann`: the
+  approximate dense first stage of large indexes (faiss IVF);
 - :mod:`~m3_integrations.index.filters`, :mod:`~m3_integrations.index.filter_index` and
   :mod:`~m3_integrations.index.metadata`: the filter language, its per-key value index, JSON metadata;
 - :mod:`~m3_integrations.index.persistence`, :mod:`~m3_integrations.index.format`,

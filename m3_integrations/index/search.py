@@ -25,6 +25,7 @@ import numpy as np
 
 from m3_integrations import fusion, scoring
 from m3_integrations.bm25 import BM25
+from m3_integrations.index.ann import DenseANN
 from m3_integrations.index.compact_store import CompactColbertStore
 from m3_integrations.index.filter_index import evaluate
 from m3_integrations.index.metadata import copy_metadata
@@ -42,7 +43,8 @@ class IndexStores:
     """The stores of one index (see :mod:`m3_integrations.index.storage`) and its scoring workspace.
 
     ``lexical_weights`` is ``None`` unless the index uses M3's lexical weights; ``colbert`` is ``None``
-    when ColBERT vectors are not stored.
+    when ColBERT vectors are not stored. ``dense_ann`` picks dense candidates approximately on large
+    indexes (:mod:`m3_integrations.index.ann`); ``None``: always the exact scan.
     """
 
     documents: DocumentTable
@@ -52,6 +54,7 @@ class IndexStores:
     bm25: BM25
     lexical_signal: str
     workspace: scoring.StagingBuffer
+    dense_ann: DenseANN | None = None
 
     def set_alive(self) -> None:
         """Tell the lexical stores which rows are alive (after an add or a delete)."""
@@ -69,6 +72,8 @@ class IndexStores:
         if self.colbert is not None:
             self.colbert.keep_rows(rows)
         self.bm25.keep_rows(rows)
+        if self.dense_ann is not None:
+            self.dense_ann.reset()  # its ids were the old row numbers
         self.set_alive()
 
     def memory_bytes(self) -> dict[str, int]:
@@ -78,6 +83,7 @@ class IndexStores:
             "sparse": self.lexical_weights.memory_bytes() if self.lexical_weights is not None else 0,
             "colbert": self.colbert.memory_bytes() if self.colbert is not None else 0,
             "bm25": self.bm25.store.memory_bytes(),
+            "ann": self.dense_ann.memory_bytes() if self.dense_ann is not None else 0,
         }
 
     def hit(self, row: int, score: float, scores: dict[str, float] | None = None) -> SearchHit:
@@ -314,18 +320,28 @@ class SearchEngine:
             return None
         weights = options.weights
         stores = self.stores
+        first_stage = options.first_stage(stores.lexical_signal)
+        _, per_signal, floor, _ = options.candidate_plan(stores.lexical_signal)
+        everything = allowed_rows.size == len(allowed)  # no filter, no tombstones: skip gathers
+        # Large indexes may pick dense candidates approximately (ann.py); their scores are rescored.
+        ann_rows = None
+        if per_signal is not None and "dense" in first_stage:
+            ann_rows = self._ann_candidates(
+                encoded, per_signal, None if everything else allowed, allowed_rows.size
+            )
         # Candidates may be picked with float16 dense scores; the dense signal is then rescored.
-        approximate = options.candidates is not None and stores.dense.dtype == np.float16
+        approximate = options.candidates is not None and (
+            stores.dense.dtype == np.float16 or ann_rows is not None
+        )
         full = {
             s: self._full_scores(s, encoded, exact=not approximate)
-            for s in options.first_stage(stores.lexical_signal)
+            for s in first_stage
+            if not (s == "dense" and ann_rows is not None)
         }
-        if options.candidates is None:
+        if per_signal is None:
             rows = allowed_rows
         else:
-            _, per_signal, floor, _ = options.candidate_plan(stores.lexical_signal)
-            everything = allowed_rows.size == len(allowed)  # no filter, no tombstones: skip gathers
-            picked = []
+            picked = [] if ann_rows is None else [ann_rows]
             for signal, values in full.items():
                 if signal in fusion.LEXICAL_SIGNALS:
                     pool = (
@@ -343,10 +359,27 @@ class SearchEngine:
                 # Few lexical matches (sparse mode): fill up with allowed rows in insertion order.
                 extra = np.setdiff1d(allowed_rows, rows, assume_unique=True)[: wanted - rows.size]
                 rows = np.union1d(rows, extra)
-        signals = {s: full[s][rows].astype(np.float32) for s in weights if s in full}
-        if approximate and "dense" in signals:
-            signals["dense"] = stores.dense.scores(encoded.dense, rows, workspace=stores.workspace)
+        signals = {
+            s: stores.dense.scores(encoded.dense, rows, workspace=stores.workspace)
+            if s == "dense" and approximate
+            else full[s][rows].astype(np.float32)
+            for s in weights
+            if s in first_stage
+        }
         return rows, signals
+
+    def _ann_candidates(
+        self, encoded: EncodedQuery, per_signal: int, allowed: np.ndarray | None, n_allowed: int
+    ) -> np.ndarray | None:
+        """The approximate dense stage's top ``per_signal`` allowed rows; None: scan exactly instead.
+
+        None when the index does not use it for this many rows, or when it found fewer rows than wanted
+        (a filter that its lists could not fill): the exact scan over the allowed rows then decides.
+        """
+        ann = self.stores.dense_ann
+        if ann is None or not ann.wanted(n_allowed):
+            return None
+        return ann.candidates(self.stores.dense, encoded.dense, per_signal, allowed, n_allowed)
 
     def _coverages(
         self, signals: Mapping[str, np.ndarray], encoded: EncodedQuery, options: SearchOptions

@@ -10,8 +10,10 @@ from m3_integrations import M3Index, M3Model
 from m3_integrations.bm25 import BM25, word_tokenize
 from tests.common import INDEX_TEXTS
 
-SECRET = "Zanzibarquux plughxyzzy: the launch code is frobnicate-4471."
-SECRET_WORDS = ("zanzibarquux", "plughxyzzy", "frobnicate", "4471")
+# The number mixes in letters that are not hex digits: a bare "4471" turned up by chance in the folder's
+# random hex names and SHA-256 digests (a flaky failure), "k4471w" cannot.
+SECRET = "Zanzibarquux plughxyzzy: the launch code is frobnicate-k4471w."
+SECRET_WORDS = ("zanzibarquux", "plughxyzzy", "frobnicate", "k4471w")
 
 
 def _all_bytes(path) -> bytes:

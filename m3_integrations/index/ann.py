@@ -1,0 +1,297 @@
+"""An approximate dense first stage: faiss IVF lists over 8-bit codes of the dense vectors.
+
+Above a size threshold the exact dense scan (one matrix-vector product over every row, 186-226 ms
+per query at 1M documents) is replaced by an inverted-file index: k-means cells over a sample of the
+vectors, each row stored as an 8-bit scalar-quantised code in its nearest cell's list, and a query scans
+the lists of its ``nprobe`` nearest cells. The candidates it returns are then rescored exactly from the
+dense store (:meth:`~m3_integrations.index.search.SearchEngine._candidates`), so a hit's dense score is
+the same as with the exact scan; only which rows become candidates is approximate.
+
+Why IVF and not HNSW: measured on this project's 2-core machine (``benchmarks/ann_first_stage.py
+choose``, table in ``docs/engine.md``), HNSW over d=1024 vectors took about five times longer to build
+for the same recall, and an IVF scan honours a row filter exactly (a filtered row is skipped inside the
+probed lists), where a filtered graph walk can lose its way. 8-bit codes hold a quarter of float32's
+bytes; their rounding only moves rows near the candidates' boundary, since scores are recomputed.
+
+The structure lives in memory only. It is built on the first search that needs it (or by
+:meth:`DenseANN.build`), extended by later adds, rebuilt after a compaction (rows are renumbered) and
+when the index has doubled since the cells were trained. A saved index holds no faiss file, so loading
+an untrusted folder never hands faiss bytes to parse; a loaded index rebuilds on its first search.
+
+Example:
+    >>> import numpy as np
+    >>> from m3_integrations.index.storage import DenseStore
+    >>> store = DenseStore(8, "float32")
+    >>> vectors = np.random.default_rng(0).standard_normal((500, 8)).astype(np.float32)
+    >>> store.append(store.prepare(vectors / np.linalg.norm(vectors, axis=1, keepdims=True), 500))
+    >>> ann = DenseANN(8, setting=True)
+    >>> rows = ann.candidates(store, store.vectors[7], 5)
+    >>> int(rows[0])
+    7
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from types import ModuleType
+from typing import TYPE_CHECKING, Literal, TypeAlias
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from m3_integrations._utils import import_optional
+from m3_integrations.scoring import top_k_stable
+
+if TYPE_CHECKING:
+    from m3_integrations.index.storage import DenseStore
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ANN_EXTRA",
+    "DEFAULT_ANN_NPROBE",
+    "DEFAULT_ANN_THRESHOLD",
+    "AnnSetting",
+    "DenseANN",
+    "check_ann_settings",
+    "load_faiss",
+]
+
+AnnSetting: TypeAlias = bool | Literal["auto"]
+ANN_EXTRA = "ann"
+# Rows a search must cover before "auto" takes the approximate stage: below it the exact scan costs
+# under about 15 ms per query on the 2-core machine (docs/engine.md), and the exact answer is cheap.
+DEFAULT_ANN_THRESHOLD = 50_000
+# Lists scanned per query; recall and latency per setting are in docs/engine.md.
+DEFAULT_ANN_NPROBE = 64
+# k-means cells: about 2 sqrt(n), each trained from at least 39 points (faiss's own lower bound).
+_LISTS_PER_SQRT_ROW = 2.0
+_TRAIN_POINTS_PER_LIST = 40
+_KMEANS_ITERATIONS = 10
+# The cells are retrained once the rows have doubled since training (lists grow long and slow).
+_RETRAIN_GROWTH = 2.0
+_ADD_CHUNK = 65_536
+_OVERSAMPLE = 2
+
+
+def load_faiss() -> ModuleType:
+    """faiss, or an ``ImportError`` that names the ``ann`` extra (``pip install "m3-integrations[ann]"``)."""
+    return import_optional("faiss", ANN_EXTRA)
+
+
+def check_ann_settings(setting: object, threshold: object, nprobe: object) -> None:
+    """Raise ``ValueError`` naming the argument when ``ann``, ``ann_threshold`` or ``ann_nprobe`` is bad.
+
+    Example:
+        >>> check_ann_settings("auto", 50_000, 32)
+        >>> check_ann_settings("yes", 50_000, 32)
+        Traceback (most recent call last):
+        ...
+        ValueError: ann must be True, False or 'auto', got 'yes'
+    """
+    if not (isinstance(setting, bool) or (isinstance(setting, str) and setting == "auto")):
+        msg = f"ann must be True, False or 'auto', got {setting!r}"
+        raise ValueError(msg)
+    for name, value in (("ann_threshold", threshold), ("ann_nprobe", nprobe)):
+        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value <= 0:
+            msg = f"{name} must be a positive integer, got {value!r}"
+            raise ValueError(msg)
+
+
+class DenseANN:
+    """The approximate dense candidate picker of one index; faiss ids are the dense store's rows.
+
+    Not locked: :class:`~m3_integrations.M3Index` calls it under its lock.
+
+    Args:
+        dim: the dense vectors' dimension.
+        setting: ``True`` (always, whatever the size), ``False`` (never: the exact scan) or ``"auto"``
+            (when a search covers at least ``threshold`` rows and faiss is installed).
+        threshold: rows a search must cover before ``"auto"`` uses the approximate stage.
+        nprobe: IVF lists scanned per query (more: better recall, slower).
+        show_progress: show a tqdm bar while the structure is built.
+
+    Raises:
+        ImportError: ``setting=True`` and faiss is not installed (the message names the ``ann`` extra).
+        ValueError: a bad setting, threshold or nprobe (the message names it).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        setting: AnnSetting = "auto",
+        threshold: int = DEFAULT_ANN_THRESHOLD,
+        nprobe: int = DEFAULT_ANN_NPROBE,
+        show_progress: bool = False,
+    ) -> None:
+        check_ann_settings(setting, threshold, nprobe)
+        self.dim = dim
+        self.setting: AnnSetting = setting
+        self.threshold = int(threshold)
+        self.nprobe = int(nprobe)
+        self.show_progress = show_progress
+        self._faiss: ModuleType | None = load_faiss() if setting is True else None
+        self._missing_warned = False
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the structure (the rows were renumbered); the next search that needs it rebuilds it."""
+        self._ivf = None
+        self._coarse = None
+        self._added = 0  # rows [0, _added) of the dense store are in the lists
+        self._trained_rows = 0
+
+    def configure(self, setting: AnnSetting, threshold: int, nprobe: int) -> None:
+        """Change the settings (a built structure is kept unless ``setting`` is False).
+
+        Raises:
+            ImportError: ``setting=True`` and faiss is not installed.
+            ValueError: a bad setting, threshold or nprobe.
+        """
+        check_ann_settings(setting, threshold, nprobe)
+        if setting is True:
+            self._faiss = load_faiss()
+        self.setting, self.threshold, self.nprobe = setting, int(threshold), int(nprobe)
+        if setting is False:
+            self.reset()
+
+    @property
+    def built_rows(self) -> int:
+        """How many rows of the dense store are in the structure (0 when it is not built)."""
+        return self._added
+
+    def wanted(self, rows_searched: int) -> bool:
+        """Whether a search over ``rows_searched`` rows takes the approximate stage."""
+        if self.setting is False or rows_searched == 0:
+            return False
+        if self.setting is True:
+            return True
+        if rows_searched < self.threshold:
+            return False
+        return self._module() is not None
+
+    def _module(self) -> ModuleType | None:
+        if self._faiss is None:
+            try:
+                self._faiss = load_faiss()
+            except ImportError as err:
+                if not self._missing_warned:
+                    logger.warning("ann='auto': %s The dense first stage stays exact.", err)
+                    self._missing_warned = True
+                return None
+        return self._faiss
+
+    # ------------------------------------------------------------------ building
+    def build(self, store: DenseStore) -> None:
+        """Bring the structure up to date with ``store``: train it if needed, then add the new rows.
+
+        The lists are trained on a sample of every row, tombstones included (at most half the rows,
+        and real vectors all the same), so that neither a filter nor the deletes bias them.
+
+        Raises:
+            ImportError: faiss is not installed (the message names the ``ann`` extra).
+        """
+        faiss = self._faiss if self._faiss is not None else load_faiss()
+        self._faiss = faiss
+        n_rows = len(store.vectors)
+        if self._added > n_rows or (self._ivf is not None and n_rows >= _RETRAIN_GROWTH * self._trained_rows):
+            self.reset()
+        if n_rows == 0:
+            return
+        if self._ivf is None:
+            self._ivf = self._trained(faiss, store)
+            self._trained_rows = n_rows
+        if self._added < n_rows:
+            self._add(store, n_rows)
+
+    def _trained(self, faiss: ModuleType, store: DenseStore) -> object:
+        vectors = store.vectors
+        pool = np.arange(len(vectors))
+        lists = max(
+            1, min(round(_LISTS_PER_SQRT_ROW * math.sqrt(len(pool))), len(pool) // _TRAIN_POINTS_PER_LIST)
+        )
+        sample_size = min(len(pool), lists * _TRAIN_POINTS_PER_LIST)
+        # Seeded: the same rows give the same cells, so searches are reproducible across runs.
+        sample = np.sort(np.random.default_rng(0).choice(pool, sample_size, replace=False))
+        train = np.ascontiguousarray(vectors[sample], dtype=np.float32)
+        logger.info("training the dense ANN: %d lists from %d of %d rows", lists, sample_size, len(vectors))
+        coarse = faiss.IndexFlatIP(self.dim)
+        ivf = faiss.IndexIVFScalarQuantizer(
+            coarse, self.dim, lists, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+        )
+        ivf.cp.niter = _KMEANS_ITERATIONS
+        ivf.cp.seed = 1234
+        ivf.train(train)
+        self._coarse = coarse  # the IVF index does not own its quantizer: keep it alive with it
+        return ivf
+
+    def _add(self, store: DenseStore, n_rows: int) -> None:
+        vectors = store.vectors
+        start = self._added
+        with tqdm(total=n_rows - start, desc="ANN index", unit="rows", disable=not self.show_progress) as bar:
+            for begin in range(start, n_rows, _ADD_CHUNK):
+                end = min(begin + _ADD_CHUNK, n_rows)
+                chunk = np.ascontiguousarray(vectors[begin:end], dtype=np.float32)
+                self._ivf.add_with_ids(chunk, np.arange(begin, end, dtype=np.int64))  # type: ignore[attr-defined]
+                self._added = end
+                bar.update(end - begin)
+
+    # ------------------------------------------------------------------ searching
+    def candidates(
+        self,
+        store: DenseStore,
+        query: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None = None,
+        n_allowed: int | None = None,
+    ) -> np.ndarray | None:
+        """Up to ``k`` rows with the highest approximate dense scores, among the ``allowed`` rows.
+
+        Builds or extends the structure first. ``allowed`` is a bool mask over the store's rows (live
+        and matching the filter; ``None``: every row) holding ``n_allowed`` rows. A filter that keeps a
+        fraction ``f`` of the rows scans ``nprobe / f`` lists (at most all of them), so about as many
+        allowed rows are seen as without a filter.
+
+        Returns:
+            The rows, best first by their exact dense scores; or ``None`` when fewer than
+            ``min(k, n_allowed)`` were found (the caller then scans the allowed rows exactly).
+        """
+        self.build(store)
+        faiss = self._faiss
+        ivf = self._ivf
+        assert faiss is not None
+        assert ivf is not None
+        n_rows = self._added
+        n_allowed = n_rows if allowed is None else int(n_allowed if n_allowed is not None else allowed.sum())
+        wanted = min(k, n_allowed)
+        if wanted == 0:
+            return np.zeros(0, dtype=np.int64)
+        nlist = ivf.nlist
+        nprobe = min(nlist, math.ceil(self.nprobe * n_rows / max(n_allowed, 1)))
+        params = faiss.SearchParametersIVF()
+        params.nprobe = nprobe
+        if allowed is not None and n_allowed < n_rows:
+            # faiss reads bit (row & 7) of byte (row >> 3): little-endian bit order.
+            bitmap = np.packbits(allowed, bitorder="little")
+            # The selector reads `bitmap` in place: both stay referenced until the search returns.
+            selector = faiss.IDSelectorBitmap(n_rows, faiss.swig_ptr(bitmap))
+            params.sel = selector
+        query32 = np.ascontiguousarray(np.asarray(query, dtype=np.float32).reshape(1, -1))
+        # Twice as many rows as wanted, reordered by their exact scores: the 8-bit codes' rounding
+        # swaps near-tied rows at the boundary of the top k, and the exact scores swap them back.
+        _, labels = ivf.search(query32, min(_OVERSAMPLE * wanted, n_allowed), params=params)
+        rows = labels[0]
+        rows = rows[rows >= 0].astype(np.int64, copy=False)
+        if len(rows) < wanted:
+            return None
+        exact = store.scores(query, rows)
+        return rows[top_k_stable(exact, wanted)]
+
+    def memory_bytes(self) -> int:
+        """Bytes of the codes, ids and cell centroids (0 when not built)."""
+        ivf = self._ivf
+        if ivf is None:
+            return 0
+        return int(self._added * (ivf.code_size + 8) + ivf.nlist * self.dim * 4)  # type: ignore[attr-defined]
