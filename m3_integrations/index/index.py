@@ -90,7 +90,8 @@ class M3Index(QueryMethods):
             (``pip install "m3-integrations[ann]"``), else the exact scan; ``True``: approximate at any
             size (faiss required). The default stays exact until the approximate stage is measured at
             recall@10 >= 0.99 on real collections (docs/engine.md). Candidates' dense scores are
-            recomputed exactly either way, so only which documents become candidates can differ. Not saved with the index: pass it to :meth:`load` too.
+            recomputed exactly either way, so only which documents become candidates can differ. Not
+            saved with the index: pass it to :meth:`load` too.
         ann_threshold: documents a search must cover (live and matching its filter) before ``"auto"``
             uses the approximate stage (default 50,000).
         ann_nprobe: IVF lists scanned per query (default 64; more: higher recall, slower).
