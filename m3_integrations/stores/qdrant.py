@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import uuid
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -219,8 +220,10 @@ class QdrantM3Store(RemoteM3Store):
             replication_factor=self.replication_factor,
             metadata={METADATA_KEY: self._schema_record()},
         )
-        if not self._is_local():
-            schema = models.PayloadSchemaType
+        schema = models.PayloadSchemaType
+        with warnings.catch_warnings():
+            # Local mode ignores payload indexes (and says so); a server needs them for order_by.
+            warnings.filterwarnings("ignore", message="Payload indexes have no effect")
             for field_name, kind in (
                 ("seq", schema.INTEGER),
                 (KEYS_FIELD, schema.KEYWORD),
@@ -229,9 +232,6 @@ class QdrantM3Store(RemoteM3Store):
             ):
                 self._call("create payload index", self.client.create_payload_index, name, field_name, kind)
         return True
-
-    def _is_local(self) -> bool:
-        return type(getattr(self.client, "_client", None)).__name__ == "QdrantLocal"
 
     def _check_schema(self, info: Any) -> None:
         where = f"Qdrant collection {self.collection_name!r}"
