@@ -1,4 +1,4 @@
-"""Checks of documents before anything is stored, shared by :class:`~m3_integrations.M3Index` and the stores."""
+"""Checks of documents before anything is stored (``M3Index`` and the vector-database stores)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The core's parsed filter (:mod:`m3_integrations.index.filters`) in Qdrant's and Milvus's filter languages.
+r"""The core's parsed filter (:mod:`m3_integrations.index.filters`) in Qdrant's and Milvus's filter languages.
 
 Each store keeps, next to a document's metadata, three lists of its metadata keys: all of them, those
 holding an empty value (``None``, ``""``, ``[]``, ``{}``) and those holding ``None`` (or a list with
@@ -16,17 +16,17 @@ filter                                    Qdrant                   Milvus
 ``$eq`` with a list or an object          refused                  refused
 ``$gt`` … on numbers                      yes (list elements too)  scalar values only (see below)
 ``$gt`` … on strings                      refused                  refused
-``$text``                                 yes (substring)          ``like``, scalar strings,
-                                                                   refused with ``%``, ``_``, ``\\``
+``$text``                                 yes (substring)          ``like`` (no ``%``, ``_``, ``\``)
 ``$itext``                                refused                  refused
 ``$exists``, ``$empty``, ``$and/or/not``  yes                      yes
 keys with ``.``, ``[``, ``]`` or ``"``    refused                  refused
 ========================================  =======================  ==============================
 
 Milvus compares JSON booleans and numbers as equal (``true == 1``), so ``{"k": 1}`` also matches a
-stored ``True`` there. Milvus compares a JSON key holding a list with a range as a whole, not element by element: a range on
-a list-valued key matches no document there (MongoDB's rule, and ``M3Index``'s, would match when one
-element does). Numbers compare as doubles on both engines (integers above 2⁵³ lose exactness).
+stored ``True`` there. Milvus compares a JSON key holding a list with a range as a whole, not element
+by element: a range on a list-valued key matches no document there (MongoDB's rule, and
+``M3Index``'s, would match when one element does). Numbers compare as doubles on both engines
+(integers above 2⁵³ lose exactness).
 """
 
 from __future__ import annotations
@@ -121,8 +121,8 @@ def to_milvus_expression(expr: FilterExpr) -> str:
 
     Example:
         >>> from m3_integrations.index.filters import parse_filter
-        >>> to_milvus_expression(parse_filter({"lang": "ko", "year": {"$gte": 2020}}))
-        '((array_contains(metadata_keys, "lang") and (metadata["lang"] == "ko" or json_contains(metadata["lang"], "ko"))) and (array_contains(metadata_keys, "year") and metadata["year"] >= 2020))'
+        >>> to_milvus_expression(parse_filter({"year": {"$gte": 2020}}))
+        '(array_contains(metadata_keys, "year") and metadata["year"] >= 2020)'
 
     Raises:
         ValueError: an operator or value Milvus cannot express.
@@ -138,7 +138,9 @@ def to_milvus_expression(expr: FilterExpr) -> str:
     if isinstance(expr, Exists):
         return f"array_contains({KEYS_FIELD}, {quoted_key})"
     if isinstance(expr, Empty):
-        return f"(not array_contains({KEYS_FIELD}, {quoted_key}) or array_contains({EMPTY_FIELD}, {quoted_key}))"
+        return (
+            f"(not array_contains({KEYS_FIELD}, {quoted_key}) or array_contains({EMPTY_FIELD}, {quoted_key}))"
+        )
     return _milvus_compare(expr)
 
 

@@ -95,7 +95,8 @@ class MilvusM3Store(RemoteM3Store):
             from pymilvus import MilvusClient
             from m3_integrations import M3Model, MilvusM3Store
 
-            store = MilvusM3Store(M3Model("BAAI/bge-m3"), client=MilvusClient("m3.db"), collection_name="docs")
+            model = M3Model("BAAI/bge-m3")
+            store = MilvusM3Store(model, client=MilvusClient("m3.db"), collection_name="docs")
 
     Add documents:
         .. code-block:: python
@@ -158,7 +159,10 @@ class MilvusM3Store(RemoteM3Store):
     def _connect(self, uri: str | None, token: str | None, timeout: float | None) -> Any:
         uri = uri or os.environ.get("MILVUS_URI")
         if not uri:
-            msg = "no Milvus connection: pass client= or uri= (a server URL or a Milvus Lite .db file), or set MILVUS_URI"
+            msg = (
+                "no Milvus connection: pass client= or uri= (a server URL or a Milvus Lite .db file), "
+                "or set MILVUS_URI"
+            )
             raise ValueError(msg)
         token = token or os.environ.get("MILVUS_TOKEN") or ""
         return self._call("connect", self._pymilvus.MilvusClient, uri=uri, token=token, timeout=timeout)
@@ -182,7 +186,8 @@ class MilvusM3Store(RemoteM3Store):
             info = self._call("check collection", client.describe_collection, name)
             self._check_schema(info)
             if not self._call("check collection", client.has_collection, self.colbert_collection):
-                msg = f"Milvus collection {name!r} has no companion {self.colbert_collection!r}; nothing written"
+                companion = self.colbert_collection
+                msg = f"Milvus collection {name!r} has no companion {companion!r}; nothing written"
                 raise StoreSchemaError(msg)
             for collection in (name, self.colbert_collection):
                 self._call("load collection", client.load_collection, collection)
@@ -330,7 +335,7 @@ class MilvusM3Store(RemoteM3Store):
         self.client.delete(self.collection_name, filter=f"pk in {quoted}")
         try:
             self.client.delete(self.colbert_collection, filter=f"doc_id in {quoted}")
-        except Exception as err:  # noqa: BLE001 - the documents are gone; their vectors are never read
+        except Exception as err:
             logger.warning("could not delete the ColBERT rows of deleted documents: %s", err)
 
     def _fetch(self, ids: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:

@@ -81,7 +81,8 @@ class QdrantM3Store(RemoteM3Store):
             from qdrant_client import QdrantClient
             from m3_integrations import M3Model, QdrantM3Store
 
-            store = QdrantM3Store(M3Model("BAAI/bge-m3"), client=QdrantClient(":memory:"), collection_name="docs")
+            model = M3Model("BAAI/bge-m3")
+            store = QdrantM3Store(model, client=QdrantClient(":memory:"), collection_name="docs")
 
     Add documents:
         .. code-block:: python
@@ -238,7 +239,7 @@ class QdrantM3Store(RemoteM3Store):
         params = info.config.params
         record = (getattr(info.config, "metadata", None) or {}).get(METADATA_KEY)
         if not isinstance(record, dict):
-            msg = f"{where} was not made by m3-integrations (no {METADATA_KEY!r} in its metadata); nothing written"
+            msg = f"{where} was not made by m3-integrations (no {METADATA_KEY!r} metadata); nothing written"
             raise StoreSchemaError(msg)
         expected = self._schema_record()
         problems = []
@@ -247,7 +248,8 @@ class QdrantM3Store(RemoteM3Store):
         saved_model = record.get("model") or {}
         if saved_model.get("fingerprint") != expected["model"]["fingerprint"]:
             problems.append(
-                f"model {saved_model.get('model_name_or_path')!r} (fingerprint {saved_model.get('fingerprint')!r}),"
+                f"model {saved_model.get('model_name_or_path')!r} "
+                f"(fingerprint {saved_model.get('fingerprint')!r}),"
                 f" the model given is {self.model.model_name_or_path!r} "
                 f"(fingerprint {expected['model']['fingerprint']!r})"
             )
@@ -450,6 +452,6 @@ def _grpc_code(err: BaseException) -> str | None:
     if callable(code) and type(err).__module__.startswith("grpc"):
         try:
             return str(code().name)
-        except Exception:  # noqa: BLE001 - a gRPC error without a status code
+        except Exception:
             return None
     return None

@@ -264,7 +264,7 @@ class RemoteM3Store:
                     delay *= 2
                     continue
                 if kind == TRANSIENT:
-                    msg = f"{where} failed after {attempt + 1} attempts (server unreachable or timing out): {err}"
+                    msg = f"{where} failed after {attempt + 1} attempts (unreachable or timing out): {err}"
                     raise StoreConnectionError(msg) from err
                 if kind == REJECTED:
                     msg = f"{where} was rejected by the server: {err}"
@@ -377,7 +377,8 @@ class RemoteM3Store:
         output = self.model.encode_passages(
             texts, return_dense=True, return_sparse=self.lexical_signal == "sparse", return_colbert=True
         )
-        assert output.dense is not None and output.colbert_vecs is not None
+        assert output.dense is not None
+        assert output.colbert_vecs is not None
         seqs = self._next_seqs(len(texts))
         documents = []
         for i, text in enumerate(texts):
@@ -522,7 +523,7 @@ class RemoteM3Store:
         rerank: str | Reranker | None = None,
         rerank_top_n: int | None = None,
     ) -> list[SearchHit]:
-        """Search the collection: the options and results of :meth:`M3Index.search <m3_integrations.M3Index.search>`.
+        """Search the collection, with the options and results of :meth:`M3Index.search`.
 
         ``candidates`` is the size of each prefetch (dense and lexical) in the database; ``None``
         scores every allowed document (fine for small collections and recall studies only). ``filter``
@@ -646,7 +647,7 @@ class RemoteM3Store:
         return self._call("term coverage", self._terms_found, signal, terms) / n_terms
 
     def _m3_rerank_scores(self, ids: list[str], encoded: EncodedQuery) -> np.ndarray:
-        """M3's own rerank on the stored vectors: dense, M3 lexical (if stored) and ColBERT, the paper's weights."""
+        """M3's own rerank on the stored vectors: dense, M3 lexical and ColBERT with the paper's weights."""
         w_dense, w_sparse, w_colbert = fusion.PAPER_WEIGHTS
         weights = {"dense": w_dense, "colbert": w_colbert}
         if self.lexical_signal == "sparse":

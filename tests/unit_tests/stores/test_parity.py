@@ -48,12 +48,16 @@ def test_corpus_has_no_near_ties(reference_index: M3Index) -> None:
 
 def test_dense_top10_is_identical(store: object, reference_index: M3Index) -> None:
     for query in QUERIES:
-        assert_same_hits(reference_index.search(query, k=10, mode="dense"), store.search(query, k=10, mode="dense"))
+        assert_same_hits(
+            reference_index.search(query, k=10, mode="dense"), store.search(query, k=10, mode="dense")
+        )
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)
 @pytest.mark.parametrize("mode", MODES)
-def test_exhaustive_search_is_identical(store: object, reference_index: M3Index, fusion: str, mode: str) -> None:
+def test_exhaustive_search_is_identical(
+    store: object, reference_index: M3Index, fusion: str, mode: str
+) -> None:
     for query in QUERIES[:2]:
         expected = reference_index.search(query, k=10, mode=mode, fusion=fusion, candidates=None)
         assert_same_hits(expected, store.search(query, k=10, mode=mode, fusion=fusion, candidates=None))
@@ -77,7 +81,9 @@ def test_weights_rerank_and_fill_up_are_identical(store: object, reference_index
     ]
     for kwargs in options:
         for query in [*QUERIES, "zzz"]:
-            assert_same_hits(reference_index.search(query, k=10, **kwargs), store.search(query, k=10, **kwargs))
+            assert_same_hits(
+                reference_index.search(query, k=10, **kwargs), store.search(query, k=10, **kwargs)
+            )
 
 
 FILTERS = [
