@@ -6,10 +6,13 @@
 per-signal scores, so code written against one runs on the others.
 
 Example:
-    >>> from m3_integrations import M3Index
-    >>> from m3_integrations.stores import M3Store
-    >>> issubclass(M3Index, M3Store)
-    True
+    .. code-block:: python
+
+        from m3_integrations import M3Index, QdrantM3Store
+        from m3_integrations.stores import M3Store
+
+        isinstance(M3Index(model), M3Store)  # True
+        isinstance(QdrantM3Store(model, client=QdrantClient(":memory:")), M3Store)  # True
 """
 
 from __future__ import annotations
