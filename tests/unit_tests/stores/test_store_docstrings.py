@@ -7,7 +7,11 @@ import importlib
 
 import pytest
 
-MODULES = ["m3_integrations.stores.remote", "m3_integrations.stores.filters", "m3_integrations.index.validation"]
+MODULES = [
+    "m3_integrations.stores.remote",
+    "m3_integrations.stores.filters",
+    "m3_integrations.index.validation",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)
