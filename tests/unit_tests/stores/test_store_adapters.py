@@ -70,7 +70,8 @@ def test_llama_index_retriever_over_a_store(
     store = make_store(backend, tiny_model)
     store.add(texts[:10], ids=ids[:10], metadatas=metadatas[:10])  # added outside LlamaIndex
     nodes = [
-        TextNode(id_=i, text=t, metadata=m) for t, i, m in zip(texts[10:20], ids[10:20], metadatas[10:20])
+        TextNode(id_=i, text=t, metadata=m)
+        for t, i, m in zip(texts[10:20], ids[10:20], metadatas[10:20], strict=True)
     ]
     retriever = M3Retriever(nodes, store=store, similarity_top_k=4)
     assert len(store) == 20
