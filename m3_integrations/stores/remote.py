@@ -495,20 +495,34 @@ class RemoteM3Store:
         Raises:
             ValueError: the query is empty or blank.
         """
-        (query,) = validate_texts([query], what="query")
-        if not query.strip():
+        return self.encode_queries([query], colbert=colbert)[0]
+
+    def encode_queries(self, queries: Sequence[str], *, colbert: bool = True) -> list[EncodedQuery]:
+        """Encode queries in one batch (see :meth:`encode_query`).
+
+        Raises:
+            ValueError: a query is empty or blank.
+        """
+        queries = validate_texts(queries, what="queries")
+        if any(not q.strip() for q in queries):
             msg = "query is empty"
             raise ValueError(msg)
+        if not queries:
+            return []
         output = self.model.encode_queries(
-            [query], return_dense=True, return_sparse=self.model.has_sparse, return_colbert=colbert
+            queries, return_dense=True, return_sparse=self.model.has_sparse, return_colbert=colbert
         )
         assert output.dense is not None
-        return EncodedQuery(
-            dense=output.dense[0],
-            lexical_weights=output.lexical_weights[0] if output.lexical_weights is not None else {},
-            colbert_vecs=output.colbert_vecs[0] if output.colbert_vecs is not None else None,
-            bm25_tokens=self.bm25_tokens([query])[0],
-        )
+        words = self.bm25_tokens(queries)
+        return [
+            EncodedQuery(
+                dense=output.dense[i],
+                lexical_weights=output.lexical_weights[i] if output.lexical_weights is not None else {},
+                colbert_vecs=output.colbert_vecs[i] if output.colbert_vecs is not None else None,
+                bm25_tokens=words[i],
+            )
+            for i in range(len(queries))
+        ]
 
     def search(
         self,
@@ -549,6 +563,13 @@ class RemoteM3Store:
         )
         encoded = self.encode_query(query, colbert=options.needs_colbert)
         return self.search_encoded(encoded, options, query=query)
+
+    def search_batch(self, queries: Sequence[str], k: int = 10, **kwargs: Any) -> list[list[SearchHit]]:
+        """:meth:`search` for many queries, encoded in one batch; the same keyword arguments."""
+        options = self.search_options(k, **kwargs)
+        queries = validate_texts(queries, what="queries")
+        encoded = self.encode_queries(queries, colbert=options.needs_colbert)
+        return [self.search_encoded(e, options, query=q) for q, e in zip(queries, encoded, strict=True)]
 
     def search_encoded(
         self, encoded: EncodedQuery, options: SearchOptions, *, query: str | None = None
