@@ -36,7 +36,7 @@ def store_uris(tmp_path: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("backend", ["qdrant", "milvus"])
 def test_index_then_search_a_store(
-    backend: str, docs_dir: Path, tmp_path: Path, tiny_checkpoint: str, tiny_model: M3Model, capsys
+    backend: str, docs_dir: Path, tmp_path: Path, tiny_checkpoint: str, capsys
 ) -> None:
     uri = store_uris(tmp_path)[backend]
     assert main(["index", str(docs_dir), "--store", uri, "--model", tiny_checkpoint, "-q"]) == EXIT_OK
