@@ -34,6 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import search_scaling
 from search_scaling import DENSE_DIM, VOCAB, Synthetic
 
 from m3_integrations import M3Index, M3Output
@@ -43,23 +44,11 @@ OUT = Path(__file__).parent / "out"
 
 
 def fake_model(colbert_dim: int) -> SimpleNamespace:
-    identity = {
-        "model_name_or_path": "synthetic",
-        "fingerprint": "synthetic",
-        "dense_dim": DENSE_DIM,
-        "colbert_dim": colbert_dim,
-        "vocab_size": VOCAB,
-    }
-    return SimpleNamespace(
-        has_sparse=True,
-        has_colbert_head=True,
-        dense_dim=DENSE_DIM,
-        colbert_dim=colbert_dim,
-        vocab_size=VOCAB,
-        model_name_or_path="synthetic",
-        identity=identity,
-        fingerprint="synthetic",
-    )
+    """search_scaling's stand-in model, with what a store records of a model's identity."""
+    model = search_scaling.fake_model(colbert_dim)
+    model.has_colbert_head = True
+    model.identity |= {"dense_dim": DENSE_DIM, "colbert_dim": colbert_dim, "vocab_size": VOCAB}
+    return model
 
 
 class TimedClient:

@@ -46,6 +46,7 @@ from m3_integrations.index.options import (
     Mode,
     SearchOptions,
 )
+from m3_integrations.index.querying import encode_query_batch
 from m3_integrations.index.search import fuse_signals
 from m3_integrations.index.types import EncodedQuery, SearchHit
 from m3_integrations.index.validation import validate_documents
@@ -503,26 +504,7 @@ class RemoteM3Store:
         Raises:
             ValueError: a query is empty or blank.
         """
-        queries = validate_texts(queries, what="queries")
-        if any(not q.strip() for q in queries):
-            msg = "query is empty"
-            raise ValueError(msg)
-        if not queries:
-            return []
-        output = self.model.encode_queries(
-            queries, return_dense=True, return_sparse=self.model.has_sparse, return_colbert=colbert
-        )
-        assert output.dense is not None
-        words = self.bm25_tokens(queries)
-        return [
-            EncodedQuery(
-                dense=output.dense[i],
-                lexical_weights=output.lexical_weights[i] if output.lexical_weights is not None else {},
-                colbert_vecs=output.colbert_vecs[i] if output.colbert_vecs is not None else None,
-                bm25_tokens=words[i],
-            )
-            for i in range(len(queries))
-        ]
+        return encode_query_batch(self.model, queries, self.bm25_tokens, colbert=colbert)
 
     def search(
         self,
