@@ -22,10 +22,17 @@ from m3_integrations.errors import (
     IndexLoadError,
     IndexNotFoundError,
     MissingHeadsError,
+    StoreConnectionError,
+    StoreError,
+    StoreRequestError,
+    StoreSchemaError,
 )
 from m3_integrations.index import M3Index, SearchHit
 from m3_integrations.model import M3Model, M3Output
 from m3_integrations.rerank import CrossEncoderReranker, M3ScoreReranker
+from m3_integrations.stores.base import M3Store
+from m3_integrations.stores.milvus import MilvusM3Store
+from m3_integrations.stores.qdrant import QdrantM3Store
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
@@ -42,7 +49,14 @@ __all__ = [
     "M3Model",
     "M3Output",
     "M3ScoreReranker",
+    "M3Store",
+    "MilvusM3Store",
     "MissingHeadsError",
+    "QdrantM3Store",
     "SearchHit",
+    "StoreConnectionError",
+    "StoreError",
+    "StoreRequestError",
+    "StoreSchemaError",
     "__version__",
 ]

@@ -420,6 +420,7 @@ def _one_line(text: str) -> str:
 
 # ---------------------------------------------------------------------------- parser
 def _build_parser() -> argparse.ArgumentParser:
+    from m3_integrations import _cli_stores
     from m3_integrations._cli_documents import add_chunking_arguments
     from m3_integrations.chunking import DEFAULT_CHUNK_TOKENS
 
@@ -448,9 +449,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p_index.add_argument(
         "--out",
-        required=True,
+        default=None,
         help="index folder to write: a new or empty folder, or an index to replace (atomically)",
     )
+    _cli_stores.add_store_argument(p_index, "add the documents to this collection instead of --out")
     add_model_arguments(p_index)
     _add_lexical(p_index)
     p_index.add_argument("--no-colbert", action="store_true", help="do not store ColBERT vectors")
@@ -477,6 +479,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p_search.add_argument("-k", type=_positive_int, metavar="N", default=5, help="hits per query (default 5)")
     add_model_arguments(p_search, default_model=None, model_help=recorded)
+    _cli_stores.add_store_argument(p_search, "search this collection; every positional argument is a query")
     _add_search_options(p_search, multiple=False)
     p_search.add_argument(
         "--snippet-chars",
@@ -503,6 +506,9 @@ def _build_parser() -> argparse.ArgumentParser:
         default_model=None,
         model_help=f"hub id or local checkpoint folder (default: {DEFAULT_MODEL}; with --index, the "
         "index's own model when it is a hub id)",
+    )
+    _cli_stores.add_store_argument(
+        p_eval, "evaluate this collection (an empty one is filled with the corpus)"
     )
     _add_search_options(p_eval, multiple=True)
     _add_lexical(p_eval)
@@ -845,12 +851,16 @@ def _read_queries_file(raw: str) -> list[_Query]:
 
 # ---------------------------------------------------------------------------- commands
 def _cmd_index(args: argparse.Namespace) -> int:
-    from m3_integrations import M3Index
+    from m3_integrations import M3Index, _cli_stores
     from m3_integrations._cli_documents import chunk_plan, make_passages, read_inputs
 
+    if (args.out is None) == (args.store is None):
+        raise CliError("pass --out FOLDER or --store URI (one of them)", EXIT_USAGE)
+    if args.store is not None:
+        _cli_stores.refuse_index_flags(args)
     bm25_kwargs = _bm25_kwargs(args)
     plan = chunk_plan(args, files_by_default=True)
-    out = _check_output_folder(args.out, args.paths)
+    out = _check_output_folder(args.out, args.paths) if args.out is not None else None
     # Read before the model loads: a missing or damaged file costs no model load.
     documents = read_inputs(args.paths, show_progress=not args.quiet, report=_ignore if args.quiet else None)
     lexical = args.lexical or "auto"
@@ -858,8 +868,13 @@ def _cmd_index(args: argparse.Namespace) -> int:
     if lexical == "m3" and not model.has_sparse:
         msg = f"--lexical m3 needs a sparse head, and model {args.model!r} has none; use --lexical bm25"
         raise CliError(msg, EXIT_MODE)
+    store = _cli_stores.open_cli_store(args.store, model, quiet=args.quiet) if args.store else None
     start = time.perf_counter()
     passages = make_passages(model, documents, plan, show_progress=not args.quiet)
+    if store is not None:
+        _cli_stores.add_to_store(store, passages.texts, passages.ids, passages.metadatas)
+        print(f"indexed {passages.describe()} into {args.store} in {time.perf_counter() - start:.1f}s")
+        return EXIT_OK
     index = M3Index(
         model, lexical=lexical, **bm25_kwargs, store_colbert=not args.no_colbert, show_progress=not args.quiet
     )
@@ -880,18 +895,26 @@ def _ignore(*_: Any) -> None:
 def _cmd_search(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    queries = _collect_queries(args)
-    folder = _index_folder(args.index)
-    recorded = _model_for_index(folder, args)
-    _check_modes(
-        recorded.name,
-        [args.mode],
-        lexical=recorded.lexical,
-        has_sparse=recorded.has_sparse,
-        store_colbert=recorded.store_colbert,
-    )
-    model = load_model(recorded.name, recorded.kwargs)
-    index = _load_index(folder, model)
+    if args.store is not None:
+        from m3_integrations import _cli_stores
+
+        args.queries = [args.index, *args.queries]  # no index folder: the first positional is a query
+        queries = _collect_queries(args)
+        model = load_model(args.model or DEFAULT_MODEL, model_kwargs(args))
+        index: Any = _cli_stores.open_cli_store(args.store, model, quiet=args.quiet)
+    else:
+        queries = _collect_queries(args)
+        folder = _index_folder(args.index)
+        recorded = _model_for_index(folder, args)
+        _check_modes(
+            recorded.name,
+            [args.mode],
+            lexical=recorded.lexical,
+            has_sparse=recorded.has_sparse,
+            store_colbert=recorded.store_colbert,
+        )
+        model = load_model(recorded.name, recorded.kwargs)
+        index = _load_index(folder, model)
     kwargs = _search_kwargs(args, args.mode, args.fusion)
     _check_search_options(index, args.k, kwargs)
     results = []
@@ -947,7 +970,7 @@ def _search_kwargs(args: argparse.Namespace, mode: str, fusion: str | None) -> d
     return kwargs
 
 
-def _check_search_options(index: M3Index, k: int, kwargs: dict[str, Any]) -> None:
+def _check_search_options(index: Any, k: int, kwargs: dict[str, Any]) -> None:
     try:
         index.check_search_options(k, **kwargs)
     except ValueError as err:  # weights that leave the mode no signal, say
@@ -966,10 +989,19 @@ def _dataset_label(data: str, queries: str | None) -> str:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from m3_integrations import _cli_documents as documents
+    from m3_integrations import _cli_stores
     from m3_integrations.evaluation import build_index, evaluate_index, format_table, load_beir
 
     bm25_kwargs = _bm25_kwargs(args)
     plan = documents.chunk_plan(args, files_by_default=False)
+    if args.store is not None and args.index is not None:
+        raise CliError("pass --index FOLDER or --store URI, not both", EXIT_USAGE)
+    if args.store is not None:
+        _cli_stores.refuse_index_flags(args)
+        if plan.chunk_tokens is not None:
+            raise CliError(
+                "--chunk-tokens applies to index folders; a --store collection is evaluated whole", EXIT_USAGE
+            )
     if args.index is not None:
         build_only = [
             flag
@@ -1006,7 +1038,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     build_seconds: float | None = None
     chunks = 0
-    if args.index is not None:
+    index: Any
+    if args.store is not None:
+        model_name = args.model or DEFAULT_MODEL
+        model = load_model(model_name, model_kwargs(args))
+        index = _cli_stores.open_cli_store(args.store, model, quiet=args.quiet)
+        build_seconds = _cli_stores.fill_store(index, dataset)
+    elif args.index is not None:
         folder = _index_folder(args.index)
         recorded = _model_for_index(folder, args)
         _check_modes(
@@ -1074,6 +1112,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         "dataset": dataset.name,
         "queries": args.queries,
         "index": args.index,
+        "store": args.store,
         "model": model_name,
         "num_documents": len(dataset.corpus),
         "num_queries": len(dataset.queries),
@@ -1085,7 +1124,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             json.dumps({**meta, "results": [r.to_dict() for r in results]}, indent=2), encoding="utf-8"
         )
     if args.report:
-        source = f"index `{args.index}`" if args.index else f"data `{args.data}`"
+        source = (
+            f"store `{args.store}`"
+            if args.store
+            else f"index `{args.index}`"
+            if args.index
+            else f"data `{args.data}`"
+        )
         lines = [
             f"# Evaluation of {model_name} on {dataset.name}",
             "",

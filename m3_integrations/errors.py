@@ -25,6 +25,10 @@ __all__ = [
     "IndexLoadError",
     "IndexNotFoundError",
     "MissingHeadsError",
+    "StoreConnectionError",
+    "StoreError",
+    "StoreRequestError",
+    "StoreSchemaError",
 ]
 
 
@@ -56,4 +60,26 @@ class DocumentReadError(ValueError):
 
     A damaged PDF/DOCX/HTML file, a malformed JSON-lines record, an unlistable folder, or two documents
     with the same id. The message names the file (and line, for JSON lines).
+    """
+
+
+class StoreError(RuntimeError):
+    """A vector database behind a store (:mod:`m3_integrations.stores`) failed or refused a request.
+
+    The message names the store, the collection and the operation.
+    """
+
+
+class StoreConnectionError(StoreError, ConnectionError):
+    """The server is unreachable or timed out (after the store's retries)."""
+
+
+class StoreRequestError(StoreError):
+    """The server rejected a request (a bad request, a permission, a full disk); not retried."""
+
+
+class StoreSchemaError(StoreError, ValueError):
+    """A collection made for another model or layout (dimension, vector names, model identity).
+
+    Raised before anything is written; the message names what differs.
     """

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -21,7 +20,6 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from m3_integrations import scoring
-from m3_integrations._utils import validate_texts
 from m3_integrations.bm25 import BM25, WordTokenizer
 from m3_integrations.index import persistence
 from m3_integrations.index.ann import (
@@ -33,13 +31,13 @@ from m3_integrations.index.ann import (
 )
 from m3_integrations.index.colbert_codecs import COLBERT_STORAGES, ColbertStorage, ResidualCodec
 from m3_integrations.index.compact_store import CompactColbertStore
-from m3_integrations.index.metadata import normalize_metadata
 from m3_integrations.index.options import IndexKind
 from m3_integrations.index.querying import QueryMethods
 from m3_integrations.index.search import IndexStores, SearchEngine
 from m3_integrations.index.sparse_store import SparseStore
 from m3_integrations.index.storage import ColbertStore, DenseStore, DocumentTable, lexical_chunk
 from m3_integrations.index.types import SearchHit
+from m3_integrations.index.validation import validate_documents
 
 if TYPE_CHECKING:
     import os
@@ -455,35 +453,7 @@ class M3Index(QueryMethods):
         ids: Sequence[str] | None,
         metadatas: Sequence[Mapping[str, Any] | None] | None,
     ) -> tuple[list[str], list[str], list[dict[str, Any]]]:
-        texts = validate_texts(texts, what="texts", allow_empty_strings=True)
-        if ids is None:
-            ids = [str(uuid.uuid4()) for _ in texts]
-        else:
-            ids = validate_texts(ids, what="ids")
-            if len(ids) != len(texts):
-                msg = f"got {len(ids)} ids for {len(texts)} texts"
-                raise ValueError(msg)
-            seen: set[str] = set()
-            for doc_id in ids:
-                if doc_id in seen:
-                    msg = f"duplicate id {doc_id!r} within one add call"
-                    raise ValueError(msg)
-                seen.add(doc_id)
-        if metadatas is None:
-            metas: list[dict[str, Any]] = [{} for _ in texts]
-        else:
-            if isinstance(metadatas, Mapping):
-                msg = "metadatas must be a list with one dict (or None) per text, got a single dict"
-                raise TypeError(msg)
-            metadatas = list(metadatas)
-            if len(metadatas) != len(texts):
-                msg = f"got {len(metadatas)} metadatas for {len(texts)} texts"
-                raise ValueError(msg)
-            metas = [
-                normalize_metadata(meta, f"metadatas[{i}] (document {doc_id!r})")
-                for i, (meta, doc_id) in enumerate(zip(metadatas, ids, strict=True))
-            ]
-        return texts, ids, metas
+        return validate_documents(texts, ids, metadatas)
 
     def _add_validated(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from m3_integrations._utils import validate_texts
@@ -31,7 +31,50 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["QueryMethods"]
+__all__ = ["QueryMethods", "encode_query_batch"]
+
+
+def encode_query_batch(
+    model: M3Model,
+    queries: Sequence[str],
+    bm25_tokens: Callable[[Sequence[str]], list[list[Any]]],
+    *,
+    colbert: bool = True,
+    batch_size: int | None = None,
+) -> list[EncodedQuery]:
+    """Queries encoded in one batch: dense, M3 lexical weights (if the model has them), ColBERT, BM25 tokens.
+
+    ``bm25_tokens`` makes the BM25 tokens of texts (the index's or store's tokenizer). Shared by
+    :class:`~m3_integrations.M3Index` and the vector-database stores.
+
+    Raises:
+        ValueError: a query is empty or blank.
+    """
+    queries = validate_texts(queries, what="queries", allow_empty_strings=True)
+    for query in queries:
+        if not query.strip():
+            msg = "query is empty"
+            raise ValueError(msg)
+    if not queries:
+        return []
+    output = model.encode_queries(
+        queries,
+        return_dense=True,
+        return_sparse=model.has_sparse,
+        return_colbert=colbert,
+        batch_size=batch_size,
+    )
+    assert output.dense is not None
+    tokens = bm25_tokens(queries)
+    return [
+        EncodedQuery(
+            dense=output.dense[i],
+            lexical_weights=output.lexical_weights[i] if output.lexical_weights is not None else {},
+            colbert_vecs=output.colbert_vecs[i] if output.colbert_vecs is not None else None,
+            bm25_tokens=tokens[i],
+        )
+        for i in range(len(queries))
+    ]
 
 
 class QueryMethods:
@@ -143,31 +186,9 @@ class QueryMethods:
         Raises:
             ValueError: a query is empty or blank.
         """
-        queries = validate_texts(queries, what="queries", allow_empty_strings=True)
-        for query in queries:
-            if not query.strip():
-                msg = "query is empty"
-                raise ValueError(msg)
-        if not queries:
-            return []
-        output = self.model.encode_queries(
-            queries,
-            return_dense=True,
-            return_sparse=self.model.has_sparse,
-            return_colbert=colbert,
-            batch_size=self.batch_size,
+        return encode_query_batch(
+            self.model, queries, self.bm25_tokens, colbert=colbert, batch_size=self.batch_size
         )
-        assert output.dense is not None
-        tokens = self.bm25_tokens(queries)
-        return [
-            EncodedQuery(
-                dense=output.dense[i],
-                lexical_weights=output.lexical_weights[i] if output.lexical_weights is not None else {},
-                colbert_vecs=output.colbert_vecs[i] if output.colbert_vecs is not None else None,
-                bm25_tokens=tokens[i],
-            )
-            for i in range(len(queries))
-        ]
 
     def search(
         self,

@@ -16,6 +16,7 @@ from pydantic import ConfigDict, Field, model_validator
 from m3_integrations.index import M3Index, SearchHit
 from m3_integrations.index.options import DEFAULT_CANDIDATES, SEARCH_OPTION_NAMES, Fusion, Mode
 from m3_integrations.model import DEFAULT_MODEL, M3Model, resolve_model
+from m3_integrations.stores.base import M3Store
 
 __all__ = ["M3Retriever"]
 
@@ -37,7 +38,8 @@ class M3Retriever(BaseRetriever):
 
     Key init args:
         index: the :class:`M3Index` to search (or build one with :meth:`from_texts` /
-            :meth:`from_documents`).
+            :meth:`from_documents`); ``store=`` takes it or any other store, such as a
+            ``QdrantM3Store`` or a ``MilvusM3Store``.
         k: how many documents to return.
         mode: ``"hybrid"`` (dense + sparse + ColBERT), ``"dense+sparse"``, ``"dense"``, ``"sparse"`` or
             ``"colbert"``.
@@ -109,8 +111,8 @@ class M3Retriever(BaseRetriever):
             context = (retriever | format_docs).invoke("multilingual embeddings")
     """
 
-    index: M3Index
-    """The embedded index that is searched."""
+    index: M3Store
+    """What is searched: the embedded :class:`M3Index` or any store (``QdrantM3Store``...); or ``store=``."""
     k: int = Field(default=4, gt=0)
     """How many documents to return."""
     mode: Mode = "hybrid"
@@ -130,6 +132,22 @@ class M3Retriever(BaseRetriever):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
 
+    @model_validator(mode="before")
+    @classmethod
+    def _store_is_index(cls, data: Any) -> Any:
+        # `store=` names what `index=` holds: M3Index or a vector-database store.
+        if isinstance(data, dict) and "store" in data:
+            if "index" in data:
+                msg = "pass index or store, not both"
+                raise ValueError(msg)
+            data = {("index" if key == "store" else key): value for key, value in data.items()}
+        return data
+
+    @property
+    def store(self) -> M3Store:
+        """The store that is searched (the same object as :attr:`index`)."""
+        return self.index
+
     @model_validator(mode="after")
     def _check_search_options(self) -> M3Retriever:
         # Bad weights (wrong length, all zero) or rerank_top_n < k fail here, not at the first query.
@@ -148,9 +166,10 @@ class M3Retriever(BaseRetriever):
         *,
         model_kwargs: Mapping[str, Any] | None = None,
         index_kwargs: Mapping[str, Any] | None = None,
+        store: M3Store | None = None,
         **fields: Any,
     ) -> M3Retriever:
-        """Index ``texts`` in a new :class:`M3Index` and return a retriever over it.
+        """Index ``texts`` in a new :class:`M3Index` (or in ``store``) and return a retriever over it.
 
         Args:
             texts: the documents' texts.
@@ -159,6 +178,8 @@ class M3Retriever(BaseRetriever):
             ids: one id per text; random ids when ``None``.
             model_kwargs: arguments for :class:`M3Model` when ``model`` is a name or path.
             index_kwargs: arguments for :class:`M3Index` (``store_colbert``, ``lexical``...).
+            store: a store to add the texts to instead (``QdrantM3Store``, ``MilvusM3Store``...);
+                ``model`` is then the store's.
             **fields: retriever fields (``k``, ``mode``, ``weights``...).
 
         Returns:
@@ -168,8 +189,16 @@ class M3Retriever(BaseRetriever):
             .. code-block:: python
 
                 retriever = M3Retriever.from_texts(["a text", "another"], model=model, k=1)
+                store = QdrantM3Store(model, client=QdrantClient(":memory:"))
+                retriever = M3Retriever.from_texts(["a text", "another"], store=store, k=1)
         """
-        index = M3Index(resolve_model(model, model_kwargs), **dict(index_kwargs or {}))
+        if store is not None:
+            if index_kwargs or model_kwargs:
+                msg = "index_kwargs and model_kwargs apply to a new M3Index, not to a given store"
+                raise ValueError(msg)
+            index: M3Store = store
+        else:
+            index = M3Index(resolve_model(model, model_kwargs), **dict(index_kwargs or {}))
         index.add(list(texts), ids=ids, metadatas=metadatas)
         return cls(index=index, **fields)
 
@@ -225,7 +254,14 @@ class M3Retriever(BaseRetriever):
         return cls(index=M3Index.load(path, resolve_model(model, model_kwargs)), **fields)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Persist the index to the folder ``path`` (replaced atomically); see :meth:`M3Index.save`."""
+        """Persist the index to the folder ``path`` (replaced atomically); see :meth:`M3Index.save`.
+
+        Raises:
+            TypeError: the retriever searches a database store (it keeps its documents itself).
+        """
+        if not isinstance(self.index, M3Index):
+            msg = f"save writes an M3Index; a {type(self.index).__name__} keeps its documents itself"
+            raise TypeError(msg)
         self.index.save(path)
 
     # ------------------------------------------------------------------ documents

@@ -27,7 +27,7 @@ from llama_index.core.storage.docstore import BaseDocumentStore, SimpleDocumentS
 from llama_index.core.vector_stores.types import MetadataFilters
 
 from m3_integrations.errors import IndexLoadError
-from m3_integrations.index import FilterType, M3Index
+from m3_integrations.index import FilterType, M3Index, SearchHit
 from m3_integrations.index.folder_reader import (
     MAX_MANIFEST_BYTES,
     OpenFolder,
@@ -40,6 +40,7 @@ from m3_integrations.index.folder_writer import VERSION_DIR_RE, FolderFormat, wr
 from m3_integrations.index.options import DEFAULT_CANDIDATES, Fusion, Mode, Weights
 from m3_integrations.llama_index._filters import metadata_filters_to_dict
 from m3_integrations.model import DEFAULT_MODEL, M3Model, resolve_model
+from m3_integrations.stores.base import M3Store
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +128,9 @@ class M3Retriever(BaseRetriever):
         nodes: nodes to index (text as LlamaIndex embeds it: ``get_content(metadata_mode)``).
         model: an ``M3Model`` or a name/path (default ``BAAI/bge-m3``); ignored when ``m3_index`` is given.
         m3_index: an existing ``M3Index`` to wrap instead of building one.
+        store: any :class:`~m3_integrations.stores.M3Store` instead, e.g. a ``QdrantM3Store`` or a
+            ``MilvusM3Store`` (nodes inserted here are also kept in ``node_store``; hits of documents
+            added elsewhere become ``TextNode``s; ``persist`` and ``node_ids`` need an ``M3Index``).
         node_store: the LlamaIndex docstore holding ``m3_index``'s nodes (ids it lacks become TextNodes).
         similarity_top_k: how many nodes ``retrieve`` returns.
         mode: ``"hybrid"`` (dense + sparse + ColBERT), ``"dense+sparse"``, ``"dense"``, ``"sparse"``
@@ -187,6 +191,7 @@ class M3Retriever(BaseRetriever):
         model: M3Model | str | os.PathLike[str] | None = None,
         *,
         m3_index: M3Index | None = None,
+        store: M3Store | None = None,
         node_store: BaseDocumentStore | None = None,
         similarity_top_k: int = DEFAULT_SIMILARITY_TOP_K,
         mode: Mode = "hybrid",
@@ -204,7 +209,17 @@ class M3Retriever(BaseRetriever):
         object_map: dict | None = None,
         verbose: bool = False,
     ) -> None:
-        if m3_index is not None:
+        if store is not None and not isinstance(store, M3Index):
+            # A vector-database store (QdrantM3Store, MilvusM3Store): searched the same way.
+            if m3_index is not None or index_kwargs:
+                msg = "pass store or m3_index/index_kwargs, not both"
+                raise ValueError(msg)
+            if not isinstance(store, M3Store):
+                msg = f"store must be an M3Store (M3Index, QdrantM3Store, ...), got {type(store).__name__}"
+                raise TypeError(msg)
+            self._index = store
+        elif m3_index is not None or store is not None:
+            m3_index = m3_index if m3_index is not None else store
             if not isinstance(m3_index, M3Index):
                 msg = f"m3_index must be an M3Index, got {type(m3_index).__name__}"
                 raise TypeError(msg)
@@ -238,7 +253,9 @@ class M3Retriever(BaseRetriever):
             rerank_top_n=rerank_top_n,
         )
         self._docstore: BaseDocumentStore = node_store if node_store is not None else SimpleDocumentStore()
-        unknown = [node_id for node_id in self._index.ids if not self._docstore.document_exists(node_id)]
+        # A vector-database store is not listed (it may hold millions); its hits become nodes on retrieval.
+        stored = self._index.ids if isinstance(self._index, M3Index) else []
+        unknown = [node_id for node_id in stored if not self._docstore.document_exists(node_id)]
         if unknown:
             # Documents added to the M3Index outside LlamaIndex become plain TextNodes.
             self._docstore.add_documents(
@@ -322,8 +339,8 @@ class M3Retriever(BaseRetriever):
 
     # ------------------------------------------------------------------ properties
     @property
-    def m3_index(self) -> M3Index:
-        """The underlying :class:`~m3_integrations.M3Index`."""
+    def m3_index(self) -> M3Store:
+        """The underlying :class:`~m3_integrations.M3Index` (or the store given as ``store``)."""
         return self._index
 
     @property
@@ -338,7 +355,10 @@ class M3Retriever(BaseRetriever):
 
     @property
     def node_ids(self) -> list[str]:
-        """Indexed node ids, in insertion order."""
+        """Indexed node ids, in insertion order (an ``M3Index`` only: a database store is not listed)."""
+        if not isinstance(self._index, M3Index):
+            msg = f"node_ids lists an M3Index; this retriever searches a {type(self._index).__name__}"
+            raise TypeError(msg)
         return self._index.ids
 
     def __len__(self) -> int:
@@ -446,13 +466,14 @@ class M3Retriever(BaseRetriever):
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         hits = self._index.search(query_bundle.query_str, self.similarity_top_k, **self._search_kwargs())
         return [
-            M3NodeWithScore(
-                node=self._docstore.get_node(hit.id).model_copy(deep=True),
-                score=hit.score,
-                scores=dict(hit.scores),
-            )
-            for hit in hits
+            M3NodeWithScore(node=self._node_of(hit), score=hit.score, scores=dict(hit.scores)) for hit in hits
         ]
+
+    def _node_of(self, hit: SearchHit) -> BaseNode:
+        if self._docstore.document_exists(hit.id):
+            return self._docstore.get_node(hit.id).model_copy(deep=True)
+        # Added to a shared store by another process or retriever: a plain node from the stored text.
+        return TextNode(id_=hit.id, text=hit.text, metadata=hit.metadata)
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         return await asyncio.to_thread(self._retrieve, query_bundle)
@@ -493,6 +514,9 @@ class M3Retriever(BaseRetriever):
             FileExistsError: ``path`` holds something other than a retriever folder (your files, a file,
                 a link): nothing there is touched.
         """
+        if not isinstance(self._index, M3Index):
+            msg = f"persist writes an M3Index; a {type(self._index).__name__} keeps its documents itself"
+            raise TypeError(msg)
         config = self.get_persist_args()
         if isinstance(config["weights"], tuple):
             config["weights"] = list(config["weights"])

@@ -11,8 +11,15 @@ EXPECTED_ALL = [
     "M3Model",
     "M3Output",
     "M3ScoreReranker",
+    "M3Store",
+    "MilvusM3Store",
     "MissingHeadsError",
+    "QdrantM3Store",
     "SearchHit",
+    "StoreConnectionError",
+    "StoreError",
+    "StoreRequestError",
+    "StoreSchemaError",
     "__version__",
 ]
 
