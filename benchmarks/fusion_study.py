@@ -64,19 +64,20 @@ def dump(cache: Path) -> None:
         output = model.encode_passages(texts, return_sparse=False, return_colbert=True, show_progress=False)
         index = M3Index(model, lexical="bm25", bm25_tokenizer="word")
         index.add_encoded(output, texts, ids=ids)
-        signal_cache = rq.SignalCache(index, output.colbert_vecs or [])
+        # The engine's own candidates and signals (hybrid mode: dense, BM25 and ColBERT on every one).
+        options = index.search_options(rq.K, mode="hybrid")
         for dataset in collection.query_sets:
             qids = list(dataset.queries)
             encoded = index.encode_queries([dataset.queries[q] for q in qids], colbert=True)
             parts: dict[str, list[np.ndarray]] = {"rows": [], **{s: [] for s in SIGNALS}}
             offsets, coverage = [0], []
             for query in encoded:
-                rows, signals, share = signal_cache.signals(query)
-                coverage.append(share)
-                parts["rows"].append(rows)
+                scored = index.score_candidates(query, options)
+                coverage.append(scored.coverage["bm25"])
+                parts["rows"].append(scored.positions)
                 for name in SIGNALS:
-                    parts[name].append(signals[name])
-                offsets.append(offsets[-1] + len(rows))
+                    parts[name].append(scored.signals[name])
+                offsets.append(offsets[-1] + len(scored))
             stem = f"{encoder_name}__{dataset.name}".replace("/", "_").replace(" ", "_")
             np.savez(
                 cache / f"{stem}.npz",

@@ -3,9 +3,11 @@
 For every real encoder (all-MiniLM-L6-v2, multilingual-e5-small; neither has BGE-M3's sparse or
 ColBERT heads, so the lexical signal is BM25 and ColBERT uses the identity projection) and every
 collection in ``../shared/data``, the corpus is encoded ONCE; one ``M3Index`` per kind of BM25 tokens
-holds it and every configuration searches the same precomputed query representations
-(``M3Index.search_encoded``). The peers reuse the same dense vectors through caching embedding
-wrappers, so all rows compare retrieval logic on identical encodings.
+holds it and every configuration ranks the same precomputed query representations: each query's
+candidates and their per-signal scores are computed once (``M3Index.score_candidates``) and fused per
+configuration (``CandidateScores.rank``, what ``M3Index.search_encoded`` returns). The peers reuse the
+same dense vectors through caching embedding wrappers, so all rows compare retrieval logic on identical
+encodings.
 
 Usage (from the repository root)::
 
@@ -24,7 +26,6 @@ the full results when they are there, and otherwise re-renders from the committe
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import logging
@@ -443,92 +444,45 @@ def _node_ids(retriever: Any):
 
 
 # ----------------------------------------------------------------------------- one collection
-class SignalCache:
-    """Per query, every signal the engine would compute, so that each configuration only re-fuses.
+# The modes whose candidates are the union of the dense and lexical first stages: they share one candidate
+# set per query, whatever the fusion or the weights (``M3Index.score_candidates``).
+SHARED_CANDIDATE_MODES = ("colbert", "dense+sparse", "hybrid")
 
-    ``M3Index._search`` scores a query in two stages: the union of the top ``candidates`` rows by each
-    cheap signal (dense, BM25 > 0) is the candidate set, ColBERT is computed on it, and ``fusion.fuse``
-    combines the signals over it. For a fixed query that candidate set is the same for ``colbert``,
-    ``dense+sparse`` and ``hybrid`` modes, whatever the fusion or the weights, so the benchmark computes
-    it and the three signals once and calls the core's ``fusion.fuse`` per configuration. ColBERT here
-    uses the float32 vectors from the one encoding pass (the index stores float16). ``check_against``
-    compares the result with ``M3Index.search_encoded`` on a sample.
+
+def rank_query(index: Any, encoded: Any, options: dict[str, Any]) -> dict[str, list[str]]:
+    """One query's top-``K`` ids under each configuration's options (``M3Index.search_options``).
+
+    ``M3Index.score_candidates`` runs the engine's two stages (every signal on every candidate) and
+    ``CandidateScores.rank`` fuses and ranks those scores as ``M3Index.search_encoded`` would. The modes of
+    :data:`SHARED_CANDIDATE_MODES` are scored once per query and each configuration only re-fuses; a
+    single cheap signal (``dense``, ``sparse``) picks its own candidates and is scored on its own.
     """
-
-    def __init__(self, index: Any, colbert_vecs: list[np.ndarray], candidates: int = 100) -> None:
-        self.index = index
-        self.candidates = candidates
-        lengths = np.asarray([len(v) for v in colbert_vecs], dtype=np.int64)
-        self.starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        self.lengths = lengths
-        self.flat = np.concatenate([v for v in colbert_vecs if len(v)]).astype(np.float32, copy=False)
-
-    def signals(self, encoded: Any) -> tuple[np.ndarray, dict[str, np.ndarray], float]:
-        """Candidate rows, the three signals over them, and the query's lexical term coverage."""
-        from m3_integrations import scoring
-
-        index = self.index
-        dense = index._full_scores("dense", encoded)  # the engine's own first-stage scores
-        bm25 = index._full_scores("bm25", encoded)
-        rows_all = np.arange(len(dense))
-        top_dense = np.argsort(-dense, kind="stable")[: self.candidates]
-        pool = rows_all[bm25 > 0]
-        top_bm25 = pool[np.argsort(-bm25[pool], kind="stable")[: self.candidates]]
-        rows = np.unique(np.concatenate([top_dense, top_bm25]))
-        lengths = self.lengths[rows]
-        gather = np.repeat(self.starts[rows] - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-        gather += np.arange(int(lengths.sum()))
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        colbert = scoring.colbert_scores(encoded.colbert_vecs, self.flat[gather], offsets)
-        signals = {
-            "dense": dense[rows].astype(np.float32),
-            "bm25": bm25[rows].astype(np.float32),
-            "colbert": colbert,
-        }
-        return rows, signals, index.query_term_coverage(encoded)
+    ranked: dict[str, list[str]] = {}
+    shared = None
+    for name, config_options in options.items():
+        if config_options.mode in SHARED_CANDIDATE_MODES:
+            if shared is None:
+                shared = index.score_candidates(encoded, index.search_options(K, mode="hybrid"))
+            scored = shared
+        else:
+            scored = index.score_candidates(encoded, config_options)
+        ranked[name] = [doc_id for doc_id, _ in scored.rank(config_options)]
+    return ranked
 
 
-def rank_config(
-    rows: np.ndarray,
-    signals: dict[str, np.ndarray],
-    kwargs: dict[str, Any],
-    ids: list[str],
-    coverage: float = 1.0,
-):
-    from m3_integrations import fusion
-    from m3_integrations.index import MODES
-
-    names = {"dense": "dense", "lexical": "bm25", "colbert": "colbert"}
-    used = [names[s] for s in MODES[kwargs["mode"]]]
-    if len(used) == 1:
-        fused = signals[used[0]]
-    else:
-        weights = {("bm25" if k == "sparse" else k): float(v) for k, v in kwargs["weights"].items()}
-        # As M3Index._search: confidence scales the lexical weight by the query's term coverage.
-        confident = kwargs["fusion"] == "confidence" and "bm25" in used
-        extra = {"coverage": {"bm25": coverage}} if confident else {}
-        fused = fusion.fuse(
-            {s: signals[s] for s in used}, {s: weights[s] for s in used}, method=kwargs["fusion"], **extra
-        )
-    order = np.lexsort((rows, -fused.astype(np.float64)))[:K]  # ties: insertion order, as the engine
-    return [ids[r] for r in rows[order]]
-
-
-def check_against_engine(
-    index: Any, cache: SignalCache, encoded: list[Any], ids: list[str], n: int = 20
-) -> float:
-    """Share of (query, config) pairs whose top-10 equals ``M3Index.search_encoded``'s."""
+def check_against_engine(index: Any, encoded: list[Any], n: int = 20) -> float:
+    """Share of (query, config) pairs whose top-10 by :func:`rank_query` is ``M3Index.search_encoded``'s."""
     checks = [{"mode": "hybrid", "fusion": f, "weights": PAPER} for f in FUSIONS] + [
         {"mode": "colbert"},
         {"mode": "dense+sparse", "fusion": "relative_score", "weights": {"dense": 1, "sparse": 1}},
     ]
+    options = {str(i): index.search_options(K, **kwargs) for i, kwargs in enumerate(checks)}
     same = total = 0
     for e in encoded[:n]:
-        rows, signals, coverage = cache.signals(e)
-        for kwargs in checks:
-            ours = rank_config(rows, signals, kwargs, ids, coverage)[:10]
+        ranked = rank_query(index, e, options)
+        for i, kwargs in enumerate(checks):
             engine = [h.id for h in index.search_encoded(e, k=10, **kwargs)]
-            same += ours == engine
+            same += ranked[str(i)][:10] == engine
             total += 1
     return same / max(total, 1)
 
@@ -580,18 +534,15 @@ def run_collection(
     logger.info(
         "[%s] %s: encoded in %.1fs, indexed in %.1fs", encoder.name, collection.name, encode_s, index_s
     )
-    signal_cache = SignalCache(index, output.colbert_vecs or [])
-    # One more index per BM25 variant over the same encodings; the signal caches share the ColBERT vectors.
-    engines: dict[str, tuple[Any, SignalCache]] = {"subword": (index, signal_cache)}
+    # One more index per BM25 variant over the same encodings.
+    engines: dict[str, Any] = {"subword": index}
     for variant in BM25_VARIANTS:
         options = bm25_options(variant, collection.language)
         if options is not None:
             other = M3Index(model, lexical="bm25", **options)
             with phase("build indexes"):
                 other.add_encoded(output, texts, ids=ids)
-            other_cache = copy.copy(signal_cache)
-            other_cache.index = other
-            engines[variant] = (other, other_cache)
+            engines[variant] = other
     cache = DenseCache(model)
     cache.passages.update(zip(texts, output.dense, strict=True))
     del output
@@ -620,7 +571,7 @@ def run_collection(
         cache.queries = {q: e.dense for q, e in zip(qtexts, encoded, strict=True)}
         logger.info("[%s] %s: %d queries encoded in %.1fs", encoder.name, dataset.name, len(qtexts), qenc_s)
         with phase("check against the engine"):
-            agreement = check_against_engine(index, signal_cache, encoded, ids, n=5 if quick else 20)
+            agreement = check_against_engine(index, encoded, n=5 if quick else 20)
         logger.info("[%s] %s: top-10 agreement with the engine %.3f", encoder.name, dataset.name, agreement)
         latency_queries = qtexts[:latency_n]
         base = {
@@ -633,21 +584,17 @@ def run_collection(
         start = time.perf_counter()
         ranked: dict[str, list[list[str]]] = {c.name: [] for c in configs}
         # The same encoded queries with each variant's BM25 tokens (only the tokens differ).
-        variant_tokens = {v: engine._bm25_tokens(qtexts) for v, (engine, _) in engines.items()}
+        variant_tokens = {v: engine.bm25_tokens(qtexts) for v, engine in engines.items()}
+        variant_options = {
+            v: {c.name: engine.search_options(K, **c.kwargs) for c in configs if c.bm25 == v}
+            for v, engine in engines.items()
+        }
         with phase("rank every configuration"):
             for qi, e in enumerate(encoded):
-                per_variant = {v: dataclasses.replace(e, bm25_tokens=variant_tokens[v][qi]) for v in engines}
-                fused = {v: engines[v][1].signals(per_variant[v]) for v in engines}
-                for config in configs:
-                    engine, e_ = engines[config.bm25][0], per_variant[config.bm25]
-                    if config.kwargs["mode"] in ("dense", "sparse"):
-                        hits = engine.search_encoded(e_, k=K, **config.kwargs)
-                        ranked[config.name].append([h.id for h in hits])
-                    else:
-                        cand_rows, signals, coverage = fused[config.bm25]
-                        ranked[config.name].append(
-                            rank_config(cand_rows, signals, config.kwargs, ids, coverage)
-                        )
+                for variant, engine in engines.items():
+                    per_variant = dataclasses.replace(e, bm25_tokens=variant_tokens[variant][qi])
+                    for name, ids_ in rank_query(engine, per_variant, variant_options[variant]).items():
+                        ranked[name].append(ids_)
         logger.info(
             "[%s] %s: %d configs scored in %.1fs",
             encoder.name,
@@ -670,7 +617,7 @@ def run_collection(
                     config.kwargs.get("fusion") == "confidence" and config.bm25 == "words"
                 )
             if timed or config.name == default_name:
-                engine = engines[config.bm25][0]
+                engine = engines[config.bm25]
                 with phase("latency of our configs"):
                     latency = p50_ms(
                         lambda q, c=config, e=engine: e.search(q, k=K, **c.kwargs), latency_queries

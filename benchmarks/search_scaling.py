@@ -227,7 +227,7 @@ def main() -> None:
                 }
             )
             print(f"{n:>9,d} {name:<28s} p50 {p50:8.2f} ms  p95 {p95:8.2f} ms", flush=True)
-        colbert_f32 = index._colbert_used * colbert_dim * 4
+        colbert_f32 = index.colbert_vectors * colbert_dim * 4
         if store_colbert:
             print(
                 f"{n:>9,d} build {build_s:.1f} s; bytes/doc: "

@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import re
 import sys
 import time
@@ -53,7 +52,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
-from m3_integrations.index.options import FUSION_METHODS, WEIGHT_KEYS
+from m3_integrations.index.options import FUSION_METHODS, WEIGHT_KEYS, check_weights
 from m3_integrations.index.options import MODES as MODE_SLOTS
 from m3_integrations.model import DEFAULT_MODEL
 
@@ -186,32 +185,14 @@ def _weights(text: str) -> dict[str, float] | tuple[float, ...]:
     except json.JSONDecodeError as err:
         msg = f"not JSON ({err.msg}); write it like {example}"
         raise argparse.ArgumentTypeError(msg) from err
-    if isinstance(value, dict):
-        unknown = sorted(set(value) - set(SIGNALS))
-        if unknown:
-            msg = f"unknown signal {unknown[0]!r}; the signals are {', '.join(SIGNALS)}"
-            raise argparse.ArgumentTypeError(msg)
-        items = list(value.items())
-    elif isinstance(value, list) and len(value) in (3, 4):
-        items = list(zip(SIGNALS, value, strict=False))
-    else:
+    if not isinstance(value, dict | list):
         msg = f"must be a JSON object such as {example} or a list of 3 or 4 numbers"
         raise argparse.ArgumentTypeError(msg)
-    weights: dict[str, float] = {}
-    for name, weight in items:
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight):
-            msg = f"the weight of {name!r} must be a finite number, got {json.dumps(weight)}"
-            raise argparse.ArgumentTypeError(msg)
-        if weight < 0:
-            msg = f"the weight of {name!r} must be >= 0, got {weight}"
-            raise argparse.ArgumentTypeError(msg)
-        weights[name] = float(weight)
-    if isinstance(value, list):
-        if not any(weights.values()):
-            msg = "the weights are all zero"
-            raise argparse.ArgumentTypeError(msg)
-        return tuple(weights.values())
-    return weights
+    try:
+        weights = check_weights(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    return tuple(weights.values()) if isinstance(value, list) else weights
 
 
 # ---------------------------------------------------------------------------- shared model options

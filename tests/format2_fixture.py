@@ -64,7 +64,10 @@ def documents(dims: tuple[int, int, int]) -> dict[str, Any]:
     dense = rng.normal(size=(N_DOCUMENTS, dense_dim)).astype(np.float32)
     dense /= np.linalg.norm(dense, axis=1, keepdims=True)
     lexical = [
-        {int(t): float(w) for t, w in zip(rng.choice(vocab, size=6, replace=False), rng.random(6), strict=True)}
+        {
+            int(t): float(w)
+            for t, w in zip(rng.choice(vocab, size=6, replace=False), rng.random(6), strict=True)
+        }
         for _ in range(N_DOCUMENTS)
     ]
     colbert = []
@@ -72,7 +75,8 @@ def documents(dims: tuple[int, int, int]) -> dict[str, Any]:
         vecs = rng.normal(size=(int(rng.integers(1, 6)), colbert_dim)).astype(np.float32)
         colbert.append(vecs / np.linalg.norm(vecs, axis=1, keepdims=True))
     metadatas = [
-        {"group": "abc"[i % 3], "year": 2015 + i % 10, "tags": [f"t{i % 4}", "all"]} for i in range(N_DOCUMENTS)
+        {"group": "abc"[i % 3], "year": 2015 + i % 10, "tags": [f"t{i % 4}", "all"]}
+        for i in range(N_DOCUMENTS)
     ]
     return {
         "ids": [f"d{i}" for i in range(N_DOCUMENTS)],
@@ -96,7 +100,9 @@ def queries(dims: tuple[int, int, int]) -> list[dict[str, Any]]:
             {
                 "text": " ".join(rng.choice(WORDS, size=3)),
                 "dense": dense / np.linalg.norm(dense),
-                "lexical": {int(t): float(w) for t, w in zip(rng.choice(vocab, size=4), rng.random(4), strict=True)},
+                "lexical": {
+                    int(t): float(w) for t, w in zip(rng.choice(vocab, size=4), rng.random(4), strict=True)
+                },
                 "colbert": colbert / np.linalg.norm(colbert, axis=1, keepdims=True),
             }
         )
@@ -124,7 +130,11 @@ def searches_for(variant: str) -> list[dict[str, Any]]:
     """The searches ``variant`` answers: without stored ColBERT, only dense and lexical modes."""
     if VARIANTS[variant].get("store_colbert", True):
         return SEARCHES
-    return [{**s, "mode": "dense+sparse"} if s.get("mode") is None else s for s in SEARCHES if s.get("mode") != "colbert"]
+    return [
+        {**s, "mode": "dense+sparse"} if s.get("mode") is None else s
+        for s in SEARCHES
+        if s.get("mode") != "colbert"
+    ]
 
 
 def run_searches(index: Any, variant: str, dims: tuple[int, int, int]) -> list[list[list[Any]]]:

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from m3_integrations.evaluation.beir import BeirDataset
 from m3_integrations.evaluation.metrics import DEFAULT_METRICS, evaluate_run
+from m3_integrations.index.options import DEFAULT_FUSION
 
 if TYPE_CHECKING:
     from m3_integrations import M3Model
@@ -199,9 +200,9 @@ def evaluate_index(
     Returns:
         An :class:`EvalResult`.
     """
-    label = name or "/".join(
-        str(search_kwargs.get(p, d)) for p, d in (("mode", "hybrid"), ("fusion", "weighted"))
-    )
+    # The fusion an index searches with when given none depends on its model (M3Index.default_fusion).
+    fusion = search_kwargs.get("fusion") or getattr(index, "default_fusion", None) or DEFAULT_FUSION
+    label = name or f"{search_kwargs.get('mode', 'hybrid')}/{fusion}"
 
     def search_batch(queries: list[str]) -> list[Ranked]:
         out: list[Ranked] = []

@@ -57,6 +57,9 @@ __all__ = [
     "Mode",
     "ParsedFilter",
     "SearchOptions",
+    "Weights",
+    "check_weights",
+    "resolve_weights",
 ]
 
 Mode: TypeAlias = Literal["hybrid", "dense+sparse", "dense", "sparse", "colbert"]
@@ -90,6 +93,8 @@ DEFAULT_FUSION: Fusion = "weighted"
 NO_HEADS_WEIGHTS: dict[str, float] = {"dense": 0.3, "lexical": 0.4, "colbert": 0.3}
 NO_HEADS_FUSION: Fusion = "confidence"
 
+# Weights as a user writes them: a tuple (dense, sparse, colbert[, bm25]) or a dict by WEIGHT_KEYS.
+Weights: TypeAlias = Sequence[float] | Mapping[str, float]
 # A dict in the filter language of m3_integrations.index.filters, or a predicate on a document's metadata.
 FilterType: TypeAlias = Mapping[str, Any] | Callable[[Mapping[str, Any]], bool]
 ParsedFilter: TypeAlias = filters.FilterExpr | Callable[[Mapping[str, Any]], bool] | None
@@ -175,7 +180,7 @@ class SearchOptions:
         k: int = 10,
         *,
         mode: str = "hybrid",
-        weights: Sequence[float] | Mapping[str, float] | None = None,
+        weights: Weights | None = None,
         fusion: str | None = None,
         candidates: int | None = DEFAULT_CANDIDATES,
         filter: FilterType | None = None,
@@ -274,7 +279,7 @@ SEARCH_OPTION_NAMES = tuple(f.name for f in fields(SearchOptions))
 
 
 def resolve_weights(
-    kind: IndexKind, mode: str, weights: Sequence[float] | Mapping[str, float] | None
+    kind: IndexKind, mode: str, weights: Weights | None
 ) -> dict[str, float]:
     """Per-signal weights of ``mode``: the kind's defaults overridden by ``weights``, divided by the largest.
 
@@ -293,30 +298,22 @@ def resolve_weights(
     if weights is None:
         pass
     elif isinstance(weights, Mapping):
-        for key, value in weights.items():
-            if key not in WEIGHT_KEYS:
-                msg = f"unknown weight {key!r}; expected keys among {', '.join(WEIGHT_KEYS)}"
-                raise ValueError(msg)
+        for key, value in check_weights(weights).items():
             name = lexical if key == "sparse" else key
             if name in resolved or name == "bm25":
-                resolved[name] = _check_weight(key, value)
-    elif isinstance(weights, Sequence) and not isinstance(weights, str):
-        values = list(weights)
-        if len(values) not in (3, 4) or (len(values) == 4 and lexical == "bm25"):
-            expected = "3 (dense, sparse, colbert)" + (
-                " or 4 (dense, sparse, colbert, bm25)" if lexical == "sparse" else ""
-            )
-            msg = f"weights must have {expected} entries, got {len(values)}: {weights}"
-            raise ValueError(msg)
-        by_key = dict(zip(WEIGHT_KEYS, values, strict=False))
-        for key, value in by_key.items():
-            checked = _check_weight(key, value)
-            name = lexical if key == "sparse" else key
-            if name in resolved or (key == "bm25" and checked > 0):
-                resolved[name] = checked
+                resolved[name] = value
     else:
-        msg = f"weights must be None, a tuple or a dict, got {type(weights).__name__}"
-        raise TypeError(msg)
+        by_key = check_weights(weights)
+        if len(by_key) == 4 and lexical == "bm25":
+            msg = (
+                "weights must have 3 (dense, sparse, colbert) entries when BM25 is the lexical signal "
+                f"(the sparse weight is BM25's), got 4: {weights}"
+            )
+            raise ValueError(msg)
+        for key, value in by_key.items():
+            name = lexical if key == "sparse" else key
+            if name in resolved or (key == "bm25" and value > 0):
+                resolved[name] = value
     largest = max(resolved.values())
     if largest <= 0:
         msg = f"the weights of mode {mode!r} are all zero: {resolved}"
@@ -326,13 +323,64 @@ def resolve_weights(
     return {name: weight / largest for name, weight in resolved.items()}
 
 
+def check_weights(weights: Weights) -> dict[str, float]:
+    """Check weights as a user writes them, whatever the index: the checks every entry point shares.
+
+    A dict's keys must be among :data:`WEIGHT_KEYS`; a tuple holds 3 (dense, sparse, colbert) or 4
+    (+ bm25) values, not all zero; every weight is a finite number ``>= 0``. Which keys a search uses
+    depends on the index (:func:`resolve_weights`).
+
+    Example:
+        >>> check_weights((0.4, 0.2, 0.4))
+        {'dense': 0.4, 'sparse': 0.2, 'colbert': 0.4}
+        >>> check_weights({"lexcal": 1.0})
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown weight 'lexcal'; expected keys among dense, sparse, colbert, bm25
+
+    Returns:
+        The weights by key, as floats (a tuple's in :data:`WEIGHT_KEYS` order).
+
+    Raises:
+        ValueError: an unknown key, a tuple of the wrong length or all zero, or a weight that is not a
+            finite number >= 0 (the message names the weight).
+        TypeError: ``weights`` is neither a dict nor a tuple or list.
+    """
+    if isinstance(weights, Mapping):
+        items = list(weights.items())
+        for key, _ in items:
+            if key not in WEIGHT_KEYS:
+                msg = f"unknown weight {key!r}; expected keys among {', '.join(WEIGHT_KEYS)}"
+                raise ValueError(msg)
+    elif isinstance(weights, Sequence) and not isinstance(weights, str):
+        values = list(weights)
+        if len(values) not in (3, 4):
+            msg = (
+                "weights must have 3 (dense, sparse, colbert) or 4 (dense, sparse, colbert, bm25) entries "
+                f"(a list of 3 or 4 numbers), got {len(values)}: {weights}"
+            )
+            raise ValueError(msg)
+        items = list(zip(WEIGHT_KEYS, values, strict=False))
+    else:
+        msg = f"weights must be None, a tuple or a dict, got {type(weights).__name__}"
+        raise TypeError(msg)
+    checked = {key: _check_weight(key, value) for key, value in items}
+    if not isinstance(weights, Mapping) and not any(checked.values()):
+        msg = f"the weights are all zero: {weights}"
+        raise ValueError(msg)
+    return checked
+
+
 def _check_weight(name: str, value: Any) -> float:
-    try:
-        weight = float(value)
-    except (TypeError, ValueError) as err:
-        msg = f"weight {name!r} must be a number, got {value!r}"
-        raise ValueError(msg) from err
-    if not math.isfinite(weight) or weight < 0:
-        msg = f"weight {name!r} must be a finite non-negative number, got {value!r}"
+    # bool is an int to Python, but True as a weight is a mistake, not 1.0.
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        msg = f"weight {name!r} must be a finite number, got {value!r}"
+        raise ValueError(msg)
+    weight = float(value)
+    if not math.isfinite(weight):
+        msg = f"weight {name!r} must be a finite number, got {value!r}"
+        raise ValueError(msg)
+    if weight < 0:
+        msg = f"weight {name!r} must be >= 0 (non-negative), got {value!r}"
         raise ValueError(msg)
     return weight

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from m3_integrations._utils import validate_texts
@@ -20,6 +20,7 @@ from m3_integrations.index.options import (
     IndexKind,
     Mode,
     SearchOptions,
+    Weights,
 )
 from m3_integrations.index.search import CandidateScores, SearchEngine
 from m3_integrations.index.types import EncodedQuery, SearchHit
@@ -63,7 +64,7 @@ class QueryMethods:
         k: int = 10,
         *,
         mode: Mode | str = "hybrid",
-        weights: Sequence[float] | Mapping[str, float] | None = None,
+        weights: Weights | None = None,
         fusion: Fusion | str | None = None,
         candidates: int | None = DEFAULT_CANDIDATES,
         filter: FilterType | None = None,
@@ -101,7 +102,7 @@ class QueryMethods:
         k: int = 10,
         *,
         mode: Mode | str = "hybrid",
-        weights: Sequence[float] | Mapping[str, float] | None = None,
+        weights: Weights | None = None,
         fusion: Fusion | str | None = None,
         candidates: int | None = DEFAULT_CANDIDATES,
         filter: FilterType | None = None,
@@ -174,7 +175,7 @@ class QueryMethods:
         k: int = 10,
         *,
         mode: Mode | str = "hybrid",
-        weights: Sequence[float] | Mapping[str, float] | None = None,
+        weights: Weights | None = None,
         fusion: Fusion | str | None = None,
         candidates: int | None = DEFAULT_CANDIDATES,
         filter: FilterType | None = None,
@@ -245,7 +246,7 @@ class QueryMethods:
         k: int = 10,
         *,
         mode: Mode | str = "hybrid",
-        weights: Sequence[float] | Mapping[str, float] | None = None,
+        weights: Weights | None = None,
         fusion: Fusion | str | None = None,
         candidates: int | None = DEFAULT_CANDIDATES,
         filter: FilterType | None = None,

@@ -28,7 +28,7 @@ from llama_index.core.vector_stores.types import MetadataFilters
 
 from m3_integrations._utils import atomic_dir
 from m3_integrations.index import FilterType, M3Index
-from m3_integrations.index.options import DEFAULT_CANDIDATES, Fusion, Mode
+from m3_integrations.index.options import DEFAULT_CANDIDATES, Fusion, Mode, Weights
 from m3_integrations.llama_index._filters import metadata_filters_to_dict
 from m3_integrations.model import DEFAULT_MODEL, M3Model, resolve_model
 
@@ -150,7 +150,7 @@ class M3Retriever(BaseRetriever):
         node_store: BaseDocumentStore | None = None,
         similarity_top_k: int = DEFAULT_SIMILARITY_TOP_K,
         mode: Mode = "hybrid",
-        weights: Sequence[float] | Mapping[str, float] | None = None,
+        weights: Weights | None = None,
         fusion: Fusion | None = None,
         candidates: int | None = DEFAULT_CANDIDATES,
         filters: MetadataFilters | Callable[[Mapping[str, Any]], bool] | None = None,

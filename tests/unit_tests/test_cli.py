@@ -530,11 +530,28 @@ def test_cli_weight_names_are_the_index_signals() -> None:
     assert cli.SIGNALS == index.WEIGHT_KEYS
 
 
+@pytest.mark.parametrize(
+    "weights",
+    ['{"lexcal": 1}', '{"dense": -0.5}', '{"dense": true}', '{"dense": "1"}', "[0, 0, 0]", "[1, 2]"],
+)
+def test_cli_weights_fail_with_the_index_message(weights: str) -> None:
+    import argparse
+
+    from m3_integrations import cli
+    from m3_integrations.index.options import check_weights
+
+    with pytest.raises(ValueError) as expected:
+        check_weights(json.loads(weights))
+    with pytest.raises(argparse.ArgumentTypeError) as got:
+        cli._weights(weights)
+    assert str(got.value) == str(expected.value)
+
+
 BAD_OPTIONS = [
     (["--device", "gpu"], "not a device"),
     (["--device", "cuda:x"], "not a device"),
     (["--weights", "{bad"], "not JSON"),
-    (["--weights", '{"dense": 1, "lexcal": 1}'], "unknown signal 'lexcal'"),
+    (["--weights", '{"dense": 1, "lexcal": 1}'], "unknown weight 'lexcal'"),
     (["--weights", '{"dense": -0.5}'], "must be >= 0"),
     (["--weights", '{"dense": NaN}'], "finite number"),
     (["--weights", '{"dense": true}'], "finite number"),

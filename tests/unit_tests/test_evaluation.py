@@ -269,6 +269,18 @@ def test_recommended_defaults_follow_the_heads_and_work_with_the_index(checkpoin
     )
 
 
+def test_evaluate_index_labels_a_run_with_the_fusion_the_index_searches_with(plain_checkpoint: Path) -> None:
+    from m3_integrations import M3Index, M3Model
+    from m3_integrations.evaluation import evaluate_index
+
+    data = BeirDataset(name="toy", corpus={}, queries={"q1": "capital"}, qrels={"q1": {"a": 1}})
+    index = M3Index(M3Model(str(plain_checkpoint), device="cpu", allow_missing_heads=True))
+    index.add(["Paris is the capital of France.", "The fox jumps."], ids=["a", "b"])
+    assert index.default_fusion == "confidence"
+    assert evaluate_index(index, data, k=2, latency_queries=0).name == "hybrid/confidence"
+    assert evaluate_index(index, data, k=2, latency_queries=0, mode="dense", fusion="rrf").name == "dense/rrf"
+
+
 @pytest.mark.parametrize(
     "name",
     [

@@ -301,6 +301,8 @@ def test_bm25_as_lexical_signal(tiny_checkpoint: str) -> None:
         ({"weights": (0, 0, 0)}, ValueError, "all zero"),
         ({"weights": {"dense": 0, "sparse": 0, "colbert": 0}}, ValueError, "all zero"),
         ({"weights": {"dens": 1}}, ValueError, "unknown weight"),
+        ({"weights": {"dense": True}}, ValueError, "finite number"),
+        ({"weights": {"colbert": -1.0}, "mode": "dense"}, ValueError, "must be >= 0"),  # unused: checked
         ({"candidates": 0}, ValueError, "candidates"),
         ({"filter": 3}, TypeError, "filter"),
         ({"rerank": "nope"}, ValueError, "rerank"),

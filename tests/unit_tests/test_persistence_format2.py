@@ -67,6 +67,6 @@ def test_folder_saved_before_the_restructure_takes_adds_and_saves_again(
     index.save(folder)
     again = M3Index.load(folder, model=tiny_model)
     assert again.ids == index.ids and again.ids[-1] == "late"
-    assert [h.id for h in again.search("retrieval fusion", k=3, mode="dense+sparse", filter={"group": "a"})] == [
-        h.id for h in index.search("retrieval fusion", k=3, mode="dense+sparse", filter={"group": "a"})
-    ]
+    assert [
+        h.id for h in again.search("retrieval fusion", k=3, mode="dense+sparse", filter={"group": "a"})
+    ] == [h.id for h in index.search("retrieval fusion", k=3, mode="dense+sparse", filter={"group": "a"})]
