@@ -113,9 +113,13 @@ def cut(data: BeirDataset, max_queries: int | None, max_docs: int | None, seed: 
     return data
 
 
+def file_stem(name: str) -> str:
+    """A collection's name as a file name (``xquad zh→en`` → ``xquad_zh-en``)."""
+    return name.replace("/", "_").replace(" ", "_").replace("→", "-")
+
+
 def cache_path(encoder: str, name: str) -> Path:
-    safe = name.replace("/", "_").replace(" ", "_").replace("→", "-")
-    return OUT / encoder / f"{safe}.npz"
+    return OUT / encoder / f"{file_stem(name)}.npz"
 
 
 def _flatten(vectors: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -125,16 +129,32 @@ def _flatten(vectors: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return flat, offsets
 
 
+def _same_corpus(folder: Path, doc_ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The document arrays of a cached file over exactly these documents, if there is one."""
+    for other in sorted(folder.glob("*.npz")) if folder.is_dir() else []:
+        if other.name.endswith(".tmp.npz"):
+            continue
+        with np.load(other, allow_pickle=False) as z:
+            if z["doc_ids"].tolist() == doc_ids:
+                return z["doc_dense"], z["doc_colbert"], z["doc_colbert_offsets"]
+    return None
+
+
 def encode_collection(model: M3Model, data: BeirDataset, path: Path) -> dict[str, Any]:
     doc_ids = list(data.corpus)
     texts = [text for _, text in data.documents()]
     query_ids = list(data.queries)
     queries = [data.queries[q] for q in query_ids]
     start = time.perf_counter()
-    docs = model.encode_passages(texts, return_sparse=False, return_colbert=True, show_progress=True)
+    reused = _same_corpus(path.parent, doc_ids)
+    if reused is not None:  # XQuAD's query sets share one corpus: encode it once
+        doc_dense, doc_flat, doc_offsets = reused
+    else:
+        docs = model.encode_passages(texts, return_sparse=False, return_colbert=True, show_progress=True)
+        doc_dense = docs.dense
+        doc_flat, doc_offsets = _flatten(docs.colbert_vecs or [])
     docs_s = time.perf_counter() - start
     qs = model.encode_queries(queries, return_sparse=False, return_colbert=True, show_progress=False)
-    doc_flat, doc_offsets = _flatten(docs.colbert_vecs or [])
     q_flat, q_offsets = _flatten(qs.colbert_vecs or [])
     qrels = [(q, d, int(g)) for q, grades in data.qrels.items() for d, g in grades.items()]
     info = {
@@ -146,7 +166,7 @@ def encode_collection(model: M3Model, data: BeirDataset, path: Path) -> dict[str
     }
     arrays = {
         "doc_ids": np.asarray(doc_ids, dtype=str),
-        "doc_dense": docs.dense.astype(np.float32),
+        "doc_dense": doc_dense.astype(np.float32),
         "doc_colbert": doc_flat,
         "doc_colbert_offsets": doc_offsets,
         "query_ids": np.asarray(query_ids, dtype=str),

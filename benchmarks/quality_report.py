@@ -33,13 +33,15 @@ PER_QUERY = "ndcg@10 per query"
 BOOTSTRAP_SEED = 13
 
 # Configuration names, as run_quality.py builds them. BM25 runs over the model's subword ids (no
-# suffix), lower-cased words, or (English corpora) Snowball-stemmed words without stop words.
-BM25_VARIANTS = {"words": " · word BM25", "stemmed": " · stemmed BM25"}
+# suffix), lower-cased words, (English corpora) Snowball-stemmed words without stop words, or the
+# analyzer of the detected corpus language (M3Index(language="auto"), m3_integrations.language).
+BM25_VARIANTS = {"words": " · word BM25", "stemmed": " · stemmed BM25", "language": " · language BM25"}
 KEY_COLUMNS = (
     ("dense", "dense"),
     ("lexical (BM25, subword)", "BM25"),
     ("lexical (BM25, words)", "BM25 words"),
     ("lexical (BM25, stemmed words)", "BM25 stemmed"),
+    ("lexical (BM25, language)", "BM25 language"),
     ("colbert (identity)", "ColBERT"),
 )
 PEERS = (

@@ -104,19 +104,40 @@ def build(model: Any, encoding: Path, variant: str) -> dict[str, np.ndarray]:
     tokens = index.bm25_tokens(queries)
     q_colbert = _unflatten(arrays["query_colbert"], arrays["query_colbert_offsets"])
     options = index.search_options(K, mode="hybrid")
+    scored = [
+        index.score_candidates(
+            EncodedQuery(dense=arrays["query_dense"][i], colbert_vecs=q_colbert[i], bm25_tokens=query_tokens),
+            options,
+        )
+        for i, query_tokens in enumerate(tokens)
+    ]
+    qrels = {}
+    for q, d, g in zip(arrays["qrels_query"], arrays["qrels_doc"], arrays["qrels_grade"], strict=True):
+        qrels.setdefault(str(q), {})[str(d)] = int(g)
+    query_ids = [str(q) for q in arrays["query_ids"]]
+    return to_arrays(index, scored, doc_ids, query_ids, qrels, info=info, variant=variant)
+
+
+def to_arrays(
+    index: Any,
+    scored: Sequence[Any],
+    doc_ids: Sequence[str],
+    query_ids: Sequence[str],
+    qrels: dict[str, dict[str, int]],
+    *,
+    info: dict[str, Any],
+    variant: str,
+) -> dict[str, np.ndarray]:
+    """The file's arrays from each query's ``CandidateScores`` (hybrid mode) on ``index``."""
     position = {d: i for i, d in enumerate(doc_ids)}
     offsets, candidates, coverage = [0], [], []
     signals: dict[str, list[np.ndarray]] = {"dense": [], "bm25": [], "colbert": []}
-    for i, query_tokens in enumerate(tokens):
-        encoded = EncodedQuery(
-            dense=arrays["query_dense"][i], colbert_vecs=q_colbert[i], bm25_tokens=query_tokens
-        )
-        scored = index.score_candidates(encoded, options)
-        candidates.append(np.asarray([position[d] for d in scored.ids], dtype=np.int32))
+    for one in scored:
+        candidates.append(np.asarray([position[d] for d in one.ids], dtype=np.int32))
         for name, values in signals.items():
-            values.append(np.asarray(scored.signals[name], dtype=np.float32))
-        coverage.append(scored.coverage.get("bm25", 1.0))
-        offsets.append(offsets[-1] + len(scored.ids))
+            values.append(np.asarray(one.signals[name], dtype=np.float32))
+        coverage.append(one.coverage.get("bm25", 1.0))
+        offsets.append(offsets[-1] + len(one.ids))
     record = {
         **info,
         "variant": variant,
@@ -125,18 +146,27 @@ def build(model: Any, encoding: Path, variant: str) -> dict[str, np.ndarray]:
         "bm25_words": index.bm25_word_settings,
         "language_profile": None if index.language_profile is None else index.language_profile.to_json(),
     }
+    rows = [(q, d, g) for q, grades in qrels.items() for d, g in grades.items()]
     return {
-        "doc_ids": arrays["doc_ids"],
-        "query_ids": arrays["query_ids"],
+        "doc_ids": np.asarray(list(doc_ids), dtype=str),
+        "query_ids": np.asarray(list(query_ids), dtype=str),
         "offsets": np.asarray(offsets, dtype=np.int64),
         "candidates": np.concatenate(candidates) if candidates else np.zeros(0, np.int32),
         **{f"signal_{n}": np.concatenate(v) if v else np.zeros(0, np.float32) for n, v in signals.items()},
         "coverage": np.asarray(coverage, dtype=np.float64),
-        "qrels_query": arrays["qrels_query"],
-        "qrels_doc": arrays["qrels_doc"],
-        "qrels_grade": arrays["qrels_grade"],
+        "qrels_query": np.asarray([r[0] for r in rows], dtype=str),
+        "qrels_doc": np.asarray([r[1] for r in rows], dtype=str),
+        "qrels_grade": np.asarray([r[2] for r in rows], dtype=np.int64),
         "info": np.asarray(json.dumps(record, ensure_ascii=False)),
     }
+
+
+def save(arrays: dict[str, np.ndarray], path: Path) -> None:
+    """Write a signal file atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
 
 
 def _texts(info: dict[str, Any], doc_ids: list[str]) -> list[str]:
@@ -197,10 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 model = model or load_model(encoder)
                 start = time.perf_counter()
                 arrays = build(model, encoding, variant)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.stem + ".tmp.npz")
-                np.savez(tmp, **arrays)
-                os.replace(tmp, path)
+                save(arrays, path)
                 info = json.loads(str(arrays["info"]))
                 logger.info(
                     "%s / %s / %s: %d queries in %.1fs (language %s, words %s)",
