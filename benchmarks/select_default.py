@@ -251,11 +251,39 @@ def protocol(pairs: Sequence[PairTable], candidates: Sequence[str], hold_out: st
     }
 
 
+def record_in_report(result: dict[str, Any], candidates: int, argv: Sequence[str] | None, note: str) -> None:
+    """Put the result into the committed summary and render REPORT.md from it (run_quality.py's way)."""
+    from benchmarks.quality_report import dump_summary, load_summary
+    from benchmarks.run_quality import OutputPaths, _write_atomically, write_outputs
+
+    paths = OutputPaths.for_run(False)
+    summary = load_summary(paths.summary)
+    counts = {}
+    for name, pair in result["pairs"].items():
+        counts[name] = pair["num_queries"]
+    command = "python benchmarks/select_default.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    summary["selection"] = {
+        "command": f"`{command.strip()}`",
+        "signals": ", ".join(f"{name} {n} queries" for name, n in counts.items()),
+        "candidates": candidates,
+        "note": note,
+        **{k: v for k, v in result.items() if k != "pairs"},
+    }
+    _write_atomically(paths.summary, dump_summary(summary))
+    write_outputs(None, paths)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hold-out", choices=("pair", "collection"), default="pair")
     parser.add_argument("--signals", type=Path, default=SIGNALS)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="record the result in benchmarks/quality_summary.json and render benchmarks/REPORT.md again",
+    )
+    parser.add_argument("--note", default="", help="a sentence the report shows under the result")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     pairs = load_all(args.signals)
@@ -275,6 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
+    if args.report:
+        record_in_report(result, len(hybrids), argv, args.note)
     for h in result["held_out"]:
         m = h["margin"]
         interval = f"{m[0]:+.3f} [{m[1]:+.3f}, {m[2]:+.3f}]"
