@@ -662,6 +662,15 @@ def section_selection(summary: dict[str, Any]) -> list[str]:
         ),
         "",
     ]
+    if selection.get("language_vs_words"):
+        cells = [
+            f"{entry['pair']} {_ci_text(entry['difference'])}" for entry in selection["language_vs_words"]
+        ]
+        lines += [
+            "The language analyzer's BM25 against plain words, under the current default's fusion and "
+            "weights (difference in nDCG@10 [95% CI]): " + "; ".join(cells) + ".",
+            "",
+        ]
     if selection.get("note"):
         lines += [selection["note"], ""]
     return lines

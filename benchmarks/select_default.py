@@ -230,6 +230,16 @@ def protocol(pairs: Sequence[PairTable], candidates: Sequence[str], hold_out: st
         {"pair": p.name, "margin": list(p.interval(final)), "meets_target": meets_target(p.interval(final))}
         for p in pairs
     ]
+    # The language analyzer against plain words under the current default's fusion and weights.
+    language = CURRENT_DEFAULT.replace("· words", "· language")
+    language_vs_words = [
+        {
+            "pair": p.name,
+            "difference": list(paired_bootstrap_ci(p.values[language], p.values[CURRENT_DEFAULT])),
+        }
+        for p in pairs
+        if language in p.values
+    ]
     held_worst = min(h["margin"][0] for h in held)
     current_worst = min(c["margin"][0] for c in current)
     generalises = sum(h["meets_target"] for h in held) >= sum(c["meets_target"] for c in current) and (
@@ -248,6 +258,7 @@ def protocol(pairs: Sequence[PairTable], candidates: Sequence[str], hold_out: st
         "held_out_meeting_target": sum(h["meets_target"] for h in held),
         "current_default_meeting_target": sum(c["meets_target"] for c in current),
         "generalises": generalises,
+        "language_vs_words": language_vs_words,
     }
 
 
@@ -309,6 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         m = h["margin"]
         interval = f"{m[0]:+.3f} [{m[1]:+.3f}, {m[2]:+.3f}]"
         print(f"{h['pair']:45s} pick {h['pick']:50s} held-out {interval} vs {h['reference']}")
+    for entry in result["language_vs_words"]:
+        d = entry["difference"]
+        print(f"{entry['pair']:45s} language BM25 - words: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
     print(
         "rule's pick on all pairs:",
         result["rule_pick_on_all_pairs"],
