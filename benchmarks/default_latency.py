@@ -45,13 +45,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("encoder")
     parser.add_argument("collection")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-queries", type=int, default=None)
     args = parser.parse_args(argv)
     with np.load(cache_path(args.encoder, args.collection), allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     info = json.loads(str(arrays["info"]))
     doc_ids = [str(d) for d in arrays["doc_ids"]]
     texts = _texts(info, doc_ids)
-    queries = [str(q) for q in arrays["query_texts"]]
+    queries = [str(q) for q in arrays["query_texts"]][: args.max_queries]
     model = load_model(args.encoder)
     doc_colbert = _unflatten(arrays["doc_colbert"], arrays["doc_colbert_offsets"])
     q_colbert = _unflatten(arrays["query_colbert"], arrays["query_colbert_offsets"])
