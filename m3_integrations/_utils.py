@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import importlib
 import os
-import uuid
-from collections.abc import Iterator, Mapping, MappingView, Sequence
+from collections.abc import Mapping, MappingView, Sequence
 from collections.abc import Set as AbstractSet
-from contextlib import contextmanager
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -99,46 +96,6 @@ def validate_texts(texts: Any, *, what: str = "texts", allow_empty_strings: bool
         check_surrogates(text, f"{what}[{i}]")
         out.append(text)
     return out
-
-
-@contextmanager
-def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary sibling folder that replaces ``target`` only if the block succeeds.
-
-    The previous ``target`` is moved aside and removed only after the new folder is in place. Temporary
-    names are unique (two writers never share one) and folders are created with the process's umask.
-    Between the two renames ``target`` is briefly absent, so a crash there leaves the old folder in
-    ``.NAME.old-*``: :meth:`M3Index.save <m3_integrations.M3Index.save>` uses a manifest switch instead.
-    """
-    import shutil
-
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    unique = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-    tmp = target.parent / f".{target.name}.tmp-{unique}"
-    os.mkdir(tmp)  # not tempfile.mkdtemp: that forces mode 0700 whatever the umask
-    try:
-        yield tmp
-        _fsync_dir(tmp)
-        backup: Path | None = None
-        if target.exists():
-            backup = target.parent / f".{target.name}.old-{unique}"
-            os.replace(target, backup)
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-        if backup is not None:
-            shutil.rmtree(backup, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    for child in path.iterdir() if path.is_dir() else []:
-        if child.is_file():
-            with open(child, "rb") as fh:
-                os.fsync(fh.fileno())
-    fsync_folder(path)
 
 
 def fsync_folder(path: str | os.PathLike[str]) -> None:

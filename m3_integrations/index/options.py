@@ -278,9 +278,7 @@ class SearchOptions:
 SEARCH_OPTION_NAMES = tuple(f.name for f in fields(SearchOptions))
 
 
-def resolve_weights(
-    kind: IndexKind, mode: str, weights: Weights | None
-) -> dict[str, float]:
+def resolve_weights(kind: IndexKind, mode: str, weights: Weights | None) -> dict[str, float]:
     """Per-signal weights of ``mode``: the kind's defaults overridden by ``weights``, divided by the largest.
 
     Example:

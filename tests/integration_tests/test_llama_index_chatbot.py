@@ -63,7 +63,7 @@ def test_indexes_reuses_and_rebuilds(
     first = capsys.readouterr()
     assert "Indexed" in first.err
     assert (index_dir / "sources.json").is_file()
-    assert (index_dir / "retriever" / "retriever.json").is_file()
+    assert (index_dir / "retriever" / "manifest.json").is_file()
     cited, sources = _answer_parts(first.out)
     # Only hybrid_search.txt holds "lexical", "score" and "capture": it alone is quoted and listed.
     assert cited and set(cited) == {"1"}, first.out

@@ -45,7 +45,7 @@ def test_recipes_run(
     namespace = {"_tiny_model": tiny_model, "_reranker": tiny_reranker_checkpoint}
     exec(compile(code, str(DOC), "exec"), namespace)
 
-    assert (tmp_path / "m3_storage" / "retriever.json").is_file()
+    assert (tmp_path / "m3_storage" / "manifest.json").is_file()
     assert isinstance(namespace["retriever"], M3Retriever)
     assert namespace["retriever"].similarity_top_k == 3
     assert len(namespace["retriever"]) == 2  # three documents, one deleted by ref_doc_id

@@ -375,7 +375,9 @@ def test_persist_round_trip(tiny_model: M3Model, tmp_path: Path) -> None:
     )
     target = tmp_path / "store"
     original.persist(target)
-    assert sorted(p.name for p in target.iterdir()) == ["docstore.json", "index", "retriever.json"]
+    data = _data_folder(target)
+    assert {p.name for p in target.iterdir()} == {".m3-retriever.lock", data.name, "manifest.json"}
+    assert sorted(p.name for p in data.iterdir()) == ["docstore.json", "index", "retriever.json"]
     assert not any(p.suffix in {".pkl", ".pickle"} for p in target.rglob("*"))
 
     loaded = M3Retriever.from_persist_dir(target, model=tiny_model)
@@ -406,9 +408,10 @@ def test_persist_errors(tiny_model: M3Model, tmp_path: Path) -> None:
     retriever = M3Retriever(nodes=make_nodes(), model=tiny_model)
     target = tmp_path / "store"
     retriever.persist(target)
-    config = json.loads((target / "retriever.json").read_text())
+    config_path = _data_folder(target) / "retriever.json"
+    config = json.loads(config_path.read_text())
     config["version"] = 99
-    (target / "retriever.json").write_text(json.dumps(config))
+    _rewrite_listed_file(target, config_path, json.dumps(config).encode())
     with pytest.raises(ValueError, match="version 99"):
         M3Retriever.from_persist_dir(target, model=tiny_model)
 
@@ -416,9 +419,88 @@ def test_persist_errors(tiny_model: M3Model, tmp_path: Path) -> None:
     damaged = tmp_path / "damaged"
     shutil.copytree(target, damaged)
     other = M3Retriever(nodes=make_nodes()[:2], model=tiny_model)
-    other.docstore.persist(str(damaged / "docstore.json"))
+    docstore_path = _data_folder(damaged) / "docstore.json"
+    other.docstore.persist(str(docstore_path))
+    with pytest.raises(ValueError, match="truncated or modified"):  # changed behind the manifest's back
+        M3Retriever.from_persist_dir(damaged, model=tiny_model)
+    _rewrite_listed_file(damaged, docstore_path, docstore_path.read_bytes())
     with pytest.raises(ValueError, match="different node ids"):
         M3Retriever.from_persist_dir(damaged, model=tiny_model)
+
+
+def _data_folder(folder: Path) -> Path:
+    return folder / json.loads((folder / "manifest.json").read_text())["data"]
+
+
+def _rewrite_listed_file(folder: Path, path: Path, content: bytes) -> None:
+    """Write ``content`` to ``path`` and list its new size and checksum in the manifest (a forged folder)."""
+    import hashlib
+
+    path.write_bytes(content)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"][path.name] = {"bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _tree(folder: Path) -> dict[str, bytes | None]:
+    return {
+        str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in sorted(folder.rglob("*"))
+    }
+
+
+def test_persist_never_replaces_a_folder_of_user_files(tiny_model: M3Model, tmp_path: Path) -> None:
+    retriever = M3Retriever(nodes=make_nodes()[:2], model=tiny_model)
+    users = tmp_path / "my-notes"
+    (users / "sub").mkdir(parents=True)
+    (users / "notes.txt").write_bytes(b"my own notes\x00\xff")
+    (users / "sub" / "retriever.json").write_text('{"mine": true}')
+    (users / "docstore.json").write_text("[]")  # an entry of the earlier layout, but not a retriever's
+    before = _tree(users)
+    with pytest.raises(FileExistsError, match="M3Retriever"):
+        retriever.persist(users)
+    assert _tree(users) == before  # byte for byte, nothing added or removed
+    link = tmp_path / "link"
+    link.symlink_to(users, target_is_directory=True)
+    with pytest.raises(FileExistsError, match="symbolic link"):
+        retriever.persist(link)
+    assert _tree(users) == before
+    index_folder = tmp_path / "an-index"
+    retriever.m3_index.save(index_folder)  # an M3Index folder is not a retriever folder either
+    index_before = _tree(index_folder)
+    with pytest.raises(FileExistsError, match="M3Retriever"):
+        retriever.persist(index_folder)
+    assert _tree(index_folder) == index_before
+
+
+def test_persist_switches_atomically_and_reads_the_old_layout(tiny_model: M3Model, tmp_path: Path) -> None:
+    nodes = make_nodes()
+    first = M3Retriever(nodes=nodes[:2], model=tiny_model, similarity_top_k=2)
+    # The earlier release's layout: the three entries side by side, no manifest.
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    first.m3_index.save(legacy / "index")
+    first.docstore.persist(str(legacy / "docstore.json"))
+    (legacy / "retriever.json").write_text(json.dumps(first.get_persist_args()))
+    loaded = M3Retriever.from_persist_dir(legacy, model=tiny_model)
+    assert sorted(loaded.node_ids) == sorted(first.node_ids) and loaded.similarity_top_k == 2
+    # A persist converts it: the old entries go once the manifest names the new data folder.
+    second = M3Retriever(nodes=nodes, model=tiny_model, similarity_top_k=3)
+    second.persist(legacy)
+    own_entries = {".m3-retriever.lock", _data_folder(legacy).name, "manifest.json"}
+    assert {p.name for p in legacy.iterdir()} == own_entries
+    again = M3Retriever.from_persist_dir(legacy, model=tiny_model)
+    assert sorted(again.node_ids) == sorted(second.node_ids) and again.similarity_top_k == 3
+    # A failing write leaves the previous retriever whole and no stray data folder.
+    before = _tree(legacy)
+
+    def broken_save(path: object) -> None:
+        raise OSError("disk full")
+
+    second.m3_index.save = broken_save  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="disk full"):
+        second.persist(legacy)
+    assert _tree(legacy) == before
+    assert sorted(M3Retriever.from_persist_dir(legacy, model=tiny_model).node_ids) == sorted(second.node_ids)
 
 
 def test_empty_retriever(tiny_model: M3Model) -> None:
