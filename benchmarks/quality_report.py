@@ -375,6 +375,7 @@ def short_label(config: str) -> str:
             return label
     label = config.removeprefix("hybrid ").replace(BM25_VARIANTS["words"], " · words")
     label = label.replace(BM25_VARIANTS["stemmed"], " · stemmed")
+    label = label.replace(BM25_VARIANTS["language"], " · language")
     return label.replace(" + M3 rerank", " + rerank")
 
 
@@ -395,7 +396,10 @@ def encoder_overview(summary: dict[str, Any], encoder: str) -> dict[str, Any]:
         if peer is not None and (p["default_minus"].get(peer[0]) or [0, 0, 0])[2] < 0
     ]
     p50 = [p["rows"][default].get("p50_ms") for p in pairs if default in p["rows"]]
-    stemmed = default.removesuffix(BM25_VARIANTS["words"]) + BM25_VARIANTS["stemmed"]
+    base = default
+    for suffix in BM25_VARIANTS.values():
+        base = base.removesuffix(suffix)
+    stemmed = base + BM25_VARIANTS["stemmed"]
     english = [p for p in pairs if p["dataset"] in ENGLISH and stemmed in p["rows"] and default in p["rows"]]
     return {
         "pairs": pairs,

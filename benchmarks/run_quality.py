@@ -153,11 +153,12 @@ def our_configs(quick: bool) -> list[Config]:
 
 def library_default(configs: Sequence[Config]) -> str | None:
     """The configuration ``M3Index(model)`` searches with for these encoders (no M3 heads): its default
-    fusion and weights over word BM25, the tokens ``bm25_tokenizer="auto"`` picks for such a model."""
+    fusion and weights over the detected language's BM25 analyzer (``language="auto"``, words for such a
+    model: ``bm25_tokenizer="auto"``)."""
     for config in configs:
         if (
             config.family == "hybrid"
-            and config.bm25 == "words"
+            and config.bm25 == "language"
             and config.kwargs["fusion"] == NO_HEADS_DEFAULTS["fusion"]
             and config.kwargs["weights"] == NO_HEADS_DEFAULTS["weights"]
         ):
