@@ -212,13 +212,16 @@ def load_all(folder: Path = OUT) -> dict[tuple[str, str], dict[str, PairSignals]
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--encoders", nargs="+", default=list(ENCODER_PATHS))
+    parser.add_argument("--only", nargs="+", default=None, help="only these encoding files (their stems)")
+    parser.add_argument("--reverse", action="store_true", help="last files first (a second worker)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     logging.getLogger("m3_integrations.model").setLevel(logging.WARNING)
-    for encoder in ENCODER_PATHS:
+    for encoder in args.encoders:
         model = None
-        for encoding in sorted((ENCODINGS / encoder).glob("*.npz")):
-            if encoding.name.endswith(".tmp.npz"):
+        for encoding in sorted((ENCODINGS / encoder).glob("*.npz"), reverse=args.reverse):
+            if encoding.name.endswith(".tmp.npz") or (args.only and encoding.stem not in args.only):
                 continue
             for variant in args.variants:
                 path = signal_path(encoder, encoding.stem, variant)
