@@ -160,8 +160,12 @@ def _index_ids(index_dir: Path) -> list[str]:
     """The ids an index folder (either chatbot's) holds, read from its saved documents."""
     import json
 
-    # LangChain's index is index/, LlamaIndex's retriever/index/: an M3Index folder either way.
-    (manifest,) = index_dir.rglob("manifest.json")
+    # LangChain's index is index/, LlamaIndex's inside the retriever folder (which has its own manifest).
+    (manifest,) = [
+        path
+        for path in index_dir.rglob("manifest.json")
+        if json.loads(path.read_text(encoding="utf-8"))["format"] == "m3-index"
+    ]
     folder = manifest.parent / json.loads(manifest.read_text(encoding="utf-8"))["data"]
     return json.loads((folder / "documents.json").read_text(encoding="utf-8"))["ids"]
 
