@@ -647,8 +647,9 @@ def section_selection(summary: dict[str, Any]) -> list[str]:
         other_text = (
             "" if other is None else _ci_text(other["margin"]) + ("" if other["meets_target"] else " ✗")
         )
+        pair = held["pair"].replace(" | ", " · ")
         lines.append(
-            f"| {held['pair']} | {held['pick']} | {_ci_text(held['margin'])}{mark} | {held['reference']} "
+            f"| {pair} | {held['pick']} | {_ci_text(held['margin'])}{mark} | {held['reference']} "
             f"| {other_text} |"
         )
     n = len(selection["held_out"])
@@ -668,7 +669,8 @@ def section_selection(summary: dict[str, Any]) -> list[str]:
     ]
     if selection.get("language_vs_words"):
         cells = [
-            f"{entry['pair']} {_ci_text(entry['difference'])}" for entry in selection["language_vs_words"]
+            f"{entry['pair'].replace(' | ', ' · ')} {_ci_text(entry['difference'])}"
+            for entry in selection["language_vs_words"]
         ]
         lines += [
             "The language analyzer's BM25 against plain words, under the current default's fusion and "

@@ -262,7 +262,7 @@ def protocol(pairs: Sequence[PairTable], candidates: Sequence[str], hold_out: st
     }
 
 
-def record_in_report(result: dict[str, Any], candidates: int, argv: Sequence[str] | None, note: str) -> None:
+def record_in_report(result: dict[str, Any], candidates: int, note: str) -> None:
     """Put the result into the committed summary and render REPORT.md from it (run_quality.py's way)."""
     from benchmarks.quality_report import dump_summary, load_summary
     from benchmarks.run_quality import OutputPaths, _write_atomically, write_outputs
@@ -272,9 +272,9 @@ def record_in_report(result: dict[str, Any], candidates: int, argv: Sequence[str
     counts = {}
     for name, pair in result["pairs"].items():
         counts[name] = pair["num_queries"]
-    command = "python benchmarks/select_default.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = f"python benchmarks/select_default.py --hold-out {result['hold_out']} --report"
     summary["selection"] = {
-        "command": f"`{command.strip()}`",
+        "command": f"`{command}`",
         "signals": ", ".join(f"{name} {n} queries" for name, n in counts.items()),
         "candidates": candidates,
         "note": note,
@@ -315,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
     if args.report:
-        record_in_report(result, len(hybrids), argv, args.note)
+        record_in_report(result, len(hybrids), args.note)
     for h in result["held_out"]:
         m = h["margin"]
         interval = f"{m[0]:+.3f} [{m[1]:+.3f}, {m[2]:+.3f}]"

@@ -76,7 +76,7 @@ def test_the_report_section_shows_every_held_out_margin(pairs: list[PairTable]) 
     selection = {"command": "`select`", "signals": "4 pairs", "candidates": 2, "note": "", **result}
     text = "\n".join(section_selection({"selection": selection}))
     for held in result["held_out"]:
-        assert f"| {held['pair']} | {held['pick']} | {held['margin'][0]:+.3f}" in text
+        assert f"| {held['pair'].replace(' | ', ' · ')} | {held['pick']} | {held['margin'][0]:+.3f}" in text
     assert "-0.100 [" in text and "✗" in text
     assert "does **not** generalise" in text
     assert section_selection({}) == []
