@@ -79,18 +79,11 @@ LOADERS: dict[str, Callable[[], BeirDataset]] = {
 
 
 def load_model(encoder: str) -> M3Model:
+    """The encoder as the quality report loads it (``run_quality.load_model``)."""
+    from benchmarks import run_quality
+
     path, extra = ENCODER_PATHS[encoder]
-    return M3Model(
-        path,
-        device="cpu",
-        pooling="mean",
-        allow_missing_heads=True,
-        query_max_length=512,
-        passage_max_length=512,
-        batch_size=32,
-        max_batch_tokens=16384,
-        **extra,
-    )
+    return run_quality.load_model(run_quality.Encoder(encoder, path, extra))
 
 
 def cut(data: BeirDataset, max_queries: int | None, max_docs: int | None, seed: int = 13) -> BeirDataset:
