@@ -33,13 +33,15 @@ PER_QUERY = "ndcg@10 per query"
 BOOTSTRAP_SEED = 13
 
 # Configuration names, as run_quality.py builds them. BM25 runs over the model's subword ids (no
-# suffix), lower-cased words, or (English corpora) Snowball-stemmed words without stop words.
-BM25_VARIANTS = {"words": " · word BM25", "stemmed": " · stemmed BM25"}
+# suffix), lower-cased words, (English corpora) Snowball-stemmed words without stop words, or the
+# analyzer of the detected corpus language (M3Index(language="auto"), m3_integrations.language).
+BM25_VARIANTS = {"words": " · word BM25", "stemmed": " · stemmed BM25", "language": " · language BM25"}
 KEY_COLUMNS = (
     ("dense", "dense"),
     ("lexical (BM25, subword)", "BM25"),
     ("lexical (BM25, words)", "BM25 words"),
     ("lexical (BM25, stemmed words)", "BM25 stemmed"),
+    ("lexical (BM25, language)", "BM25 language"),
     ("colbert (identity)", "ColBERT"),
 )
 PEERS = (
@@ -299,6 +301,10 @@ def summarize(
         },
         "pairs": pairs,
     }
+    # The selection protocol's result (benchmarks/select_default.py) is made from the per-query signals,
+    # not from these rows: a new run keeps it until select_default.py writes a new one.
+    if previous and previous.get("selection"):
+        summary["selection"] = previous["selection"]
     # Where the full results of these same runs can be found again (they are not committed any more).
     if saved.get("full_results_commit"):
         summary["full_results_commit"] = saved["full_results_commit"]
@@ -341,7 +347,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def _ci_text(ci: list[float] | None) -> str:
+def _ci_text(ci: list[float] | tuple[float, ...] | None) -> str:
     if ci is None:
         return ""
     below = " **below**" if ci[2] < 0 else ""
@@ -369,6 +375,7 @@ def short_label(config: str) -> str:
             return label
     label = config.removeprefix("hybrid ").replace(BM25_VARIANTS["words"], " · words")
     label = label.replace(BM25_VARIANTS["stemmed"], " · stemmed")
+    label = label.replace(BM25_VARIANTS["language"], " · language")
     return label.replace(" + M3 rerank", " + rerank")
 
 
@@ -389,7 +396,10 @@ def encoder_overview(summary: dict[str, Any], encoder: str) -> dict[str, Any]:
         if peer is not None and (p["default_minus"].get(peer[0]) or [0, 0, 0])[2] < 0
     ]
     p50 = [p["rows"][default].get("p50_ms") for p in pairs if default in p["rows"]]
-    stemmed = default.removesuffix(BM25_VARIANTS["words"]) + BM25_VARIANTS["stemmed"]
+    base = default
+    for suffix in BM25_VARIANTS.values():
+        base = base.removesuffix(suffix)
+    stemmed = base + BM25_VARIANTS["stemmed"]
     english = [p for p in pairs if p["dataset"] in ENGLISH and stemmed in p["rows"] and default in p["rows"]]
     return {
         "pairs": pairs,
@@ -607,6 +617,71 @@ def section_default_choice(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def section_selection(summary: dict[str, Any]) -> list[str]:
+    """The leave-one-out maximin protocol of ``benchmarks/select_default.py`` and its result."""
+    selection = summary.get("selection")
+    if not selection:
+        return []
+    unit = "collection" if selection["hold_out"] == "collection" else "pair"
+    lines = [
+        "## Choosing the default where it was not tuned (leave one out, maximin)",
+        "",
+        f"{selection['command']}, over the per-query candidate signals of "
+        f"{len(selection['held_out'])} encoder × collection pairs ({selection['signals']}). "
+        f"For each pair, the rule picks among {selection['candidates']} hybrid configurations "
+        "(fusion × weights × BM25 words or language analyzer) the one whose **worst** margin over the "
+        f"other pairs is highest (leaving out the whole {unit}), and the pick is scored on the pair "
+        "left out. The margin is nDCG@10 minus the pair's reference, the best of the single signals "
+        "and the stock hybrids (LangChain's ensemble, LlamaIndex's RRF and relative-score hybrids, "
+        "emulated on the same signals), with its 95% paired bootstrap interval. Target: margin >= "
+        "-0.005 or an interval holding 0.",
+        "",
+        "| held-out pair | rule's pick (chosen on the others) | held-out margin [95% CI] | reference |"
+        " current default's margin [95% CI] |",
+        "|---|---|---|---|---|",
+    ]
+    current = {c["pair"]: c for c in selection["current_default_margins"]}
+    for held in selection["held_out"]:
+        mark = "" if held["meets_target"] else " ✗"
+        other = current.get(held["pair"])
+        other_text = (
+            "" if other is None else _ci_text(other["margin"]) + ("" if other["meets_target"] else " ✗")
+        )
+        pair = held["pair"].replace(" | ", " · ")
+        lines.append(
+            f"| {pair} | {held['pick']} | {_ci_text(held['margin'])}{mark} | {held['reference']} "
+            f"| {other_text} |"
+        )
+    n = len(selection["held_out"])
+    lines += [
+        "",
+        f"Held out, the rule's picks meet the target on {selection['held_out_meeting_target']}/{n} pairs "
+        f"(worst margin {selection['held_out_worst']:+.3f}); the current default "
+        f"(`{selection['current_default']}`) on {selection['current_default_meeting_target']}/{n} (worst "
+        f"{selection['current_default_worst']:+.3f}). Chosen on all pairs, the rule picks "
+        f"`{selection['rule_pick_on_all_pairs']}` (worst margin {selection['rule_pick_worst_margin']:+.3f}). "
+        + (
+            "By the protocol's test this **generalises**."
+            if selection["generalises"]
+            else "By the protocol's test this does **not** generalise, so the library's default stays."
+        ),
+        "",
+    ]
+    if selection.get("language_vs_words"):
+        cells = [
+            f"{entry['pair'].replace(' | ', ' · ')} {_ci_text(entry['difference'])}"
+            for entry in selection["language_vs_words"]
+        ]
+        lines += [
+            "The language analyzer's BM25 against plain words, under the current default's fusion and "
+            "weights (difference in nDCG@10 [95% CI]): " + "; ".join(cells) + ".",
+            "",
+        ]
+    if selection.get("note"):
+        lines += [selection["note"], ""]
+    return lines
+
+
 def section_details(summary: dict[str, Any]) -> list[str]:
     lines = [
         "## Details",
@@ -710,6 +785,7 @@ SECTIONS: list[Section] = [
     lambda s, _: section_collections(s),
     section_plots,
     lambda s, _: section_default_choice(s),
+    lambda s, _: section_selection(s),
     lambda s, _: section_details(s),
     lambda s, _: section_reproduce(s),
     lambda s, _: section_machine(s),

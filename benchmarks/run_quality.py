@@ -83,7 +83,7 @@ WEIGHT_GRID = {
     "lexical .3/.4/.3": {"dense": 0.3, "sparse": 0.4, "colbert": 0.3},
     "colbert .2/.2/.6": {"dense": 0.2, "sparse": 0.2, "colbert": 0.6},
 }
-FUSIONS = ("weighted", "rrf", "relative_score", "confidence")
+FUSIONS = ("weighted", "rrf", "relative_score", "confidence", "agreement")
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,7 @@ BM25_SINGLES = {
     "subword": "lexical (BM25, subword)",
     "words": "lexical (BM25, words)",
     "stemmed": "lexical (BM25, stemmed words)",
+    "language": "lexical (BM25, language)",
 }
 
 
@@ -152,11 +153,12 @@ def our_configs(quick: bool) -> list[Config]:
 
 def library_default(configs: Sequence[Config]) -> str | None:
     """The configuration ``M3Index(model)`` searches with for these encoders (no M3 heads): its default
-    fusion and weights over word BM25, the tokens ``bm25_tokenizer="auto"`` picks for such a model."""
+    fusion and weights over the detected language's BM25 analyzer (``language="auto"``, words for such a
+    model: ``bm25_tokenizer="auto"``)."""
     for config in configs:
         if (
             config.family == "hybrid"
-            and config.bm25 == "words"
+            and config.bm25 == "language"
             and config.kwargs["fusion"] == NO_HEADS_DEFAULTS["fusion"]
             and config.kwargs["weights"] == NO_HEADS_DEFAULTS["weights"]
         ):
@@ -167,11 +169,14 @@ def library_default(configs: Sequence[Config]) -> str | None:
 
 def bm25_options(variant: str, language: str | None) -> dict[str, Any] | None:
     """``M3Index`` options of a BM25 variant on a corpus in ``language``; None where it does not apply
-    (stemming needs a Snowball language: Korean has none)."""
+    (``stemmed``, the English analyzer named by hand, needs an English corpus). ``language`` is the
+    analyzer ``M3Index(language="auto")`` picks from the text; ``words`` keeps plain words."""
     if variant == "subword":
-        return {"bm25_tokenizer": "model"}
+        return {"bm25_tokenizer": "model", "language": None}
     if variant == "words":
-        return {"bm25_tokenizer": "word"}
+        return {"bm25_tokenizer": "word", "language": None}
+    if variant == "language":
+        return {"language": "auto"}
     if language == "english":
         return {"bm25_tokenizer": "word", "bm25_stemmer": "english", "bm25_stopwords": "english"}
     return None
@@ -193,6 +198,15 @@ JOB_ORDER = (
     (MINILM, "autorag-ko/page"),
     (MINILM, "autorag-ko/longdoc"),
     (MINILM, "korquad paragraphs"),
+    # Added for issue 18: collections the defaults were never chosen on. MiniLM reads English only.
+    (E5, "tydiqa sw"),
+    (E5, "tydiqa id"),
+    (E5, "tydiqa fi"),
+    (E5, "tydiqa te"),
+    (E5, "tydiqa bn"),
+    (E5, "jsquad"),
+    (MINILM, "scifact"),
+    (E5, "scifact"),
 )
 RERANK_BASES = ("hybrid relative_score equal 1/1/1",)
 # The engine's rerank path re-scores ColBERT per query; on a shared 2-core machine that is the slowest
@@ -294,6 +308,16 @@ def collections(quick: bool, max_queries: int | None) -> list[Collection]:
             "autorag-ko/longdoc", [load_beir(DATA / "autorag-ko" / "longdoc", name="autorag-ko/longdoc")]
         ),
         Collection("korquad paragraphs", [sample(korquad, max_queries or 500)]),
+        # Gold passages only (every document is some query's answer): relative comparisons.
+        *(
+            Collection(
+                f"tydiqa {lang}",
+                [sample(load_beir(DATA / "tydiqa-goldp-dev" / lang, name=f"tydiqa {lang}"), max_queries)],
+            )
+            for lang in ("sw", "id", "fi", "te", "bn")
+        ),
+        Collection("jsquad", [sample(load_beir(DATA / "jsquad-v1.3", name="jsquad"), max_queries or 500)]),
+        Collection("scifact", [sample(load_beir(DATA / "scifact"), max_queries)], "english"),
     ]
 
 
@@ -449,13 +473,16 @@ def _node_ids(retriever: Any):
 SHARED_CANDIDATE_MODES = ("colbert", "dense+sparse", "hybrid")
 
 
-def rank_query(index: Any, encoded: Any, options: dict[str, Any]) -> dict[str, list[str]]:
+def rank_query(
+    index: Any, encoded: Any, options: dict[str, Any], sink: list[Any] | None = None
+) -> dict[str, list[str]]:
     """One query's top-``K`` ids under each configuration's options (``M3Index.search_options``).
 
     ``M3Index.score_candidates`` runs the engine's two stages (every signal on every candidate) and
     ``CandidateScores.rank`` fuses and ranks those scores as ``M3Index.search_encoded`` would. The modes of
     :data:`SHARED_CANDIDATE_MODES` are scored once per query and each configuration only re-fuses; a
     single cheap signal (``dense``, ``sparse``) picks its own candidates and is scored on its own.
+    ``sink`` receives the shared candidate scores (``benchmarks/signal_cache.py`` keeps them).
     """
     ranked: dict[str, list[str]] = {}
     shared = None
@@ -467,7 +494,33 @@ def rank_query(index: Any, encoded: Any, options: dict[str, Any]) -> dict[str, l
         else:
             scored = index.score_candidates(encoded, config_options)
         ranked[name] = [doc_id for doc_id, _ in scored.rank(config_options)]
+    if sink is not None:
+        sink.append(
+            shared if shared is not None else index.score_candidates(encoded, index.search_options(K))
+        )
     return ranked
+
+
+def save_signals(
+    encoder: str, dataset: BeirDataset, ids: list[str], engines: dict[str, Any], sinks: dict[str, list[Any]]
+) -> None:
+    """Every query's candidates and signals per BM25 variant, in ``benchmarks/out/signals/``."""
+    from benchmarks import signal_cache
+    from benchmarks.encode_cache import file_stem
+
+    info = {"name": dataset.name, "num_docs": len(ids), "num_queries": len(dataset.queries)}
+    for variant in ("words", "language", "subword"):
+        if variant in engines:
+            arrays = signal_cache.to_arrays(
+                engines[variant],
+                sinks[variant],
+                ids,
+                list(dataset.queries),
+                dataset.qrels,
+                info=info,
+                variant=variant,
+            )
+            signal_cache.save(arrays, signal_cache.signal_path(encoder, file_stem(dataset.name), variant))
 
 
 def check_against_engine(index: Any, encoded: list[Any], n: int = 20) -> float:
@@ -589,12 +642,16 @@ def run_collection(
             v: {c.name: engine.search_options(K, **c.kwargs) for c in configs if c.bm25 == v}
             for v, engine in engines.items()
         }
+        sinks: dict[str, list[Any]] = {v: [] for v in engines}
         with phase("rank every configuration"):
             for qi, e in enumerate(encoded):
                 for variant, engine in engines.items():
                     per_variant = dataclasses.replace(e, bm25_tokens=variant_tokens[variant][qi])
-                    for name, ids_ in rank_query(engine, per_variant, variant_options[variant]).items():
+                    ranks = rank_query(engine, per_variant, variant_options[variant], sinks[variant])
+                    for name, ids_ in ranks.items():
                         ranked[name].append(ids_)
+        if not quick:  # the per-query signals benchmarks/select_default.py chooses the default on
+            save_signals(encoder.name, dataset, ids, engines, sinks)
         logger.info(
             "[%s] %s: %d configs scored in %.1fs",
             encoder.name,

@@ -15,9 +15,10 @@ as in ``rank_bm25.BM25Okapi`` (``k1=1.5, b=0.75, ε=0.25``; the mean runs over e
 
 Two tokenisers are offered: the model's subword tokenizer (token ids; language-agnostic, the right choice
 for Korean, Chinese or Arabic) and :func:`word_tokenize` (lower-cased words, one-character tokens kept,
-every CJK ideograph or kana its own token). :class:`WordTokenizer` adds optional stop-word removal and
-Snowball stemming to the word tokens (English: "flows"/"flowing" → "flow"), which is what classic
-lexical collections such as Cranfield reward.
+every CJK ideograph or kana its own token). :class:`WordTokenizer` adds optional stop-word removal,
+Snowball stemming (English: "flows"/"flowing" → "flow"), which is what classic lexical collections such
+as Cranfield reward, and CJK character bigrams (Japanese). :mod:`m3_integrations.language` picks these
+per corpus language.
 
 Example:
     >>> from m3_integrations.bm25 import BM25, word_tokenize
@@ -39,12 +40,16 @@ import scipy.sparse as sp
 
 from m3_integrations.index.sparse_store import SparseStore
 
-__all__ = ["BM25", "WordTokenizer", "stemmer_languages", "word_tokenize"]
+__all__ = ["BM25", "CJK_MODES", "WordTokenizer", "cjk_bigrams", "stemmer_languages", "word_tokenize"]
 
 # Han ideographs, kana, CJK compatibility ideographs and extension A: written without spaces, so each
 # character is a token; every other run of letters/digits (Hangul included) is one word.
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _WORD_RE = re.compile(rf"[{_CJK}]|(?:(?![{_CJK}])[^\W_])+")
+
+
+_CJK_RUN_RE = re.compile(rf"[{_CJK}]{{2,}}")
+CJK_MODES = ("chars", "chars+bigrams")
 
 
 def word_tokenize(text: str) -> list[str]:
@@ -55,6 +60,20 @@ def word_tokenize(text: str) -> list[str]:
         ['a', 'bge', 'm3', 'test', '北', '京', '是', '首', '都', '서울은', '수도']
     """
     return _WORD_RE.findall(text.lower())
+
+
+def cjk_bigrams(text: str) -> list[str]:
+    """The overlapping character pairs of every run of CJK ideographs and kana, in text order.
+
+    Japanese is written without spaces and its words are mostly two or more characters: pairs of
+    neighbouring characters match words far more often than single characters do (which match almost
+    any passage), without a dictionary-based word splitter.
+
+    Example:
+        >>> cjk_bigrams("東京都 and 大阪")
+        ['東京', '京都', '大阪']
+    """
+    return [run[i : i + 2] for run in _CJK_RUN_RE.findall(text) for i in range(len(run) - 1)]
 
 
 # Function words of English, lower-cased: frequent enough that their BM25 contribution is noise, and
@@ -114,13 +133,25 @@ class WordTokenizer:
             or ``None`` for no stemming. Needs PyStemmer (``pip install "m3-integrations[stemming]"``).
         stopwords: ``"english"`` (a built-in list of English function words), your own words, or
             ``None`` to keep every word.
+        cjk: ``"chars"`` (each CJK character one token, as :func:`word_tokenize`) or
+            ``"chars+bigrams"`` (also :func:`cjk_bigrams`: the right tokens for Japanese).
 
     Example:
         >>> WordTokenizer(stemmer="english", stopwords="english")("The flows of the rivers")
         ['flow', 'river']
     """
 
-    def __init__(self, *, stemmer: str | None = None, stopwords: str | Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        stemmer: str | None = None,
+        stopwords: str | Iterable[str] | None = None,
+        cjk: str = "chars",
+    ) -> None:
+        if cjk not in CJK_MODES:
+            msg = f"cjk must be one of {', '.join(CJK_MODES)}, got {cjk!r}"
+            raise ValueError(msg)
+        self.cjk = cjk
         self.stemmer = stemmer
         self._stem: Callable[[list[str]], list[str]] | None = None
         if stemmer is not None:
@@ -164,14 +195,27 @@ class WordTokenizer:
             words = [w for w in words if w not in self.stopwords]
         if self._stem is not None and words:
             words = self._stem(words)
+        if self.cjk == "chars+bigrams":
+            words += cjk_bigrams(text.lower())
         return words
 
     def config(self) -> dict[str, Any]:
-        """Plain JSON ``{"stemmer", "stopwords"}``; ``WordTokenizer(**config)`` rebuilds this tokenizer."""
-        return {"stemmer": self.stemmer, "stopwords": sorted(self.stopwords) if self.stopwords else None}
+        """Plain JSON ``{"stemmer", "stopwords"[, "cjk"]}``; ``WordTokenizer(**config)`` rebuilds it.
+
+        ``cjk`` is written only when it is not the default, so that indexes read by earlier releases
+        keep the keys those know.
+        """
+        config: dict[str, Any] = {
+            "stemmer": self.stemmer,
+            "stopwords": sorted(self.stopwords) if self.stopwords else None,
+        }
+        if self.cjk != "chars":
+            config["cjk"] = self.cjk
+        return config
 
     def __repr__(self) -> str:
-        return f"WordTokenizer(stemmer={self.stemmer!r}, stopwords={len(self.stopwords)} words)"
+        stopwords = f"{len(self.stopwords)} words"
+        return f"WordTokenizer(stemmer={self.stemmer!r}, stopwords={stopwords}, cjk={self.cjk!r})"
 
 
 class BM25:

@@ -1,6 +1,6 @@
 """Fusion of per-signal relevance scores into one ranking score — every fusion formula lives here.
 
-Four methods, all over the same candidate set (the rows scored in the second stage):
+Five methods, all over the same candidate set (the rows scored in the second stage):
 
 - ``weighted`` — FlagEmbedding's ``compute_score`` semantics, ``Σ w_i s_i / Σ w_i`` on raw scores.
   Unbounded signals (BM25) are first divided by their maximum over the candidates, so they live on
@@ -18,6 +18,9 @@ Four methods, all over the same candidate set (the rows scored in the second sta
   then gives way to one with a clear winner; the same weights fixed per query cannot. The index also
   scales the lexical weight by the query's term coverage, the share of its distinct terms found in
   the corpus, so that a few stray matches of a cross-lingual query do not pass for confidence.
+- ``agreement`` — ``confidence`` with each lexical weight also scaled by the agreement between the
+  lexical signal's top candidates and the other signals' (:func:`top_agreement`): a lexical signal
+  whose best candidates nobody else ranks high is noise for that query and cannot drag it down.
 
 A signal with no evidence for the query — every candidate scores 0, as when no query token is known to
 the lexical index (cross-lingual queries) — is dropped and the remaining weights are renormalised
@@ -41,11 +44,13 @@ import numpy as np
 from m3_integrations import scoring
 
 __all__ = [
+    "AGREEMENT_DEPTH",
     "FUSION_METHODS",
     "LEXICAL_SIGNALS",
     "PAPER_WEIGHTS",
     "RRF_K",
     "UNBOUNDED_SIGNALS",
+    "agreement_fusion",
     "competition_ranks",
     "confidence_fusion",
     "effective_weights",
@@ -55,14 +60,17 @@ __all__ = [
     "peak_zscore",
     "reciprocal_rank_fusion",
     "relative_score_fusion",
+    "top_agreement",
     "weighted_fusion",
 ]
 
-FUSION_METHODS = ("weighted", "rrf", "relative_score", "confidence")
+FUSION_METHODS = ("weighted", "rrf", "relative_score", "confidence", "agreement")
 # BGE-M3's weights for (dense, lexical, ColBERT) in FlagEmbedding's compute_score: the paper's setting,
 # and the weighted fusion's default for a checkpoint with M3's trained heads.
 PAPER_WEIGHTS = (0.4, 0.2, 0.4)
 RRF_K = 60
+# How many of each signal's best candidates ``agreement`` compares.
+AGREEMENT_DEPTH = 10
 # Signals whose scores are not bounded by 1 and need rescaling before a weighted sum.
 UNBOUNDED_SIGNALS = frozenset({"bm25"})
 # Signals where 0 means "no shared term", i.e. the document was not retrieved by that signal.
@@ -232,6 +240,63 @@ def confidence_fusion(
     return np.asarray(scoring.combine_scores(used, scaled), dtype=np.float32)
 
 
+def top_agreement(values: np.ndarray, others: Iterable[np.ndarray], *, depth: int = AGREEMENT_DEPTH) -> float:
+    """How far a lexical signal's best candidates are also the other signals' best, in ``(0, 1]``.
+
+    ``(|T ∩ U| + 1) / (|T| + 1)``, where ``T`` is the lexical signal's top ``depth`` candidates (those
+    with a score above 0 only: a lexical signal retrieves nothing else) and ``U`` the union of every
+    other signal's top ``depth``. Ties are broken by position, as a search breaks them. The ``+ 1``
+    keeps a signal that agrees with nobody above 0 (and a signal with no match at 1: it has nothing to
+    disagree with; its weight is dropped elsewhere).
+
+    Example:
+        >>> round(top_agreement(np.array([3.0, 2.0, 0.0, 0.0]), [np.array([0.9, 0.1, 0.8, 0.2])], depth=2), 3)
+        0.667
+    """
+    if depth <= 0:
+        msg = f"depth must be positive, got {depth}"
+        raise ValueError(msg)
+    values = np.asarray(values, dtype=np.float64)
+    order = np.argsort(-values, kind="stable")[:depth]
+    top = set(order[values[order] > 0].tolist())
+    union: set[int] = set()
+    for other in others:
+        union.update(np.argsort(-np.asarray(other, dtype=np.float64), kind="stable")[:depth].tolist())
+    return (len(top & union) + 1) / (len(top) + 1)
+
+
+def agreement_fusion(
+    scores: Mapping[str, np.ndarray],
+    weights: Mapping[str, float],
+    *,
+    coverage: Mapping[str, float] | None = None,
+    depth: int = AGREEMENT_DEPTH,
+) -> np.ndarray:
+    """``confidence`` with each lexical weight also scaled by its :func:`top_agreement` with the others.
+
+    A lexical signal whose best candidates no other signal ranks high (stray matches of a
+    cross-lingual query, a query whose words are common in the corpus) loses most of its weight for
+    that query; where it agrees with dense or ColBERT on even a few candidates, it keeps most of it.
+    Signals other than the lexical ones are weighted as in :func:`confidence_fusion`.
+
+    Example:
+        >>> import numpy as np
+        >>> scores = {"dense": np.array([0.9, 0.8, 0.1, 0.2]), "bm25": np.array([0.0, 0.0, 5.0, 4.0])}
+        >>> int(confidence_fusion(scores, {"dense": 1.0, "bm25": 1.0}).argmax())  # BM25 stands out more
+        2
+        >>> int(agreement_fusion(scores, {"dense": 1.0, "bm25": 1.0}, depth=2).argmax())  # nobody agrees
+        0
+    """
+    arrays = _as_arrays(scores)
+    factors = _checked_coverage(coverage or {})
+    for name in arrays:
+        if name in LEXICAL_SIGNALS:
+            others = [values for other, values in arrays.items() if other not in LEXICAL_SIGNALS]
+            if others:
+                factors[name] = factors.get(name, 1.0) * top_agreement(arrays[name], others, depth=depth)
+    return confidence_fusion(arrays, weights, coverage=factors)
+
+
 def _checked_coverage(coverage: Mapping[str, float]) -> dict[str, float]:
     shares = {name: float(share) for name, share in coverage.items()}
     for name, share in shares.items():
@@ -253,9 +318,9 @@ def fuse(
     Args:
         scores: signal name → ``(n,)`` scores; every name in ``weights`` must be present.
         weights: signal name → non-negative weight.
-        method: ``"weighted"``, ``"rrf"``, ``"relative_score"`` or ``"confidence"``.
-        coverage: ``confidence`` only: signal name → share of the query the signal can see, in
-            ``[0, 1]`` (see :func:`confidence_fusion`).
+        method: ``"weighted"``, ``"rrf"``, ``"relative_score"``, ``"confidence"`` or ``"agreement"``.
+        coverage: ``confidence`` and ``agreement`` only: signal name → share of the query the signal
+            can see, in ``[0, 1]`` (see :func:`confidence_fusion`).
 
     Returns:
         ``(n,)`` float32 fused scores (higher is better).
@@ -268,8 +333,8 @@ def fuse(
         if not np.isfinite(weight) or weight < 0:
             msg = f"weight of {name!r} must be a finite non-negative number, got {weight}"
             raise ValueError(msg)
-    if coverage is not None and method != "confidence":
-        msg = f"coverage applies to fusion='confidence' only, not {method!r}"
+    if coverage is not None and method not in ("confidence", "agreement"):
+        msg = f"coverage applies to fusion='agreement' and fusion='confidence' only, not {method!r}"
         raise ValueError(msg)
     if method == "weighted":
         return weighted_fusion(scores, weights)
@@ -279,5 +344,7 @@ def fuse(
         return relative_score_fusion(scores, weights)
     if method == "confidence":
         return confidence_fusion(scores, weights, coverage=coverage)
+    if method == "agreement":
+        return agreement_fusion(scores, weights, coverage=coverage)
     msg = f"unknown fusion {method!r}; expected one of {', '.join(FUSION_METHODS)}"
     raise ValueError(msg)

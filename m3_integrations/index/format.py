@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from m3_integrations.bm25 import CJK_MODES
 from m3_integrations.errors import IndexLoadError
 from m3_integrations.index.colbert_codecs import COLBERT_STORAGES, POOL_FACTOR
 from m3_integrations.index.folder_reader import MANIFEST, ArraySpec
@@ -281,13 +282,15 @@ def _check_bm25_settings(manifest: Mapping[str, Any], label: Path) -> None:
     stopwords = words.get("stopwords") if isinstance(words, dict) else None
     if (
         not isinstance(words, dict)
-        or set(words) - {"stemmer", "stopwords"}
+        or set(words) - {"stemmer", "stopwords", "cjk"}
         or not isinstance(words.get("stemmer"), str | None)
+        or words.get("cjk", "chars") not in CJK_MODES
         or not (
             stopwords is None or (isinstance(stopwords, list) and all(isinstance(w, str) for w in stopwords))
         )
     ):
-        msg = f"{label}: bm25_words is {words!r}, expected {{'stemmer': name|null, 'stopwords': [...]|null}}"
+        expected = "{'stemmer': name|null, 'stopwords': [...]|null, 'cjk'?: mode}"
+        msg = f"{label}: bm25_words is {words!r}, expected {expected}"
         raise IndexLoadError(msg)
 
 

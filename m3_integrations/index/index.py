@@ -38,6 +38,7 @@ from m3_integrations.index.sparse_store import SparseStore
 from m3_integrations.index.storage import ColbertStore, DenseStore, DocumentTable, lexical_chunk
 from m3_integrations.index.types import SearchHit
 from m3_integrations.index.validation import validate_documents
+from m3_integrations.language import Analyzer, LanguageProfile, analyzer_for, detect_languages
 
 if TYPE_CHECKING:
     import os
@@ -93,6 +94,17 @@ class M3Index(QueryMethods):
         ann_threshold: documents a search must cover (live and matching its filter) before ``"auto"``
             uses the approximate stage (default 50,000).
         ann_nprobe: IVF lists scanned per query (default 64; more: higher recall, slower).
+        bm25_cjk: with ``bm25_tokenizer="word"``, ``"chars"`` (each CJK character a token) or
+            ``"chars+bigrams"`` (also overlapping character pairs: Japanese).
+        language: the corpus language for BM25 over words: ``"auto"`` (detected from the first
+            documents added, :func:`m3_integrations.language.detect_languages`), an ISO 639-1 code
+            (``"en"``, ``"fi"``, ``"ja"``, ``"th"``...), or ``None`` for plain lower-cased words. The
+            language picks the analyzer (:func:`m3_integrations.language.analyzer_for`): Snowball
+            stemming and stop words where a stemmer exists, character bigrams for Japanese, the model's
+            subword ids for Thai, Lao, Khmer and Burmese (when ``bm25_tokenizer="auto"``); a mixed or
+            undetermined corpus gets plain words. Explicit ``bm25_stemmer`` / ``bm25_stopwords`` /
+            ``bm25_cjk`` win over the language's. It applies where BM25 uses words: with M3's own
+            lexical weights and ``bm25_tokenizer="auto"`` BM25 keeps the model's ids.
 
     Instantiate:
         .. code-block:: python
@@ -153,6 +165,8 @@ class M3Index(QueryMethods):
         ann: AnnSetting = False,
         ann_threshold: int = DEFAULT_ANN_THRESHOLD,
         ann_nprobe: int = DEFAULT_ANN_NPROBE,
+        bm25_cjk: Literal["chars", "chars+bigrams"] | None = None,
+        language: str | None = "auto",
         show_progress: bool = False,
         batch_size: int | None = None,
     ) -> None:
@@ -183,11 +197,20 @@ class M3Index(QueryMethods):
         if bm25_tokenizer not in ("auto", "model", "word"):
             msg = f"bm25_tokenizer must be 'auto', 'model' or 'word', got {bm25_tokenizer!r}"
             raise ValueError(msg)
-        word_options = bm25_stemmer is not None or bm25_stopwords is not None
+        word_options = bm25_stemmer is not None or bm25_stopwords is not None or bm25_cjk is not None
         if bm25_tokenizer == "model" and word_options:
-            msg = "bm25_stemmer and bm25_stopwords apply to words: use them with bm25_tokenizer='word'"
+            msg = (
+                "bm25_stemmer, bm25_stopwords and bm25_cjk apply to words: "
+                "use them with bm25_tokenizer='word'"
+            )
             raise ValueError(msg)
         check_ann_settings(ann, ann_threshold, ann_nprobe)
+        analyzer = None
+        if language is not None and language != "auto":
+            if not isinstance(language, str):
+                msg = f"language must be 'auto', an ISO 639-1 code or None, got {language!r}"
+                raise TypeError(msg)
+            analyzer = analyzer_for(language)  # ValueError for a malformed code, ImportError for an extra
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
             msg = f"batch_size must be a positive integer, got {batch_size!r}"
             raise ValueError(msg)
@@ -198,12 +221,23 @@ class M3Index(QueryMethods):
         self.colbert_dtype: Literal["float16", "int8"] = "int8" if colbert_storage == "int8" else "float16"
         self.dense_dtype = dense_dtype
         self.lexical = "m3" if lexical == "m3" or (lexical == "auto" and model.has_sparse) else "bm25"
+        # Whether the language may still switch BM25 to the model's subword ids (Thai...).
+        self._tokenizer_open = bm25_tokenizer == "auto" and not word_options
         if bm25_tokenizer == "auto":
-            bm25_tokenizer = "word" if self.lexical == "bm25" or word_options else "model"
+            bm25_tokenizer = (
+                "word" if self.lexical == "bm25" or word_options or analyzer is not None else "model"
+            )
         self.bm25_tokenizer: Literal["model", "word"] = bm25_tokenizer
+        self._word_options = {"stemmer": bm25_stemmer, "stopwords": bm25_stopwords, "cjk": bm25_cjk}
         self._word_tokenizer = None
         if bm25_tokenizer == "word":
-            self._word_tokenizer = WordTokenizer(stemmer=bm25_stemmer, stopwords=bm25_stopwords)
+            self._word_tokenizer = WordTokenizer(
+                stemmer=bm25_stemmer, stopwords=bm25_stopwords, cjk=bm25_cjk or "chars"
+            )
+        self._language_setting = language
+        self.language_profile: LanguageProfile | None = None
+        # "auto" decides at the first add; a word index with explicit word options keeps them.
+        self._language_pending = language == "auto" and bm25_tokenizer == "word" and not word_options
         self.show_progress = show_progress
         self.batch_size = batch_size
         self.dense_dim = int(model.dense_dim)
@@ -231,6 +265,8 @@ class M3Index(QueryMethods):
             ),
         )
         self._engine = SearchEngine(self._stores, self._lock, self._encode_colbert)
+        if analyzer is not None and bm25_tokenizer == "word" and not word_options:
+            self._apply_analyzer(analyzer)
 
     def _colbert_store(self) -> ColbertStore | CompactColbertStore:
         if self.colbert_storage == "compact":
@@ -339,6 +375,74 @@ class M3Index(QueryMethods):
         return self._word_tokenizer.config() if self._word_tokenizer is not None else None
 
     @property
+    def language(self) -> str | None:
+        """The corpus language BM25's analyzer was chosen for.
+
+        An ISO code, ``"mul"`` (mixed), ``"und"`` (undetermined), ``"auto"`` while no document was added
+        (or when explicit word options made detection moot), or ``None`` (plain words, or an index saved
+        before language detection).
+        """
+        if self.language_profile is not None:
+            return self.language_profile.primary
+        return self._language_setting
+
+    @property
+    def language_record(self) -> dict[str, Any] | None:
+        """What a saved index records about its language (``None``: nothing, as before detection)."""
+        if self._language_setting is None and self.language_profile is None:
+            return None
+        profile = self.language_profile.to_json() if self.language_profile is not None else None
+        return {"setting": self._language_setting, "profile": profile}
+
+    def _apply_analyzer(self, analyzer: Analyzer) -> None:
+        """Make BM25 count ``analyzer``'s tokens; only while no document is stored."""
+        assert len(self._stores.bm25) == 0
+        if analyzer.tokenizer == "model" and self._tokenizer_open:
+            self.bm25_tokenizer = "model"
+            self._word_tokenizer = None
+            self._stores.bm25 = BM25(num_columns=self.vocab_size)
+        elif self.bm25_tokenizer == "word":
+            self._word_tokenizer = WordTokenizer(
+                stemmer=analyzer.stemmer, stopwords=analyzer.stopwords, cjk=analyzer.cjk
+            )
+
+    def _settle_language(self, texts: Sequence[str]) -> None:
+        """With ``language="auto"``, detect the language on the first documents and fix the analyzer."""
+        if not self._language_pending or not texts:
+            return
+        with self._lock:
+            if not self._language_pending:
+                return
+            self._language_pending = False
+            profile = detect_languages(texts)
+            self.language_profile = profile
+            analyzer = analyzer_for(profile.primary, strict=False)
+            self._apply_analyzer(analyzer)
+            logger.info(
+                "corpus language %s (%s): BM25 over %s",
+                profile.primary,
+                ", ".join(f"{code} {share:.0%}" for code, share in list(profile.shares.items())[:3]),
+                self.bm25_word_settings if self.bm25_tokenizer == "word" else "the model's subword ids",
+            )
+
+    def _restore_language(self, record: dict[str, Any] | None) -> None:
+        """A loaded index's language record (its analyzer comes from the recorded BM25 settings)."""
+        self._language_pending = False
+        if record is None:
+            self._language_setting = None
+            return
+        self._language_setting = record["setting"]
+        profile = record["profile"]
+        self.language_profile = None if profile is None else LanguageProfile.from_json(profile)
+        # Saved before any document was added: detect on the first add, as the original would.
+        self._language_pending = (
+            record["setting"] == "auto"
+            and profile is None
+            and self.bm25_tokenizer == "word"
+            and len(self) == 0
+        )
+
+    @property
     def colbert_vectors(self) -> int:
         """How many ColBERT vectors are stored (deleted documents' included until a compaction)."""
         colbert = self._stores.colbert
@@ -376,6 +480,7 @@ class M3Index(QueryMethods):
         texts, ids, metas = self._validate_documents(texts, ids, metadatas)
         if not texts:
             return []
+        self._settle_language(texts)
         output = self.model.encode_passages(
             texts,
             return_dense=True,
@@ -425,6 +530,7 @@ class M3Index(QueryMethods):
         if n_tokens is not None and n_tokens != len(texts):
             msg = f"bm25_tokens has {n_tokens} entries but {len(texts)} texts were given"
             raise ValueError(msg)
+        self._settle_language(texts)
         if bm25_tokens is None:
             tokens: Any = self.bm25_tokens(texts)
         else:
@@ -699,4 +805,5 @@ class M3Index(QueryMethods):
         index = cls(model, **contents.settings, **kwargs)
         with index._lock:
             contents.install(index._stores)
+            index._restore_language(contents.language)
         return index

@@ -20,7 +20,7 @@ Example:
     >>> SearchOptions.build(kind, 5, fusion="max")
     Traceback (most recent call last):
     ...
-    ValueError: unknown fusion 'max'; expected one of weighted, rrf, relative_score, confidence
+    ValueError: unknown fusion 'max'; expected one of weighted, rrf, relative_score, confidence, agreement
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 Mode: TypeAlias = Literal["hybrid", "dense+sparse", "dense", "sparse", "colbert"]
-Fusion: TypeAlias = Literal["weighted", "rrf", "relative_score", "confidence"]
+Fusion: TypeAlias = Literal["weighted", "rrf", "relative_score", "confidence", "agreement"]
 LexicalSignal: TypeAlias = Literal["sparse", "bm25"]
 
 # The slots of a mode or of a weights tuple; an index fills "lexical" with its lexical signal.

@@ -66,6 +66,7 @@ from m3_integrations.index.format import (
     check_vocab,
     colbert_storage_of,
 )
+from m3_integrations.language import LanguageProfile, analyzer_for
 
 if TYPE_CHECKING:
     from m3_integrations.index.index import M3Index
@@ -124,6 +125,8 @@ def save_index(index: M3Index, stores: IndexStores, path: str | os.PathLike[str]
     }
     if isinstance(stores.colbert, CompactColbertStore):
         manifest |= stores.colbert.manifest_fields()
+    if index.language_record is not None:  # absent from indexes saved before language detection
+        manifest["language"] = index.language_record
     files: dict[str, Callable[[BinaryIO], None]] = {
         ARRAYS_FILE: lambda fh: np.savez(fh, **arrays),  # type: ignore[arg-type]
         DOCUMENTS_FILE: lambda fh: fh.write(documents),
@@ -193,6 +196,7 @@ class LoadedIndex:
     lexical: sp.csr_matrix | None
     bm25: BM25
     colbert_codec: dict[str, Any] | None = None  # the manifest's colbert_codec (compact storage)
+    language: dict[str, Any] | None = None  # the manifest's checked "language" record
 
     def install(self, stores: IndexStores) -> None:
         """Put the loaded rows into a new index's (empty) stores."""
@@ -206,6 +210,28 @@ class LoadedIndex:
             arrays = self.arrays
             stores.colbert.restore(arrays["colbert"], arrays["colbert_scale"], arrays["colbert_len"])
         stores.bm25 = self.bm25
+
+
+def check_language_record(value: Any, label: Path) -> dict[str, Any] | None:
+    """The manifest's ``language``: ``{"setting": "auto"|code|null, "profile": {...}|null}``, checked.
+
+    Absent (None) from indexes saved before language detection existed.
+
+    Raises:
+        ValueError: anything else (the message names the manifest).
+    """
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"setting", "profile"}:
+        msg = f"{label}: language is {value!r}, expected {{'setting', 'profile'}}"
+        raise ValueError(msg)
+    setting = value["setting"]
+    if setting is not None and setting != "auto":
+        analyzer_for(setting, strict=False)  # checks that it is a language code
+    profile = value["profile"]
+    if profile is not None:
+        profile = LanguageProfile.from_json(profile, label=f"{label}: language profile").to_json()
+    return {"setting": setting, "profile": profile}
 
 
 def load_index(path: str | os.PathLike[str], model: M3Model) -> LoadedIndex:
@@ -332,7 +358,10 @@ def _checked_contents(
         )
     words = manifest.get("bm25_words") or {}
     try:  # an unknown stemmer language, or the stemming extra not installed
-        WordTokenizer(stemmer=words.get("stemmer"), stopwords=words.get("stopwords"))
+        WordTokenizer(
+            stemmer=words.get("stemmer"), stopwords=words.get("stopwords"), cjk=words.get("cjk", "chars")
+        )
+        language = check_language_record(manifest.get("language"), manifest_label)
     except (ImportError, ValueError) as err:
         msg = f"{manifest_label}: the index's BM25 word settings cannot be used here: {err}"
         raise IndexLoadError(msg) from err
@@ -358,6 +387,9 @@ def _checked_contents(
         "bm25_tokenizer": manifest["bm25_tokenizer"],
         "bm25_stemmer": words.get("stemmer"),
         "bm25_stopwords": words.get("stopwords"),
+        "bm25_cjk": words.get("cjk"),
+        # The analyzer is the recorded one (above); the record only says how it was chosen.
+        "language": None,
     }
     codec = manifest.get("colbert_codec") if settings["colbert_storage"] == "compact" else None
-    return LoadedIndex(settings, ids, texts, metadatas, arrays, lexical, bm25, codec)
+    return LoadedIndex(settings, ids, texts, metadatas, arrays, lexical, bm25, codec, language)

@@ -177,9 +177,9 @@ def fuse_signals(
     """
     if len(options.weights) == 1:
         return next(iter(signals.values()))
-    if options.fusion == "confidence":
+    if options.fusion in ("confidence", "agreement"):
         shares = {s: coverage[s] for s in signals if s in fusion.LEXICAL_SIGNALS}
-        return fusion.fuse(signals, options.weights, method="confidence", coverage=shares)
+        return fusion.fuse(signals, options.weights, method=options.fusion, coverage=shares)
     return fusion.fuse(signals, options.weights, method=options.fusion)
 
 
@@ -384,7 +384,7 @@ class SearchEngine:
     def _coverages(
         self, signals: Mapping[str, np.ndarray], encoded: EncodedQuery, options: SearchOptions
     ) -> dict[str, float]:
-        if options.fusion != "confidence" or len(options.weights) == 1:
+        if options.fusion not in ("confidence", "agreement") or len(options.weights) == 1:
             return {}
         return {s: self.coverage(s, encoded) for s in signals if s in fusion.LEXICAL_SIGNALS}
 

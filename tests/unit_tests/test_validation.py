@@ -10,7 +10,7 @@ import pytest
 
 from m3_integrations import M3Index, M3Model
 from m3_integrations._utils import validate_texts
-from m3_integrations.fusion import FUSION_METHODS
+from m3_integrations.fusion import AGREEMENT_DEPTH, FUSION_METHODS
 from tests.common import INDEX_TEXTS, naive_fuse
 
 
@@ -175,9 +175,15 @@ def test_extreme_weights_rank_like_the_same_weights_rescaled(
     assert len({round(h.score, 5) for h in got}) > n // 2  # a real ranking, not all zeros
     # ...and that ranking is the naive fusion of the hits' own per-signal scores with the tame weights.
     weights = dict(zip(("dense", "sparse", "colbert"), tame, strict=True))
-    if method == "confidence":
+    if method in ("confidence", "agreement"):
         weights["sparse"] *= index.query_term_coverage(encoded)
     scores = {s: [h.scores[s] for h in got] for s in weights}
+    if method == "agreement":  # confidence with the lexical weight scaled by its agreement
+        from tests.unit_tests.test_fusion_agreement import naive_agreement
+
+        others = [scores["dense"], scores["colbert"]]
+        weights["sparse"] *= naive_agreement(scores["sparse"], others, AGREEMENT_DEPTH)
+        method = "confidence"
     np.testing.assert_allclose(
         [h.score for h in got], naive_fuse(scores, weights, method), rtol=1e-4, atol=1e-6
     )
