@@ -456,6 +456,13 @@ def _build_parser() -> argparse.ArgumentParser:
     add_model_arguments(p_index)
     _add_lexical(p_index)
     p_index.add_argument("--no-colbert", action="store_true", help="do not store ColBERT vectors")
+    p_index.add_argument(
+        "--colbert-storage",
+        choices=("exact", "int8", "compact"),
+        default="exact",
+        help="how ColBERT vectors are stored: exact (float16, the default), int8, or compact (token pooling "
+        "+ residual codes, about 1/32 of float16; see docs/engine.md)",
+    )
     _add_bm25_tokenizer(p_index)
     add_chunking_arguments(
         p_index,
@@ -572,6 +579,13 @@ def _add_bm25_tokenizer(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="leave this language's stop words out of BM25 (implies word tokens)",
     )
+    parser.add_argument(
+        "--language",
+        default="auto",
+        metavar="CODE",
+        help="corpus language for BM25 over words: auto (detected, the default), an ISO 639-1 code (en, fi, "
+        "ja, th...) or none for plain lower-cased words",
+    )
 
 
 def _add_search_options(parser: argparse.ArgumentParser, *, multiple: bool) -> None:
@@ -617,10 +631,21 @@ def _bm25_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         if args.bm25_stemmer not in languages:
             msg = f"unknown --bm25-stemmer {args.bm25_stemmer!r}; available: {', '.join(languages)}"
             raise CliError(msg, EXIT_USAGE)
+    language: str | None = args.language
+    if language == "none":
+        language = None
+    elif language != "auto":
+        from m3_integrations.language import analyzer_for
+
+        try:
+            analyzer_for(language)  # a malformed code, or a language whose stemmer is not installed
+        except (ValueError, ImportError) as err:
+            raise CliError(f"--language {language!r}: {err}", EXIT_USAGE) from err
     return {
         "bm25_tokenizer": tokenizer,
         "bm25_stemmer": args.bm25_stemmer,
         "bm25_stopwords": args.bm25_stopwords,
+        "language": language,
     }
 
 
@@ -876,7 +901,12 @@ def _cmd_index(args: argparse.Namespace) -> int:
         print(f"indexed {passages.describe()} into {args.store} in {time.perf_counter() - start:.1f}s")
         return EXIT_OK
     index = M3Index(
-        model, lexical=lexical, **bm25_kwargs, store_colbert=not args.no_colbert, show_progress=not args.quiet
+        model,
+        lexical=lexical,
+        **bm25_kwargs,
+        store_colbert=not args.no_colbert,
+        colbert_storage=args.colbert_storage,
+        show_progress=not args.quiet,
     )
     index.add(passages.texts, ids=passages.ids, metadatas=passages.metadatas)
     try:

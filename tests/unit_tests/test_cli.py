@@ -179,6 +179,32 @@ def test_index_with_stemmed_bm25_words(docs_dir: Path, tmp_path: Path, tiny_chec
     assert "unknown --bm25-stemmer 'klingon'" in capsys.readouterr().err
 
 
+def test_index_language_and_colbert_storage_flags(
+    docs_dir: Path, tmp_path: Path, tiny_checkpoint: str, capsys
+) -> None:
+    pytest.importorskip("Stemmer")
+    pytest.importorskip("bm25s")
+    out = tmp_path / "fi.index"
+    args = ["index", str(docs_dir), "--out", str(out), "--model", tiny_checkpoint, "-q", "--lexical", "bm25"]
+    assert main([*args, "--language", "fi", "--colbert-storage", "compact"]) == EXIT_OK
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["language"]["setting"] == "fi"
+    assert manifest["bm25_words"]["stemmer"] == "finnish"  # the language chose the analyzer
+    assert manifest["colbert_storage"] == "compact"
+    plain = tmp_path / "plain.index"
+    assert main([*args[:3], str(plain), *args[4:], "--language", "none"]) == EXIT_OK
+    manifest = json.loads((plain / "manifest.json").read_text())
+    assert manifest["bm25_words"]["stemmer"] is None and manifest.get("language") is None
+    assert manifest["colbert_storage"] == "exact"
+    capsys.readouterr()
+    # A malformed code or an unknown storage: usage errors before any model loads, nothing written.
+    assert main([*args[:3], str(tmp_path / "bad"), *args[4:], "--language", "Finnish!"]) == EXIT_USAGE
+    assert "--language 'Finnish!'" in capsys.readouterr().err
+    assert main([*args[:3], str(tmp_path / "bad"), *args[4:], "--colbert-storage", "tiny"]) == EXIT_USAGE
+    assert "--colbert-storage: invalid choice: 'tiny'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_stemmer_without_its_package_is_a_usage_error(
     docs_dir: Path, tmp_path: Path, tiny_checkpoint: str, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
