@@ -10,7 +10,7 @@ import pytest
 from m3_integrations import M3Model
 from m3_integrations.testing import build_tiny_checkpoint
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "langchain.md"
+DOC = Path(__file__).resolve().parents[3] / "docs" / "langchain.md"
 
 
 def test_recipes_run(

@@ -13,7 +13,7 @@ from m3_integrations import M3Model
 from m3_integrations.llama_index import M3NodeWithScore, M3Retriever
 from m3_integrations.testing import build_tiny_checkpoint
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "llama_index.md"
+DOC = Path(__file__).resolve().parents[3] / "docs" / "llama_index.md"
 
 
 @pytest.fixture

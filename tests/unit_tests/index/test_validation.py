@@ -179,7 +179,7 @@ def test_extreme_weights_rank_like_the_same_weights_rescaled(
         weights["sparse"] *= index.query_term_coverage(encoded)
     scores = {s: [h.scores[s] for h in got] for s in weights}
     if method == "agreement":  # confidence with the lexical weight scaled by its agreement
-        from tests.unit_tests.test_fusion_agreement import naive_agreement
+        from tests.unit_tests.core.test_fusion_agreement import naive_agreement
 
         others = [scores["dense"], scores["colbert"]]
         weights["sparse"] *= naive_agreement(scores["sparse"], others, AGREEMENT_DEPTH)

@@ -22,7 +22,7 @@ from m3_integrations.index.format import LOCK_FILE
 from tests.common import INDEX_TEXTS
 from tests.legacy_format1 import save_format1
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 KILLS = 50
 
 

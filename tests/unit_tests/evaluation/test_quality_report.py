@@ -11,7 +11,7 @@ import pytest
 from benchmarks import quality_report as qr
 from m3_integrations.evaluation import paired_bootstrap_ci
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BENCH = ROOT / "benchmarks"
 DEFAULT = "hybrid confidence lexical .3/.4/.3 · word BM25"
 OTHER = "hybrid rrf paper .4/.2/.4 · word BM25"

@@ -410,7 +410,7 @@ def test_summary_messages_without_anything_skipped_are_empty() -> None:
 
 
 def test_docs_recipes_run(tiny_model: M3Model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    doc = Path(__file__).resolve().parents[2] / "docs" / "documents.md"
+    doc = Path(__file__).resolve().parents[3] / "docs" / "documents.md"
     blocks = re.findall(r"```python\n(.*?)```", doc.read_text(encoding="utf-8"), flags=re.DOTALL)
     assert len(blocks) == 3
     code = "\n".join(blocks)

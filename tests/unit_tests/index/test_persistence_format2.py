@@ -11,7 +11,7 @@ import pytest
 from m3_integrations import M3Index, M3Model
 from tests.format2_fixture import VARIANTS, documents, run_searches
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "format2"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "format2"
 
 
 def _copy_for(model: M3Model, variant: str, tmp_path: Path) -> Path:
