@@ -40,6 +40,17 @@ def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- naive references
+def _assert_same_best(x: np.ndarray, centroids: np.ndarray, got, want) -> None:
+    """The same best centroid per row, except a near-tie (dot products within 1e-5, relative), where
+    summation order (GEMM blocking, dot vs matmul) may pick either on a different CPU."""
+    got, want = np.asarray(got), np.asarray(want)
+    dots = np.asarray(x, dtype=np.float64) @ np.asarray(centroids, dtype=np.float64).T
+    rows = np.arange(len(x))
+    gap = np.abs(dots[rows, got] - dots[rows, want])
+    assert np.all((got == want) | (gap <= 1e-5 * np.maximum(np.abs(dots[rows, want]), 1e-3)))
+    assert np.mean(got == want) >= 0.95  # ties are rare: most rows must agree exactly
+
+
 def naive_encode(codec: ResidualCodec, vectors: np.ndarray) -> tuple[list[int], list[list[int]]]:
     """Per vector: the centroid of largest dot product, and per dimension the bucket of its residual."""
     ids, buckets = [], []
@@ -80,8 +91,10 @@ def test_codec_round_trip_equals_naive_reference(bits: int, dim: int) -> None:
     vectors = _unit(rng, 40, dim)
     ids, packed = codec.encode(vectors)
     naive_ids, naive_buckets = naive_encode(codec, vectors)
-    assert ids.dtype == np.uint16 and ids.tolist() == naive_ids
-    np.testing.assert_array_equal(packed, naive_pack(naive_buckets, bits))
+    assert ids.dtype == np.uint16
+    _assert_same_best(vectors, codec.centroids, ids, naive_ids)
+    if ids.tolist() == naive_ids:  # a float near-tie on another BLAS may pick the other centroid
+        np.testing.assert_array_equal(packed, naive_pack(naive_buckets, bits))
     assert packed.shape == (40, math.ceil(dim * bits / 8)) and codec.code_bytes == 2 + packed.shape[1]
     np.testing.assert_allclose(
         codec.decode(ids, packed), naive_decode(codec, naive_ids, naive_buckets), rtol=1e-6, atol=1e-7
@@ -107,7 +120,7 @@ def test_kmeans_assigns_every_vector_to_its_best_centroid() -> None:
     x = _unit(rng, 500, 8)
     centroids, assignment = kmeans(x, 16, seed=1)
     np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, rtol=1e-5)
-    np.testing.assert_array_equal(assignment, np.argmax(x @ centroids.T, axis=1))
+    _assert_same_best(x, centroids, assignment, np.argmax(x @ centroids.T, axis=1))
     assert len(set(assignment.tolist())) == 16  # no empty cluster
     with pytest.raises(ValueError, match="k must be in"):
         kmeans(x[:3], 4)
