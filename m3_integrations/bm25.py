@@ -406,12 +406,10 @@ class BM25:
         if avgdl <= 0:
             return scores
         uniq, counts = np.unique(cols, return_counts=True)
-        sub = self.store.inverted()[:, uniq]
-        if sub.nnz == 0:
+        rows, col_of_entry, tf = self.store.postings(uniq)
+        if len(rows) == 0:
             return scores
-        col_of_entry = np.repeat(np.arange(len(uniq)), np.diff(sub.indptr))
-        rows = sub.indices
-        tf = sub.data.astype(np.float64)
+        tf = tf.astype(np.float64)
         norm = self.k1 * (1.0 - self.b + self.b * self._doc_len[rows] / avgdl)
         contribution = idf[uniq][col_of_entry] * counts[col_of_entry] * tf * (self.k1 + 1.0) / (tf + norm)
         return np.bincount(rows, weights=contribution, minlength=n_rows)
