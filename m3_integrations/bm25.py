@@ -415,9 +415,9 @@ class BM25:
         return np.bincount(rows, weights=contribution, minlength=n_rows)
 
     # ------------------------------------------------------------------ persistence
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        """Plain arrays for ``np.savez`` (no pickled objects)."""
-        return {**self.store.to_arrays("bm25"), "bm25_doc_len": self._doc_len}
+    def to_arrays(self, first_row: int = 0) -> dict[str, np.ndarray]:
+        """Plain arrays for ``np.savez`` (no pickled objects), of the rows from ``first_row`` on."""
+        return {**self.store.to_arrays("bm25", first_row), "bm25_doc_len": self._doc_len[first_row:]}
 
     @classmethod
     def from_arrays(

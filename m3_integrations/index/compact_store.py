@@ -39,7 +39,7 @@ from m3_integrations.index.colbert_codecs import (
     ResidualCodec,
     pool_tokens,
 )
-from m3_integrations.index.storage import _append_rows, _reserved
+from m3_integrations.index.storage import _append_rows, _reserved, new_epoch
 
 __all__ = ["CompactColbertStore", "PreparedCompact"]
 
@@ -108,6 +108,7 @@ class CompactColbertStore:
         self._starts = np.cumsum(self._lengths) - self._lengths
         self._drift_sum, self._drift_count = float(drift[0]), int(drift[1])
         self._max_norm: float | None = None
+        self.epoch = new_epoch()
 
     @property
     def trained(self) -> bool:
@@ -319,21 +320,24 @@ class CompactColbertStore:
         return int(stored + self._starts.nbytes + self._lengths.nbytes + codec)
 
     # ------------------------------------------------------------------ persistence
-    def to_arrays(self) -> dict[str, np.ndarray]:
+    def to_arrays(self, first_row: int = 0, *, codec: bool = True) -> dict[str, np.ndarray]:
         """Plain arrays for persistence (``colbert`` is empty once trained, ``colbert_scale`` always).
 
         ``colbert`` (float16), ``colbert_scale``, ``colbert_len``, and once trained ``colbert_ids``,
-        ``colbert_residual``, ``colbert_centroids`` and ``colbert_cutoffs``, ``colbert_values``.
+        ``colbert_residual``, and (unless ``codec=False``) the codec's ``colbert_centroids``,
+        ``colbert_cutoffs`` and ``colbert_values``. Of the documents from ``first_row`` on.
         """
         used = self._used
+        first = int(self._starts[first_row]) if first_row < len(self._starts) else used
         arrays = {
-            "colbert": self._vectors[:used] if self.codec is None else self._vectors[:0],
+            "colbert": self._vectors[first:used] if self.codec is None else self._vectors[:0],
             "colbert_scale": np.zeros(0, dtype=np.float32),
-            "colbert_len": self._lengths,
+            "colbert_len": self._lengths[first_row:],
         }
         if self.codec is not None:
-            arrays |= {"colbert_ids": self._ids[:used], "colbert_residual": self._residual[:used]}
-            arrays |= self.codec.to_arrays()
+            arrays |= {"colbert_ids": self._ids[first:used], "colbert_residual": self._residual[first:used]}
+            if codec:
+                arrays |= self.codec.to_arrays()
         return arrays
 
     def manifest_fields(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +35,12 @@ from typing import Any, BinaryIO
 
 from m3_integrations._utils import fsync_folder
 from m3_integrations.errors import IndexLoadError
-from m3_integrations.index.folder_reader import MANIFEST, VanishedError, read_manifest_file
+from m3_integrations.index.folder_reader import (
+    MANIFEST,
+    MAX_MANIFEST_BYTES,
+    VanishedError,
+    read_manifest_file,
+)
 
 try:  # POSIX only; see _writer_lock for what happens without it
     import fcntl
@@ -44,7 +49,7 @@ except ImportError:  # pragma: no cover - Windows
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VERSION_DIR_RE", "FolderFormat", "check_target", "write_folder"]
+__all__ = ["VERSION_DIR_RE", "FolderFormat", "StaleBaseError", "check_target", "write_folder"]
 
 VERSION_DIR_RE = re.compile(r"v-[0-9a-f]{32}")
 _MANIFEST_TMP_RE = re.compile(r"\.manifest\.json\.tmp-[0-9a-f]{32}")
@@ -55,6 +60,10 @@ _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 _THREAD_LOCKS: dict[str, threading.Lock] = {}
 _THREAD_LOCKS_GUARD = threading.Lock()
+
+
+class StaleBaseError(Exception):
+    """An incremental write found the folder changed since the save it builds on; write it all instead."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +109,9 @@ def write_folder(
     manifest: Mapping[str, Any],
     files: Mapping[str, Callable[[BinaryIO], None]],
     folders: Mapping[str, Callable[[Path], None]] | None = None,
-) -> None:
+    *,
+    base: tuple[str, Sequence[str]] | None = None,
+) -> tuple[dict[str, Any], str]:
     """Write ``files`` (and ``folders``) into a new data folder of ``path`` and switch its manifest to it.
 
     ``manifest`` gains ``data`` (the data folder's name) and ``files`` (size and SHA-256 of each file;
@@ -108,14 +119,28 @@ def write_folder(
     serialised (threads and processes); what no manifest names is removed after the switch. Files and
     folders are created with the process's umask.
 
+    ``base`` (an incremental write): the SHA-256 of the manifest it builds on and the data folders of
+    that manifest the new one still names. Checked under the writer lock; those folders are kept.
+
+    Returns:
+        The manifest written and its SHA-256 (what a later incremental write names as its base).
+
     Raises:
         FileExistsError: ``path`` is not a folder of ``fmt``, an empty folder or absent (nothing touched).
+        StaleBaseError: with ``base``, the folder's manifest is no longer that one, or a data folder it
+            names is gone (nothing written).
     """
     folder = Path(path)
     if check_target(folder, fmt) == "missing":
+        if base is not None:
+            raise StaleBaseError(str(folder))
         folder.mkdir(parents=True, exist_ok=True)
     with _writer_lock(folder, fmt):
         check_target(folder, fmt)  # again: another process may have changed it before we held the lock
+        kept: set[str] = set()
+        if base is not None:
+            _check_base(folder, *base)
+            kept = set(base[1])
         data_name = f"v-{uuid.uuid4().hex}"
         data_dir = folder / data_name
         os.mkdir(data_dir)
@@ -136,8 +161,9 @@ def write_folder(
             fsync_folder(data_dir)
             body = {**manifest, "data": data_name, "files": table}
             tmp_manifest = folder / f".{MANIFEST}.tmp-{uuid.uuid4().hex}"
+            encoded = json.dumps(body, indent=2, ensure_ascii=False).encode("utf-8")
             with open(tmp_manifest, "xb") as fh:
-                fh.write(json.dumps(body, indent=2, ensure_ascii=False).encode("utf-8"))
+                fh.write(encoded)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp_manifest, folder / MANIFEST)  # the one atomic switch
@@ -148,9 +174,36 @@ def write_folder(
             if tmp_manifest is not None:
                 _remove(tmp_manifest)
             raise
-        _collect_garbage(folder, fmt, keep=data_name)
+        _collect_garbage(folder, fmt, keep={data_name, *kept})
         if fmt.old_release_files:
             _remove_stale_old_release_siblings(folder, fmt.old_release_files)
+    return body, hashlib.sha256(encoded).hexdigest()
+
+
+def _check_base(folder: Path, manifest_sha256: str, data_folders: Sequence[str]) -> None:
+    """Raise :class:`StaleBaseError` unless ``folder``'s manifest and its ``data_folders`` are still there."""
+    try:  # no link, FIFO or device: only a regular file is hashed
+        fd = os.open(folder / MANIFEST, os.O_RDONLY | _O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StaleBaseError(f"{folder / MANIFEST} is not a regular file")
+            with os.fdopen(os.dup(fd), "rb") as fh:
+                current = hashlib.sha256(fh.read(MAX_MANIFEST_BYTES + 1)).hexdigest()
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise StaleBaseError(f"{folder / MANIFEST}: {err}") from err
+    if current != manifest_sha256:
+        raise StaleBaseError(f"{folder / MANIFEST} changed since the save this one builds on")
+    for name in data_folders:
+        if not VERSION_DIR_RE.fullmatch(name):
+            raise StaleBaseError(f"{name!r} is not a data folder name")
+        try:
+            info = os.lstat(folder / name)
+        except OSError as err:
+            raise StaleBaseError(f"{folder / name}: {err}") from err
+        if not stat.S_ISDIR(info.st_mode):
+            raise StaleBaseError(f"{folder / name} is not a folder")
 
 
 def check_target(folder: Path, fmt: FolderFormat) -> str:
@@ -249,7 +302,7 @@ def _writer_lock(folder: Path, fmt: FolderFormat) -> Iterator[None]:
             os.close(fd)  # releases the flock
 
 
-def _collect_garbage(folder: Path, fmt: FolderFormat, *, keep: str) -> None:
+def _collect_garbage(folder: Path, fmt: FolderFormat, *, keep: set[str]) -> None:
     """Remove data folders and temporary manifests no manifest names (called with the writer lock held).
 
     Holding the lock, no other writer is running, so whatever is unreferenced belongs to dead or finished
@@ -257,7 +310,7 @@ def _collect_garbage(folder: Path, fmt: FolderFormat, *, keep: str) -> None:
     touched.
     """
     for name in os.listdir(folder):
-        if name == keep:
+        if name in keep:
             continue
         entry = folder / name
         legacy = name in fmt.legacy_entries and fmt.legacy_entries[name] == entry.is_dir()

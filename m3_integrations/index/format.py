@@ -35,17 +35,25 @@ __all__ = [
     "INDEX_FOLDER",
     "LOCK_FILE",
     "READABLE_VERSIONS",
+    "SEGMENTS_VERSION",
+    "SEGMENT_KEYS",
     "VOCAB_FILE",
     "Layout",
     "check_arrays",
+    "check_dead_rows",
     "check_documents",
     "check_manifest",
+    "check_segments",
     "check_vocab",
 ]
 
 FORMAT_NAME = "m3-index"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 2  # what a save of the whole index writes; an incremental save writes SEGMENTS_VERSION
+SEGMENTS_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+MAX_SEGMENTS = 1024
+# What a format-3 manifest says of each segment (the newest's counts are the manifest's own).
+SEGMENT_KEYS = ("data", "files", "count", "colbert_vectors", "lexical_nnz", "bm25_nnz", "bm25_columns")
 LOCK_FILE = ".m3-index.lock"
 ARRAYS_FILE = "arrays.npz"
 DOCUMENTS_FILE = "documents.json"
@@ -85,8 +93,13 @@ class Layout:
     bm25_columns: int | None  # None: the vocabulary's length (format 1)
 
 
-def check_manifest(manifest: Any, label: Path, model: M3Model) -> Layout:
-    """Validate every manifest field the load relies on; the model check comes before any data is read."""
+def check_manifest(manifest: Any, label: Path, model: M3Model, *, codec_arrays: bool = True) -> Layout:
+    """Validate every manifest field the load relies on; the model check comes before any data is read.
+
+    For format 3 this checks the newest segment (the manifest's own ``data``, ``files`` and counts);
+    :func:`check_segments` gives the manifest of each older one. ``codec_arrays=False``: the segment holds
+    no compact ColBERT codec (only the oldest segment of a format-3 index does).
+    """
     if not isinstance(manifest, dict):
         msg = f"{label} is not an M3Index manifest (a JSON {type(manifest).__name__}, not an object)"
         raise IndexLoadError(msg)
@@ -142,10 +155,13 @@ def check_manifest(manifest: Any, label: Path, model: M3Model) -> Layout:
             "colbert_len": ArraySpec(int64, (n,)),
             "colbert_ids": ArraySpec(np.dtype("<u2"), (colbert_vectors,)),
             "colbert_residual": ArraySpec(np.dtype("u1"), (colbert_vectors, math.ceil(dim * bits / 8))),
-            "colbert_centroids": ArraySpec(float32, (codec["centroids"], dim)),
-            "colbert_cutoffs": ArraySpec(float32, ((1 << bits) - 1, dim)),
-            "colbert_values": ArraySpec(float32, (1 << bits, dim)),
         }
+        if codec_arrays:
+            arrays |= {
+                "colbert_centroids": ArraySpec(float32, (codec["centroids"], dim)),
+                "colbert_cutoffs": ArraySpec(float32, ((1 << bits) - 1, dim)),
+                "colbert_values": ArraySpec(float32, (1 << bits, dim)),
+            }
     elif manifest["store_colbert"]:
         int8 = manifest["colbert_dtype"] == "int8"
         arrays |= {
@@ -182,6 +198,47 @@ def check_manifest(manifest: Any, label: Path, model: M3Model) -> Layout:
             msg = f"{label}: data is {data!r}, expected the name of a data folder like 'v-<32 hex digits>'"
             raise IndexLoadError(msg)
     return Layout(version, data, n, files, arrays, bm25_columns)
+
+
+def check_segments(manifest: Mapping[str, Any], label: Path) -> list[dict[str, Any]]:
+    """A format-3 manifest as one format-2 manifest per segment, oldest first (the newest is its own).
+
+    Each older segment is described by ``segments[i]`` (:data:`SEGMENT_KEYS`); the rest of the manifest
+    (model, settings, codec) is shared. :func:`check_manifest` then checks each like a format-2 one.
+
+    Raises:
+        IndexLoadError: ``segments`` is not such a list, or names a data folder twice.
+    """
+    older = manifest.get("segments")
+    if not isinstance(older, list) or not 1 <= len(older) < MAX_SEGMENTS:
+        msg = f"{label}: segments is not a list of 1 to {MAX_SEGMENTS - 1} segment records"
+        raise IndexLoadError(msg)
+    shared = {k: v for k, v in manifest.items() if k not in (*SEGMENT_KEYS, "segments", "dead_rows")}
+    shared["format_version"] = 2
+    parts = []
+    for i, entry in enumerate(older):
+        if not isinstance(entry, dict) or set(entry) != set(SEGMENT_KEYS):
+            msg = f"{label}: segments[{i}] is not an object with the keys {', '.join(SEGMENT_KEYS)}"
+            raise IndexLoadError(msg)
+        parts.append({**shared, **entry})
+    parts.append({**shared, **{key: manifest.get(key) for key in SEGMENT_KEYS}})
+    names = [part["data"] for part in parts]
+    if len(set(map(str, names))) != len(names):
+        msg = f"{label}: segments name one data folder twice"
+        raise IndexLoadError(msg)
+    return parts
+
+
+def check_dead_rows(value: Any, rows: int, label: Path) -> np.ndarray:
+    """A format-3 manifest's ``dead_rows``: strictly increasing row numbers below ``rows``."""
+    if not isinstance(value, list) or not all(type(row) is int for row in value):
+        msg = f"{label}: dead_rows is not a list of row numbers"
+        raise IndexLoadError(msg)
+    dead = np.asarray(value, dtype=np.int64)
+    if len(dead) and (dead[0] < 0 or dead[-1] >= rows or bool((np.diff(dead) <= 0).any())):
+        msg = f"{label}: dead_rows must be increasing row numbers below the {rows} rows"
+        raise IndexLoadError(msg)
+    return dead
 
 
 def colbert_storage_of(manifest: Mapping[str, Any]) -> str:
@@ -333,8 +390,14 @@ def _plain_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0") and ":" not in name
 
 
-def check_documents(documents: Any, n: int, label: Path) -> tuple[list[str], list[str], list[dict[str, Any]]]:
-    """``documents.json``'s ids, texts and metadata: ``n`` of each, of the right types, ids unique."""
+def check_documents(
+    documents: Any, n: int, label: Path, *, unique: bool = True
+) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """``documents.json``'s ids, texts and metadata: ``n`` of each, of the right types, ids unique.
+
+    ``unique=False`` for a format-3 segment, which may keep a deleted row beside its id's new one (the
+    loader checks that the live ids are unique).
+    """
     if not isinstance(documents, dict):
         msg = f"{label} is a JSON {type(documents).__name__}, expected an object with ids, texts, metadatas"
         raise IndexLoadError(msg)
@@ -352,7 +415,7 @@ def check_documents(documents: Any, n: int, label: Path) -> tuple[list[str], lis
             if not isinstance(value, kind):
                 msg = f"{label}: {key}[{i}] is {type(value).__name__}, expected {kind.__name__}"
                 raise IndexLoadError(msg)
-    if len(set(ids)) != n:
+    if unique and len(set(ids)) != n:
         repeated = next(doc_id for doc_id, count in _counts(ids).items() if count > 1)
         msg = f"{label}: the id {repeated!r} occurs more than once"
         raise IndexLoadError(msg)

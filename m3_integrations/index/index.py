@@ -248,6 +248,8 @@ class M3Index(QueryMethods):
             trained_heads=self.lexical == "m3" and bool(getattr(model, "has_colbert_head", False)),
         )
         self._lock = threading.RLock()
+        # The last save to (or load from) a folder: a later save there writes only what changed since.
+        self._saved: persistence.SavedState | None = None
         self._stores = IndexStores(
             documents=DocumentTable(),
             dense=DenseStore(self.dense_dim, dense_dtype),
@@ -745,19 +747,28 @@ class M3Index(QueryMethods):
         )
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike[str]) -> None:
+    def save(self, path: str | os.PathLike[str], *, purge_deleted: bool = True) -> None:
         """Write the index to the folder ``path``, atomically: a crash at any moment keeps it loadable.
 
         ``path`` holds ``manifest.json`` (format version, model identity, dims, counts, dtypes, and the
-        size and SHA-256 of every data file) and one data folder ``v-<id>/`` with ``arrays.npz`` (plain
+        size and SHA-256 of every data file) and data folders ``v-<id>/`` with ``arrays.npz`` (plain
         numeric arrays), ``documents.json`` (ids, texts, metadata) and, for word BM25, ``bm25_vocab.json``.
         Nothing is pickled. A save writes a new data folder and switches ``manifest.json`` to it with
         one atomic rename; loads running meanwhile see the old or the new index, never a mix. Saves to one
-        folder are serialised across threads and processes. Deleted documents are compacted away first,
-        so their texts and words are not written. See "Safety" in ``docs/engine.md``.
+        folder are serialised across threads and processes.
+
+        Saving again to the folder this index was last saved to (or loaded from) writes only the rows
+        added since (a new segment; the data already there stays). The whole index is written instead,
+        compacted, when a document was deleted or replaced since (nothing of it stays on disk), another
+        index saved there since, a row was rewritten (compaction, retraining), or segments pile up. See
+        "Persistence format" and "Safety" in ``docs/engine.md``.
 
         Args:
             path: a new path, an empty folder, or a folder written by :meth:`save` (replaced).
+            purge_deleted: ``False`` keeps deletes incremental too: the deleted rows are listed as
+                tombstones and their data stays in the folder's older segments until a whole save
+                (after :meth:`compact`, or when a quarter of the rows are deleted). For large indexes
+                with frequent updates, where no deleted text must be purged at once.
 
         Raises:
             FileExistsError: ``path`` is something else (a folder with other files, a file, a symbolic
@@ -771,9 +782,9 @@ class M3Index(QueryMethods):
                 index.save("my_index")  # replaces the index saved before
         """
         with self._lock:
-            self.compact()
-            self._stores.bm25.drop_unused_terms()  # compact() keeps the vocabulary when no row was dead
-            persistence.save_index(self, self._stores, path)
+            self._saved = persistence.save_index(
+                self, self._stores, path, self._saved, purge_deleted=purge_deleted
+            )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], model: M3Model, **kwargs: Any) -> M3Index:
@@ -806,4 +817,5 @@ class M3Index(QueryMethods):
         with index._lock:
             contents.install(index._stores)
             index._restore_language(contents.language)
+            index._saved = contents.saved_state(path, index._stores)
         return index

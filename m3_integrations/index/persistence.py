@@ -27,7 +27,9 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -51,18 +53,22 @@ from m3_integrations.index.folder_reader import (
     read_file,
     read_npz,
 )
-from m3_integrations.index.folder_writer import check_target, write_folder
+from m3_integrations.index.folder_writer import StaleBaseError, check_target, write_folder
 from m3_integrations.index.format import (
     ARRAYS_FILE,
     DOCUMENTS_FILE,
     FORMAT_NAME,
     FORMAT_VERSION,
     INDEX_FOLDER,
+    SEGMENT_KEYS,
+    SEGMENTS_VERSION,
     VOCAB_FILE,
     Layout,
     check_arrays,
+    check_dead_rows,
     check_documents,
     check_manifest,
+    check_segments,
     check_vocab,
     colbert_storage_of,
 )
@@ -73,40 +79,121 @@ if TYPE_CHECKING:
     from m3_integrations.index.search import IndexStores
     from m3_integrations.model import M3Model
 
-__all__ = ["LoadedIndex", "check_save_target", "load_index", "read_manifest", "save_index"]
+__all__ = ["LoadedIndex", "SavedState", "check_save_target", "load_index", "read_manifest", "save_index"]
+
+logger = logging.getLogger(__name__)
 
 LOAD_ATTEMPTS = 10
 
 
 # ---------------------------------------------------------------------------- saving
-def save_index(index: M3Index, stores: IndexStores, path: str | os.PathLike[str]) -> None:
-    """Write ``index`` (compacted, under its lock) to the folder ``path``.
+# An incremental save adds one segment; beyond these, the save writes the whole index again (compacted,
+# one segment), which is also what merges segments.
+MAX_SEGMENTS_KEPT = 32
+MAX_DEAD_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class SavedState:
+    """What an index last saved to (or loaded from) a folder: enough to add a segment to that save.
+
+    Attributes:
+        folder: the folder's real path.
+        manifest_sha256: the SHA-256 of the manifest then written (or read).
+        rows: the rows (tombstones included) then on disk, all still in memory as rows ``0 .. rows-1``.
+        bm25_columns: the BM25 columns then on disk (word vocabularies only grow between compactions).
+        epochs: the stores' epochs then (:meth:`IndexStores.epochs`): any rewrite of a row changes them.
+        segments: the non-empty segments then on disk, oldest first (:data:`~.format.SEGMENT_KEYS`).
+    """
+
+    folder: str
+    manifest_sha256: str
+    rows: int
+    bm25_columns: int
+    epochs: tuple[int, ...]
+    segments: tuple[dict[str, Any], ...]
+
+
+def save_index(
+    index: M3Index,
+    stores: IndexStores,
+    path: str | os.PathLike[str],
+    saved: SavedState | None,
+    *,
+    purge_deleted: bool = True,
+) -> SavedState:
+    """Write ``index`` (under its lock) to the folder ``path``; returns what the next save can build on.
+
+    When ``saved`` describes the last save to this folder and none of its rows was rewritten since,
+    only the rows added since and the list of deleted rows are written (a new segment, format 3).
+    Otherwise the index is compacted and written whole (format 2). With ``purge_deleted`` (the
+    default) any deleted row makes the save whole, so that nothing of a deleted document stays on disk.
 
     Raises:
         FileExistsError: something other than an M3Index folder or an empty folder is at ``path``
             (a folder with other files, a regular file, a symlink); nothing is touched then.
         TypeError: a metadata value is not JSON-serialisable (the message names the id).
     """
-    documents = _documents_bytes(stores)
+    base = _incremental_base(stores, path, saved)
+    if purge_deleted and stores.documents.dead_rows:
+        base = None
+    if base is not None:
+        try:
+            return _write(index, stores, path, base)
+        except StaleBaseError as err:
+            logger.info("saving the whole index to %s: %s", path, err)
+    index.compact()
+    stores.bm25.drop_unused_terms()  # compact() keeps the vocabulary when no row was dead
+    return _write(index, stores, path, None)
+
+
+def _incremental_base(
+    stores: IndexStores, path: str | os.PathLike[str], saved: SavedState | None
+) -> SavedState | None:
+    if saved is None or os.path.realpath(path) != saved.folder or saved.epochs != stores.epochs():
+        return None
+    table = stores.documents
+    if (
+        table.n_rows < saved.rows
+        or stores.bm25.width < saved.bm25_columns
+        or len(saved.segments) >= MAX_SEGMENTS_KEPT
+        or table.dead_rows > MAX_DEAD_SHARE * table.n_rows
+    ):
+        return None
+    return saved
+
+
+def _write(
+    index: M3Index, stores: IndexStores, path: str | os.PathLike[str], base: SavedState | None
+) -> SavedState:
+    """Write the rows from ``base.rows`` on as a new segment over ``base``, or everything (no base)."""
+    first = 0 if base is None else base.rows
+    first_column = 0 if base is None else base.bm25_columns
+    documents = _documents_bytes(stores, first)
     bm25 = stores.bm25
     vocab = (
-        json.dumps(bm25.words(), ensure_ascii=False).encode("utf-8")
+        json.dumps(bm25.words()[first_column:], ensure_ascii=False).encode("utf-8")
         if index.bm25_tokenizer == "word"
         else None
     )
-    arrays: dict[str, np.ndarray] = stores.dense.to_arrays()
+    arrays: dict[str, np.ndarray] = stores.dense.to_arrays(first)
     lexical_nnz = 0
     if stores.lexical_weights is not None:
-        arrays |= stores.lexical_weights.to_arrays("lex")
+        arrays |= stores.lexical_weights.to_arrays("lex", first)
         lexical_nnz = len(arrays["lex_data"])
+    colbert_vectors = 0
+    if isinstance(stores.colbert, CompactColbertStore):  # the codec is saved with the first segment only
+        arrays |= stores.colbert.to_arrays(first, codec=base is None)
+    elif stores.colbert is not None:
+        arrays |= stores.colbert.to_arrays(first)
     if stores.colbert is not None:
-        arrays |= stores.colbert.to_arrays()
-    arrays |= bm25.to_arrays()
+        colbert_vectors = len(arrays["colbert_ids"] if "colbert_ids" in arrays else arrays["colbert"])
+    arrays |= bm25.to_arrays(first)
     manifest: dict[str, Any] = {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if base is None else SEGMENTS_VERSION,
         "model": index.model.identity,
-        "count": stores.documents.n_rows,
+        "count": stores.documents.n_rows - first,
         "dense_dim": index.dense_dim,
         "colbert_dim": index.colbert_dim,
         "vocab_size": index.vocab_size,
@@ -118,7 +205,7 @@ def save_index(index: M3Index, stores: IndexStores, path: str | os.PathLike[str]
         "bm25_tokenizer": index.bm25_tokenizer,
         "bm25_words": index.bm25_word_settings,
         "bm25": {"k1": bm25.k1, "b": bm25.b, "epsilon": bm25.epsilon},
-        "colbert_vectors": index.colbert_vectors if index.store_colbert else 0,
+        "colbert_vectors": colbert_vectors if index.store_colbert else 0,
         "lexical_nnz": lexical_nnz,
         "bm25_nnz": len(arrays["bm25_data"]),
         "bm25_columns": int(bm25.width),
@@ -127,24 +214,47 @@ def save_index(index: M3Index, stores: IndexStores, path: str | os.PathLike[str]
         manifest |= stores.colbert.manifest_fields()
     if index.language_record is not None:  # absent from indexes saved before language detection
         manifest["language"] = index.language_record
+    if base is not None:
+        manifest["segments"] = list(base.segments)
+        manifest["dead_rows"] = np.flatnonzero(~stores.documents.alive).tolist()
     files: dict[str, Callable[[BinaryIO], None]] = {
         ARRAYS_FILE: lambda fh: np.savez(fh, **arrays),  # type: ignore[arg-type]
         DOCUMENTS_FILE: lambda fh: fh.write(documents),
     }
     if vocab is not None:
         files[VOCAB_FILE] = lambda fh: fh.write(vocab)
-    write_folder(path, INDEX_FOLDER, manifest, files)
+    written, digest = write_folder(
+        path,
+        INDEX_FOLDER,
+        manifest,
+        files,
+        base=None if base is None else (base.manifest_sha256, [entry["data"] for entry in base.segments]),
+    )
+    newest = {key: written[key] for key in SEGMENT_KEYS}
+    older = () if base is None else base.segments
+    return SavedState(
+        folder=os.path.realpath(path),
+        manifest_sha256=digest,
+        rows=stores.documents.n_rows,
+        bm25_columns=int(bm25.width),
+        epochs=stores.epochs(),
+        segments=(*older, newest) if newest["count"] or base is None else older,
+    )
 
 
-def _documents_bytes(stores: IndexStores) -> bytes:
+def _documents_bytes(stores: IndexStores, first: int) -> bytes:
+    """``documents.json`` of the rows from ``first`` on; a deleted row keeps only its id."""
     table = stores.documents
-    for doc_id, meta in zip(table.ids, table.metadatas, strict=True):
+    ids, texts, metadatas = table.ids[first:], list(table.texts[first:]), list(table.metadatas[first:])
+    for row in np.flatnonzero(~table.alive[first:]):  # deleted before this save: nothing of it is written
+        texts[row], metadatas[row] = "", {}
+    for doc_id, meta in zip(ids, metadatas, strict=True):
         try:
             json.dumps(meta)
         except (TypeError, ValueError, RecursionError) as err:
             msg = f"metadata of document {doc_id!r} is not JSON-serialisable: {err}"
             raise TypeError(msg) from err
-    documents = {"ids": table.ids, "texts": table.texts, "metadatas": table.metadatas}
+    documents = {"ids": ids, "texts": texts, "metadatas": metadatas}
     return json.dumps(documents, ensure_ascii=False).encode("utf-8")
 
 
@@ -197,10 +307,13 @@ class LoadedIndex:
     bm25: BM25
     colbert_codec: dict[str, Any] | None = None  # the manifest's colbert_codec (compact storage)
     language: dict[str, Any] | None = None  # the manifest's checked "language" record
+    alive: np.ndarray | None = None  # format 3: which rows are live (the others are tombstones)
+    manifest_sha256: str = ""
+    segments: tuple[dict[str, Any], ...] = ()  # format 2 and 3: the segments on disk, oldest first
 
     def install(self, stores: IndexStores) -> None:
         """Put the loaded rows into a new index's (empty) stores."""
-        stores.documents.restore(self.ids, self.texts, self.metadatas)
+        stores.documents.restore(self.ids, self.texts, self.metadatas, self.alive)
         stores.dense.restore(self.arrays["dense"])
         if stores.lexical_weights is not None and self.lexical is not None:
             stores.lexical_weights.restore(self.lexical)
@@ -210,6 +323,20 @@ class LoadedIndex:
             arrays = self.arrays
             stores.colbert.restore(arrays["colbert"], arrays["colbert_scale"], arrays["colbert_len"])
         stores.bm25 = self.bm25
+        stores.set_alive()
+
+    def saved_state(self, path: str | os.PathLike[str], stores: IndexStores) -> SavedState | None:
+        """What a save to ``path`` can build on, once :meth:`install` ran (None for a format-1 folder)."""
+        if not self.segments:
+            return None
+        return SavedState(
+            folder=os.path.realpath(path),
+            manifest_sha256=self.manifest_sha256,
+            rows=len(self.ids),
+            bm25_columns=int(stores.bm25.width),
+            epochs=stores.epochs(),
+            segments=self.segments,
+        )
 
 
 def check_language_record(value: Any, label: Path) -> dict[str, Any] | None:
@@ -278,36 +405,57 @@ def _read_manifest(root: OpenFolder, folder: Path) -> bytes:
 
 def _load_once(folder: Path, model: M3Model) -> LoadedIndex:
     root = _open_index_folder(folder)
-    data_dir: OpenFolder | None = None
     manifest_path = folder / MANIFEST
     try:
-        manifest = parse_json(_read_manifest(root, folder), manifest_path)
-        layout = check_manifest(manifest, manifest_path, model)
-        if layout.data is None:
-            data_dir = root
+        raw = _read_manifest(root, folder)
+        manifest = parse_json(raw, manifest_path)
+        segmented = isinstance(manifest, dict) and manifest.get("format_version") == SEGMENTS_VERSION
+        layout = check_manifest(manifest, manifest_path, model, codec_arrays=not segmented)
+        if segmented:
+            parts = check_segments(manifest, manifest_path)
+            layouts = [
+                check_manifest(part, manifest_path, model, codec_arrays=i == 0)
+                for i, part in enumerate(parts)
+            ]
         else:
-            try:
-                data_dir = OpenFolder.open(folder / layout.data, parent=root, follow=False)
-            except FileNotFoundError as err:
-                raise VanishedError(str(folder / layout.data)) from err
-            except OSError as err:
-                msg = (
-                    f"{folder / layout.data} (named by {manifest_path}) is not a plain folder "
-                    f"(a symbolic link or a file?): {err.strerror}"
-                )
-                raise IndexLoadError(msg) from err
+            parts, layouts = [manifest], [layout]
+        read = [_read_segment(root, folder, part_layout, manifest_path) for part_layout in layouts]
+    finally:
+        root.close()
+    contents = _checked_contents(
+        model, manifest=manifest, manifest_label=manifest_path, parts=parts, layouts=layouts, read=read
+    )
+    contents.manifest_sha256 = hashlib.sha256(raw).hexdigest()
+    return contents
+
+
+def _read_segment(
+    root: OpenFolder, folder: Path, layout: Layout, manifest_path: Path
+) -> tuple[dict[str, bytes], Path]:
+    """Every file of one data folder (or of ``folder`` itself for format 1), checked against ``layout``."""
+    data_dir: OpenFolder | None = None
+    if layout.data is None:
+        data_dir = root
+    else:
+        try:
+            data_dir = OpenFolder.open(folder / layout.data, parent=root, follow=False)
+        except FileNotFoundError as err:
+            raise VanishedError(str(folder / layout.data)) from err
+        except OSError as err:
+            msg = (
+                f"{folder / layout.data} (named by {manifest_path}) is not a plain folder "
+                f"(a symbolic link or a file?): {err.strerror}"
+            )
+            raise IndexLoadError(msg) from err
+    try:
         blobs = {
             name: read_file(data_dir, name, max_bytes=limit, declared=size, sha256=digest)
             for name, (size, digest, limit) in layout.files.items()
         }
-        data_path = data_dir.path
+        return blobs, data_dir.path
     finally:
-        if data_dir is not None and data_dir is not root:
+        if data_dir is not root:
             data_dir.close()
-        root.close()
-    return _checked_contents(
-        model, manifest=manifest, manifest_label=manifest_path, layout=layout, blobs=blobs, data_dir=data_path
-    )
 
 
 def _not_found(folder: Path, reason: str) -> str:
@@ -330,32 +478,70 @@ def _checked_contents(
     *,
     manifest: dict[str, Any],
     manifest_label: Path,
-    layout: Layout,
-    blobs: dict[str, bytes],
-    data_dir: Path,
+    parts: list[dict[str, Any]],
+    layouts: list[Layout],
+    read: list[tuple[dict[str, bytes], Path]],
 ) -> LoadedIndex:
-    arrays_label = data_dir / ARRAYS_FILE
-    arrays = read_npz(blobs.pop(ARRAYS_FILE), layout.arrays, arrays_label)
-    documents_label = data_dir / DOCUMENTS_FILE
-    ids, texts, metadatas = check_documents(
-        parse_json(blobs.pop(DOCUMENTS_FILE), documents_label), layout.count, documents_label
-    )
-    vocab = None
-    columns = layout.bm25_columns
-    if manifest["bm25_tokenizer"] == "word":
-        vocab_label = data_dir / VOCAB_FILE
-        vocab = check_vocab(parse_json(blobs.pop(VOCAB_FILE), vocab_label), columns, vocab_label)
-        columns = len(vocab)
-    assert columns is not None
-    with parsing(arrays_label):
-        check_arrays(
-            arrays,
-            manifest,
-            n=layout.count,
-            bm25_columns=columns,
-            vocab_size=model.vocab_size,
-            label=arrays_label,
+    segmented = len(parts) > 1 or manifest.get("format_version") == SEGMENTS_VERSION
+    segment_arrays: list[dict[str, np.ndarray]] = []
+    ids: list[str] = []
+    texts: list[str] = []
+    metadatas: list[dict[str, Any]] = []
+    vocab: list[str] | None = [] if manifest["bm25_tokenizer"] == "word" else None
+    columns = 0
+    codec_arrays: dict[str, np.ndarray] = {}
+    arrays_label = read[-1][1] / ARRAYS_FILE
+    for part, layout, (blobs, data_dir) in zip(parts, layouts, read, strict=True):
+        arrays_label = data_dir / ARRAYS_FILE
+        arrays = read_npz(blobs.pop(ARRAYS_FILE), layout.arrays, arrays_label)
+        if not codec_arrays:
+            codec_arrays = {k: v for k, v in arrays.items() if k in _CODEC_ARRAYS}
+        arrays = {**codec_arrays, **arrays}  # later segments are checked against the first one's codec
+        documents_label = data_dir / DOCUMENTS_FILE
+        part_ids, part_texts, part_metadatas = check_documents(
+            parse_json(blobs.pop(DOCUMENTS_FILE), documents_label),
+            layout.count,
+            documents_label,
+            unique=not segmented,
         )
+        ids += part_ids
+        texts += part_texts
+        metadatas += part_metadatas
+        part_columns = layout.bm25_columns
+        if vocab is not None:
+            vocab_label = data_dir / VOCAB_FILE
+            new_words = None if part_columns is None else part_columns - columns
+            if new_words is not None and new_words < 0:
+                msg = f"{manifest_label}: bm25_columns shrinks from {columns} to {part_columns} in a segment"
+                raise IndexLoadError(msg)
+            vocab += check_vocab(parse_json(blobs.pop(VOCAB_FILE), vocab_label), new_words, vocab_label)
+            part_columns = len(vocab)
+        assert part_columns is not None
+        columns = part_columns
+        with parsing(arrays_label):
+            check_arrays(
+                arrays,
+                part,
+                n=layout.count,
+                bm25_columns=columns,
+                vocab_size=model.vocab_size,
+                label=arrays_label,
+            )
+        segment_arrays.append(arrays)
+    count = len(ids)
+    arrays = segment_arrays[0] if len(segment_arrays) == 1 else _concatenate(segment_arrays, codec_arrays)
+    alive = None
+    if segmented:
+        alive = np.ones(count, dtype=bool)
+        alive[check_dead_rows(manifest.get("dead_rows"), count, manifest_label)] = False
+        seen: set[str] = set()
+        for row in np.flatnonzero(alive):
+            if ids[row] in seen:
+                msg = f"{manifest_label}: the id {ids[row]!r} belongs to two live rows"
+                raise IndexLoadError(msg)
+            seen.add(ids[row])
+    if vocab is not None:
+        vocab = check_vocab(vocab, columns, manifest_label)  # no word twice across segments
     words = manifest.get("bm25_words") or {}
     try:  # an unknown stemmer language, or the stemming extra not installed
         WordTokenizer(
@@ -376,7 +562,7 @@ def _checked_contents(
         if manifest["lexical"] == "m3":
             lexical = sp.csr_matrix(
                 (arrays["lex_data"], arrays["lex_indices"], arrays["lex_indptr"]),
-                shape=(layout.count, model.vocab_size),
+                shape=(count, model.vocab_size),
             )
     settings = {
         "store_colbert": manifest["store_colbert"],
@@ -392,4 +578,51 @@ def _checked_contents(
         "language": None,
     }
     codec = manifest.get("colbert_codec") if settings["colbert_storage"] == "compact" else None
-    return LoadedIndex(settings, ids, texts, metadatas, arrays, lexical, bm25, codec, language)
+    segments = tuple(  # what a later incremental save keeps: the first segment and non-empty ones
+        {
+            "data": layout.data,
+            "files": {name: {"bytes": size, "sha256": sha} for name, (size, sha, _) in layout.files.items()},
+            "count": layout.count,
+            "colbert_vectors": part.get("colbert_vectors") if part["store_colbert"] else 0,
+            "lexical_nnz": part.get("lexical_nnz"),
+            "bm25_nnz": part.get("bm25_nnz"),
+            "bm25_columns": part.get("bm25_columns"),
+        }
+        for i, (part, layout) in enumerate(zip(parts, layouts, strict=True))
+        if layout.data is not None and (layout.count or i == 0)
+    )
+    return LoadedIndex(
+        settings,
+        ids,
+        texts,
+        metadatas,
+        arrays,
+        lexical,
+        bm25,
+        codec,
+        language,
+        alive=alive,
+        segments=segments if layouts[-1].data is not None else (),
+    )
+
+
+_CODEC_ARRAYS = ("colbert_centroids", "colbert_cutoffs", "colbert_values")
+
+
+def _concatenate(
+    parts: list[dict[str, np.ndarray]], codec_arrays: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The arrays of consecutive segments as the arrays of one (CSR row pointers shifted)."""
+    merged = dict(codec_arrays)
+    for name in parts[0]:
+        if name in _CODEC_ARRAYS:
+            continue
+        if name.endswith("_indptr"):
+            pieces, offset = [parts[0][name]], int(parts[0][name][-1])
+            for part in parts[1:]:
+                pieces.append(part[name][1:] + offset)
+                offset += int(part[name][-1])
+            merged[name] = np.concatenate(pieces)
+        else:
+            merged[name] = np.concatenate([part[name] for part in parts])
+    return merged

@@ -76,6 +76,21 @@ class IndexStores:
             self.dense_ann.reset()  # its ids were the old row numbers
         self.set_alive()
 
+    def epochs(self) -> tuple[int, ...]:
+        """The stores' epochs: unchanged as long as no stored row was rewritten (appends and deletes aside).
+
+        A compaction, a retrained ColBERT codec or a renumbered vocabulary changes them; an incremental
+        save (:mod:`m3_integrations.index.persistence`) relies on them to add a segment only to rows that
+        are still the ones it wrote.
+        """
+        return (
+            self.documents.epoch,
+            self.dense.epoch,
+            self.lexical_weights.epoch if self.lexical_weights is not None else 0,
+            self.colbert.epoch if self.colbert is not None else 0,
+            self.bm25.store.epoch,
+        )
+
     def memory_bytes(self) -> dict[str, int]:
         """Bytes held per representation (arrays only; texts and metadata not counted)."""
         return {

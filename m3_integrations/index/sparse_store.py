@@ -15,6 +15,7 @@ document frequency (kept up to date on appends) and a query's term coverage.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 
 import numpy as np
@@ -22,7 +23,18 @@ import scipy.sparse as sp
 
 from m3_integrations import scoring
 
-__all__ = ["SparseStore"]
+__all__ = ["SparseStore", "new_epoch"]
+
+_EPOCHS = itertools.count(1)
+
+
+def new_epoch() -> int:
+    """A number no store has had: every store takes one each time its rows are replaced (not appended to).
+
+    An incremental save compares them to know that the rows it wrote before are still the same rows.
+    """
+    return next(_EPOCHS)
+
 
 # A new segment is merged into the one before it while that one is at most this many times larger:
 # segment sizes then shrink geometrically from the oldest to the newest.
@@ -73,6 +85,7 @@ class SparseStore:
         self._rows = 0
         self.alive = np.zeros(0, dtype=bool)
         self._df: np.ndarray | None = None
+        self.epoch = new_epoch()
 
     def __len__(self) -> int:
         return self._rows
@@ -195,6 +208,7 @@ class SparseStore:
         self.alive = np.ones(self._rows, dtype=bool) if alive is None else np.asarray(alive, dtype=bool)
         self._csr = None
         self._df = None
+        self.epoch = new_epoch()
 
     # ------------------------------------------------------------------ reading
     def matrix(self) -> sp.csr_matrix:
@@ -276,9 +290,14 @@ class SparseStore:
             int(s.csr.data.nbytes + s.csr.indices.nbytes + s.csr.indptr.nbytes) * 2 for s in self._segments
         )
 
-    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        """``{prefix}_data``, ``{prefix}_indices``, ``{prefix}_indptr`` (float32, int64, int64)."""
+    def to_arrays(self, prefix: str, first_row: int = 0) -> dict[str, np.ndarray]:
+        """``{prefix}_data``, ``{prefix}_indices``, ``{prefix}_indptr`` (float32, int64, int64).
+
+        Of the rows from ``first_row`` on (an incremental save).
+        """
         matrix = self.matrix()
+        if first_row:
+            matrix = sp.csr_matrix(matrix[first_row:])
         return {
             f"{prefix}_data": matrix.data.astype(np.float32, copy=False),
             f"{prefix}_indices": matrix.indices.astype(np.int64),

@@ -24,9 +24,9 @@ import scipy.sparse as sp
 
 from m3_integrations import scoring
 from m3_integrations.index.filter_index import KeyIndex
-from m3_integrations.index.sparse_store import SparseStore
+from m3_integrations.index.sparse_store import SparseStore, new_epoch
 
-__all__ = ["ColbertStore", "DenseStore", "DocumentTable", "PreparedColbert", "SparseStore"]
+__all__ = ["ColbertStore", "DenseStore", "DocumentTable", "PreparedColbert", "SparseStore", "new_epoch"]
 
 
 class DocumentTable:
@@ -45,11 +45,18 @@ class DocumentTable:
     def __init__(self) -> None:
         self.restore([], [], [])
 
-    def restore(self, ids: list[str], texts: list[str], metadatas: list[dict[str, Any]]) -> None:
-        """Replace the table with these rows, all alive (ids unique)."""
+    def restore(
+        self,
+        ids: list[str],
+        texts: list[str],
+        metadatas: list[dict[str, Any]],
+        alive: np.ndarray | None = None,
+    ) -> None:
+        """Replace the table with these rows, all alive unless ``alive`` says otherwise (live ids unique)."""
         self.ids, self.texts, self.metadatas = ids, texts, metadatas
-        self.row_of = {doc_id: row for row, doc_id in enumerate(ids)}
-        self.alive = np.ones(len(ids), dtype=bool)
+        self.alive = np.ones(len(ids), dtype=bool) if alive is None else np.asarray(alive, dtype=bool).copy()
+        self.row_of = {ids[row]: int(row) for row in np.flatnonzero(self.alive)}
+        self.epoch = new_epoch()
         # Per metadata key, the rows by value (dict filters); rows are only appended until a compaction.
         self.key_indexes: dict[str, KeyIndex] = {}
 
@@ -151,6 +158,7 @@ class DenseStore:
         """Replace the store with ``vectors`` (one row per document)."""
         self._buffer = vectors
         self._rows = len(vectors)
+        self.epoch = new_epoch()
 
     @property
     def vectors(self) -> np.ndarray:
@@ -198,9 +206,9 @@ class DenseStore:
         """Bytes of the stored rows."""
         return int(self.vectors.nbytes)
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        """``{"dense": (n, d)}`` for persistence."""
-        return {"dense": self.vectors}
+    def to_arrays(self, first_row: int = 0) -> dict[str, np.ndarray]:
+        """``{"dense": (n, d)}`` for persistence (the rows from ``first_row`` on)."""
+        return {"dense": self.vectors[first_row:]}
 
 
 class PreparedColbert(NamedTuple):
@@ -240,6 +248,7 @@ class ColbertStore:
         self._lengths = lengths.astype(np.int64, copy=False)
         self._starts = np.cumsum(self._lengths) - self._lengths
         self._max_norm: float | None = None
+        self.epoch = new_epoch()
 
     @property
     def n_vectors(self) -> int:
@@ -335,13 +344,17 @@ class ColbertStore:
             + self._lengths.nbytes
         )
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        """``colbert``, ``colbert_scale`` (empty for float16) and ``colbert_len`` for persistence."""
+    def to_arrays(self, first_row: int = 0) -> dict[str, np.ndarray]:
+        """``colbert``, ``colbert_scale`` (empty for float16) and ``colbert_len`` for persistence.
+
+        Of the documents from ``first_row`` on (an incremental save).
+        """
         used = self._used
+        first = int(self._starts[first_row]) if first_row < len(self._starts) else used
         return {
-            "colbert": self._vectors[:used],
-            "colbert_scale": self._scales[:used],
-            "colbert_len": self._lengths.astype(np.int64, copy=False),
+            "colbert": self._vectors[first:used],
+            "colbert_scale": self._scales[first:used] if self.dtype == "int8" else self._scales[:0],
+            "colbert_len": self._lengths[first_row:].astype(np.int64, copy=False),
         }
 
 

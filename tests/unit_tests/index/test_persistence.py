@@ -68,8 +68,14 @@ def test_roundtrip_same_results(saved: tuple[M3Index, Path], tiny_model: M3Model
 
 
 def data_folder(path: Path) -> Path:
-    """The data folder ``path/manifest.json`` names."""
+    """The data folder ``path/manifest.json`` names (the newest segment's, for format 3)."""
     return path / json.loads((path / "manifest.json").read_text())["data"]
+
+
+def named_folders(path: Path) -> list[str]:
+    """Every data folder ``path/manifest.json`` names: its own and its older segments' (format 3)."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    return [manifest["data"], *(segment["data"] for segment in manifest.get("segments", []))]
 
 
 def _copy(path: Path, tmp_path: Path) -> Path:
@@ -426,9 +432,9 @@ def test_two_indexes_saving_one_path_from_threads(tiny_model: M3Model, tmp_path:
         thread.join()
     assert errors == []
     assert M3Index.load(target, model=tiny_model).ids in (first.ids, second.ids)
-    assert sorted(p.name for p in target.iterdir()) == sorted(
-        [LOCK_FILE, "manifest.json", data_folder(target).name]
-    )
+    # Nothing but what the manifest names (repeated saves of one index add segments to it).
+    named = [LOCK_FILE, "manifest.json", *named_folders(target)]
+    assert sorted(p.name for p in target.iterdir()) == sorted(named)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
 
 

@@ -121,7 +121,10 @@ def _leftovers(target: Path) -> list[str]:
     """Entries of ``target`` that its manifest does not account for."""
     manifest = json.loads((target / "manifest.json").read_text())
     wanted = {LOCK_FILE, "manifest.json"}
-    wanted |= {manifest["data"]} if manifest["format_version"] == 2 else set(manifest["files"])
+    if manifest["format_version"] == 1:
+        wanted |= set(manifest["files"])
+    else:  # format 3 also names the data folders of its older segments
+        wanted |= {manifest["data"], *(segment["data"] for segment in manifest.get("segments", []))}
     return sorted(set(os.listdir(target)) - wanted)
 
 
