@@ -15,6 +15,7 @@ MODULES = [
     "m3_integrations.bm25",
     "m3_integrations.testing",
     "m3_integrations.chunking",
+    "m3_integrations._chunk_layout",
     "m3_integrations.documents",
 ]
 
