@@ -9,6 +9,7 @@ import pytest
 
 MODULES = [
     "m3_integrations.scoring",
+    "m3_integrations._scoring_kernels",
     "m3_integrations.fusion",
     "m3_integrations.filters",
     "m3_integrations._utils",
