@@ -3,7 +3,8 @@
 The facade users call. It owns the lock, the model and the stores, checks every document before
 anything is stored, and hands the work to the package's parts: the stores
 (:mod:`~m3_integrations.index.storage`), the search (:mod:`~m3_integrations.index.search`, through the
-methods of :mod:`~m3_integrations.index.querying`), the options (:mod:`~m3_integrations.index.options`)
+methods of :mod:`~m3_integrations.index.querying`), adding (:mod:`~m3_integrations.index.adding`),
+BM25's analyzer (:mod:`~m3_integrations.index.analysis`), the options (:mod:`~m3_integrations.index.options`)
 and persistence (:mod:`~m3_integrations.index.persistence`). ``docs/engine.md`` has the whole design.
 """
 
