@@ -26,6 +26,9 @@ from m3_integrations.errors import CheckpointError, CheckpointNotFoundError
 logger = logging.getLogger("m3_integrations.model")
 
 CONFIG_FILE = "config.json"
+# BGE-M3's two heads beside the encoder (FlagEmbedding's file names).
+COLBERT_HEAD_FILE = "colbert_linear.pt"
+SPARSE_HEAD_FILE = "sparse_linear.pt"
 TOKENIZER_FILE = "tokenizer.json"
 # Files transformers can build a tokenizer from when there is no tokenizer.json.
 _SLOW_VOCAB_FILES = ("sentencepiece.bpe.model", "spiece.model", "tokenizer.model", "vocab.txt", "vocab.json")

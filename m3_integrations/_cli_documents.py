@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from m3_integrations._cli_common import EXIT_INPUT, EXIT_USAGE, CliError, _non_negative_int
 from m3_integrations.chunking import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_TOKENS, MIN_CHUNK_TOKENS
-from m3_integrations.cli import EXIT_INPUT, EXIT_USAGE, CliError, _non_negative_int
 
 if TYPE_CHECKING:
     from m3_integrations import M3Index, M3Model, SearchHit

@@ -44,6 +44,9 @@ from m3_integrations._utils import import_optional
 from m3_integrations.scoring import top_k_stable
 
 if TYPE_CHECKING:
+    import threading
+
+    from m3_integrations.index.search import IndexStores
     from m3_integrations.index.storage import DenseStore
 
 logger = logging.getLogger(__name__)
@@ -52,6 +55,7 @@ __all__ = [
     "ANN_EXTRA",
     "DEFAULT_ANN_NPROBE",
     "DEFAULT_ANN_THRESHOLD",
+    "AnnMethods",
     "AnnSetting",
     "DenseANN",
     "check_ann_settings",
@@ -295,3 +299,71 @@ class DenseANN:
         if ivf is None:
             return 0
         return int(self._added * (ivf.code_size + 8) + ivf.nlist * self.dim * 4)  # type: ignore[attr-defined]
+
+
+class AnnMethods:
+    """The dense first stage's settings on :class:`~m3_integrations.M3Index` (a mixin over its stores)."""
+
+    _stores: IndexStores
+    _lock: threading.RLock
+
+    @property
+    def ann(self) -> AnnSetting:
+        """The dense first stage: ``"auto"``, ``True`` (approximate) or ``False`` (exact); settable.
+
+        Example:
+            .. code-block:: python
+
+                index.ann = False  # exact scans from now on (the approximate structure is dropped)
+        """
+        return self._dense_ann.setting
+
+    @ann.setter
+    def ann(self, setting: AnnSetting) -> None:
+        with self._lock:
+            self._dense_ann.configure(setting, self._dense_ann.threshold, self._dense_ann.nprobe)
+
+    @property
+    def ann_threshold(self) -> int:
+        """Documents a search must cover before ``ann="auto"`` takes the approximate stage; settable."""
+        return self._dense_ann.threshold
+
+    @ann_threshold.setter
+    def ann_threshold(self, threshold: int) -> None:
+        with self._lock:
+            self._dense_ann.configure(self._dense_ann.setting, threshold, self._dense_ann.nprobe)
+
+    @property
+    def ann_nprobe(self) -> int:
+        """IVF lists the approximate stage scans per query; settable."""
+        return self._dense_ann.nprobe
+
+    @ann_nprobe.setter
+    def ann_nprobe(self, nprobe: int) -> None:
+        with self._lock:
+            self._dense_ann.configure(self._dense_ann.setting, self._dense_ann.threshold, nprobe)
+
+    def build_ann(self) -> None:
+        """Build (or bring up to date) the approximate dense stage now rather than at the next search.
+
+        A search builds it when it first needs it; a server can call this after :meth:`load` so that no
+        query waits for it. Training and adding took 17.5 s for 100,000 documents of d=1024 on the
+        project's loaded 2-core machine (docs/engine.md).
+
+        Raises:
+            ImportError: faiss is not installed (the message names the ``ann`` extra).
+
+        Example:
+            .. code-block:: python
+
+                index = M3Index.load("my_index", model=model, ann=True)
+                index.build_ann()
+        """
+        with self._lock:
+            self._dense_ann.build(self._stores.dense)
+
+    @property
+    def _dense_ann(self) -> DenseANN:
+        ann = self._stores.dense_ann
+        assert ann is not None
+        return ann

@@ -25,10 +25,11 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from m3_integrations import scoring
 from m3_integrations.index.colbert_codecs import (
@@ -221,6 +222,63 @@ class CompactColbertStore:
             msg = f"codes for {len(lengths)} documents, the store has {len(self._lengths)}"
             raise ValueError(msg)
         self.restore(self._vectors[:0], lengths, codec=codec, codes=codes)
+
+    def retrain(
+        self,
+        texts: Sequence[str],
+        encode: Callable[[list[str]], list[np.ndarray]],
+        *,
+        batch_size: int,
+        show_progress: bool = False,
+        seed: int = 0,
+    ) -> None:
+        """Train a new codec on the documents' vectors encoded again from ``texts``, then re-encode all.
+
+        Codes cannot give back the vectors they approximate, so ``encode`` (texts to ColBERT vectors)
+        is called on every stored row's text, in batches of ``batch_size``: first on a random sample of
+        rows, enough for ``train_sample`` pooled vectors, which trains the codec, then on the other rows.
+        Nothing changes until every row is encoded (:meth:`replace_all`).
+
+        Args:
+            texts: one text per stored row, tombstones included.
+            encode: the ColBERT vectors of a batch of texts.
+            batch_size: texts per call of ``encode``.
+            show_progress: show a progress bar.
+            seed: seeds the sample of rows and of vectors, and the codec's training.
+        """
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(texts))
+        covered = np.cumsum(self.lengths[order])
+        sample_rows = np.sort(order[: int(np.searchsorted(covered, self.train_sample)) + 1])
+        progress = tqdm(
+            total=len(texts) + len(sample_rows), desc="retraining ColBERT", disable=not show_progress
+        )
+        with progress:
+            pooled: dict[int, np.ndarray] = {}
+            for begin in range(0, len(sample_rows), batch_size):
+                rows = sample_rows[begin : begin + batch_size]
+                vectors = self.pool(encode([texts[r] for r in rows]))
+                pooled.update(zip(rows.tolist(), vectors, strict=True))
+                progress.update(len(rows))
+            sample = np.concatenate([pooled[r] for r in sample_rows.tolist()])
+            if len(sample) > self.train_sample:
+                sample = sample[np.sort(rng.choice(len(sample), size=self.train_sample, replace=False))]
+            codec = ResidualCodec.train(sample, bits=self.bits, seed=seed)
+            ids, bits, lengths = [], [], []
+            for begin in range(0, len(texts), batch_size):
+                rows = list(range(begin, min(begin + batch_size, len(texts))))
+                missing = [r for r in rows if r not in pooled]
+                fresh = dict(zip(missing, self.pool(encode([texts[r] for r in missing])), strict=True))
+                for r in rows:
+                    vectors = pooled.pop(r) if r in pooled else fresh[r]
+                    row_ids, row_bits = codec.encode(vectors)
+                    ids.append(row_ids)
+                    bits.append(row_bits)
+                    lengths.append(len(vectors))
+                progress.update(len(rows))
+        self.replace_all(
+            codec, (np.concatenate(ids), np.concatenate(bits)), np.asarray(lengths, dtype=np.int64)
+        )
 
     def reserve(self, vectors: int) -> None:
         """Room for ``vectors`` more vectors without copying on the way."""

@@ -3,7 +3,8 @@
 The facade users call. It owns the lock, the model and the stores, checks every document before
 anything is stored, and hands the work to the package's parts: the stores
 (:mod:`~m3_integrations.index.storage`), the search (:mod:`~m3_integrations.index.search`, through the
-methods of :mod:`~m3_integrations.index.querying`), the options (:mod:`~m3_integrations.index.options`)
+methods of :mod:`~m3_integrations.index.querying`), adding (:mod:`~m3_integrations.index.adding`),
+BM25's analyzer (:mod:`~m3_integrations.index.analysis`), the options (:mod:`~m3_integrations.index.options`)
 and persistence (:mod:`~m3_integrations.index.persistence`). ``docs/engine.md`` has the whole design.
 """
 
@@ -12,45 +13,44 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import scipy.sparse as sp
-from tqdm.auto import tqdm
 
 from m3_integrations import scoring
-from m3_integrations.bm25 import BM25, WordTokenizer
 from m3_integrations.index import persistence
+from m3_integrations.index.adding import AddMethods
+from m3_integrations.index.analysis import BM25Analysis, check_bm25_options, fixed_analyzer
 from m3_integrations.index.ann import (
     DEFAULT_ANN_NPROBE,
     DEFAULT_ANN_THRESHOLD,
+    AnnMethods,
     AnnSetting,
     DenseANN,
     check_ann_settings,
 )
-from m3_integrations.index.colbert_codecs import COLBERT_STORAGES, ColbertStorage, ResidualCodec
+from m3_integrations.index.colbert_codecs import COLBERT_STORAGES, ColbertStorage
 from m3_integrations.index.compact_store import CompactColbertStore
 from m3_integrations.index.options import IndexKind
 from m3_integrations.index.querying import QueryMethods
 from m3_integrations.index.search import IndexStores, SearchEngine
 from m3_integrations.index.sparse_store import SparseStore
-from m3_integrations.index.storage import ColbertStore, DenseStore, DocumentTable, lexical_chunk
+from m3_integrations.index.storage import ColbertStore, DenseStore, DocumentTable
 from m3_integrations.index.types import SearchHit
-from m3_integrations.index.validation import validate_documents
-from m3_integrations.language import Analyzer, LanguageProfile, analyzer_for, detect_languages
 
 if TYPE_CHECKING:
     import os
 
-    from m3_integrations.model import M3Model, M3Output
+    from m3_integrations.language import LanguageProfile
+    from m3_integrations.model import M3Model
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["M3Index"]
 
 
-class M3Index(QueryMethods):
+class M3Index(AddMethods, AnnMethods, QueryMethods):
     """Embedded hybrid index: dense + lexical + ColBERT (+ BM25), incremental, filtered, persisted.
 
     Setup:
@@ -194,23 +194,9 @@ class M3Index(QueryMethods):
         if lexical == "m3" and not model.has_sparse:
             msg = "lexical='m3' needs a checkpoint with sparse_linear.pt; use lexical='bm25' or 'auto'"
             raise ValueError(msg)
-        if bm25_tokenizer not in ("auto", "model", "word"):
-            msg = f"bm25_tokenizer must be 'auto', 'model' or 'word', got {bm25_tokenizer!r}"
-            raise ValueError(msg)
-        word_options = bm25_stemmer is not None or bm25_stopwords is not None or bm25_cjk is not None
-        if bm25_tokenizer == "model" and word_options:
-            msg = (
-                "bm25_stemmer, bm25_stopwords and bm25_cjk apply to words: "
-                "use them with bm25_tokenizer='word'"
-            )
-            raise ValueError(msg)
+        check_bm25_options(bm25_tokenizer, bm25_stemmer, bm25_stopwords, bm25_cjk)
         check_ann_settings(ann, ann_threshold, ann_nprobe)
-        analyzer = None
-        if language is not None and language != "auto":
-            if not isinstance(language, str):
-                msg = f"language must be 'auto', an ISO 639-1 code or None, got {language!r}"
-                raise TypeError(msg)
-            analyzer = analyzer_for(language)  # ValueError for a malformed code, ImportError for an extra
+        analyzer = fixed_analyzer(language)
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
             msg = f"batch_size must be a positive integer, got {batch_size!r}"
             raise ValueError(msg)
@@ -221,23 +207,15 @@ class M3Index(QueryMethods):
         self.colbert_dtype: Literal["float16", "int8"] = "int8" if colbert_storage == "int8" else "float16"
         self.dense_dtype = dense_dtype
         self.lexical = "m3" if lexical == "m3" or (lexical == "auto" and model.has_sparse) else "bm25"
-        # Whether the language may still switch BM25 to the model's subword ids (Thai...).
-        self._tokenizer_open = bm25_tokenizer == "auto" and not word_options
-        if bm25_tokenizer == "auto":
-            bm25_tokenizer = (
-                "word" if self.lexical == "bm25" or word_options or analyzer is not None else "model"
-            )
-        self.bm25_tokenizer: Literal["model", "word"] = bm25_tokenizer
-        self._word_options = {"stemmer": bm25_stemmer, "stopwords": bm25_stopwords, "cjk": bm25_cjk}
-        self._word_tokenizer = None
-        if bm25_tokenizer == "word":
-            self._word_tokenizer = WordTokenizer(
-                stemmer=bm25_stemmer, stopwords=bm25_stopwords, cjk=bm25_cjk or "chars"
-            )
-        self._language_setting = language
-        self.language_profile: LanguageProfile | None = None
-        # "auto" decides at the first add; a word index with explicit word options keeps them.
-        self._language_pending = language == "auto" and bm25_tokenizer == "word" and not word_options
+        self._analysis = BM25Analysis(
+            bm25_tokenizer,
+            bm25_is_lexical=self.lexical == "bm25",
+            stemmer=bm25_stemmer,
+            stopwords=bm25_stopwords,
+            cjk=bm25_cjk,
+            language=language,
+            analyzer=analyzer,
+        )
         self.show_progress = show_progress
         self.batch_size = batch_size
         self.dense_dim = int(model.dense_dim)
@@ -255,7 +233,7 @@ class M3Index(QueryMethods):
             dense=DenseStore(self.dense_dim, dense_dtype),
             lexical_weights=SparseStore(self.vocab_size) if self.lexical == "m3" else None,
             colbert=self._colbert_store() if self.store_colbert else None,
-            bm25=BM25(num_columns=self.vocab_size if self.bm25_tokenizer == "model" else None),
+            bm25=self._analysis.new_bm25(self.vocab_size),
             lexical_signal=self.kind.lexical_signal,
             workspace=scoring.StagingBuffer(),  # used under the lock
             dense_ann=DenseANN(
@@ -267,8 +245,6 @@ class M3Index(QueryMethods):
             ),
         )
         self._engine = SearchEngine(self._stores, self._lock, self._encode_colbert)
-        if analyzer is not None and bm25_tokenizer == "word" and not word_options:
-            self._apply_analyzer(analyzer)
 
     def _colbert_store(self) -> ColbertStore | CompactColbertStore:
         if self.colbert_storage == "compact":
@@ -309,72 +285,15 @@ class M3Index(QueryMethods):
         with self._lock:
             return self._stores.memory_bytes()
 
-    # ------------------------------------------------------------------ the dense first stage
     @property
-    def ann(self) -> AnnSetting:
-        """The dense first stage: ``"auto"``, ``True`` (approximate) or ``False`` (exact); settable.
-
-        Example:
-            .. code-block:: python
-
-                index.ann = False  # exact scans from now on (the approximate structure is dropped)
-        """
-        return self._dense_ann.setting
-
-    @ann.setter
-    def ann(self, setting: AnnSetting) -> None:
-        with self._lock:
-            self._dense_ann.configure(setting, self._dense_ann.threshold, self._dense_ann.nprobe)
-
-    @property
-    def ann_threshold(self) -> int:
-        """Documents a search must cover before ``ann="auto"`` takes the approximate stage; settable."""
-        return self._dense_ann.threshold
-
-    @ann_threshold.setter
-    def ann_threshold(self, threshold: int) -> None:
-        with self._lock:
-            self._dense_ann.configure(self._dense_ann.setting, threshold, self._dense_ann.nprobe)
-
-    @property
-    def ann_nprobe(self) -> int:
-        """IVF lists the approximate stage scans per query; settable."""
-        return self._dense_ann.nprobe
-
-    @ann_nprobe.setter
-    def ann_nprobe(self, nprobe: int) -> None:
-        with self._lock:
-            self._dense_ann.configure(self._dense_ann.setting, self._dense_ann.threshold, nprobe)
-
-    def build_ann(self) -> None:
-        """Build (or bring up to date) the approximate dense stage now rather than at the next search.
-
-        A search builds it when it first needs it; a server can call this after :meth:`load` so that no
-        query waits for it. Training and adding took 17.5 s for 100,000 documents of d=1024 on the
-        project's loaded 2-core machine (docs/engine.md).
-
-        Raises:
-            ImportError: faiss is not installed (the message names the ``ann`` extra).
-
-        Example:
-            .. code-block:: python
-
-                index = M3Index.load("my_index", model=model, ann=True)
-                index.build_ann()
-        """
-        with self._lock:
-            self._dense_ann.build(self._stores.dense)
-
-    @property
-    def _dense_ann(self) -> DenseANN:
-        ann = self._stores.dense_ann
-        assert ann is not None
-        return ann
+    def bm25_tokenizer(self) -> Literal["model", "word"]:
+        """What BM25 counts: ``"word"`` (the word tokenizer's words) or ``"model"`` (the model's ids)."""
+        return self._analysis.tokenizer
 
     @property
     def bm25_word_settings(self) -> dict[str, Any] | None:
         """The word tokenizer's stemmer and stop words (``WordTokenizer.config()``); None for model ids."""
-        return self._word_tokenizer.config() if self._word_tokenizer is not None else None
+        return self._analysis.word_settings
 
     @property
     def language(self) -> str | None:
@@ -384,224 +303,23 @@ class M3Index(QueryMethods):
         (or when explicit word options made detection moot), or ``None`` (plain words, or an index saved
         before language detection).
         """
-        if self.language_profile is not None:
-            return self.language_profile.primary
-        return self._language_setting
+        return self._analysis.language
+
+    @property
+    def language_profile(self) -> LanguageProfile | None:
+        """The languages detected on the first documents added (``None`` before, or when not detected)."""
+        return self._analysis.profile
 
     @property
     def language_record(self) -> dict[str, Any] | None:
         """What a saved index records about its language (``None``: nothing, as before detection)."""
-        if self._language_setting is None and self.language_profile is None:
-            return None
-        profile = self.language_profile.to_json() if self.language_profile is not None else None
-        return {"setting": self._language_setting, "profile": profile}
-
-    def _apply_analyzer(self, analyzer: Analyzer) -> None:
-        """Make BM25 count ``analyzer``'s tokens; only while no document is stored."""
-        assert len(self._stores.bm25) == 0
-        if analyzer.tokenizer == "model" and self._tokenizer_open:
-            self.bm25_tokenizer = "model"
-            self._word_tokenizer = None
-            self._stores.bm25 = BM25(num_columns=self.vocab_size)
-        elif self.bm25_tokenizer == "word":
-            self._word_tokenizer = WordTokenizer(
-                stemmer=analyzer.stemmer, stopwords=analyzer.stopwords, cjk=analyzer.cjk
-            )
-
-    def _settle_language(self, texts: Sequence[str]) -> None:
-        """With ``language="auto"``, detect the language on the first documents and fix the analyzer."""
-        if not self._language_pending or not texts:
-            return
-        with self._lock:
-            if not self._language_pending:
-                return
-            self._language_pending = False
-            profile = detect_languages(texts)
-            self.language_profile = profile
-            analyzer = analyzer_for(profile.primary, strict=False)
-            self._apply_analyzer(analyzer)
-            logger.info(
-                "corpus language %s (%s): BM25 over %s",
-                profile.primary,
-                ", ".join(f"{code} {share:.0%}" for code, share in list(profile.shares.items())[:3]),
-                self.bm25_word_settings if self.bm25_tokenizer == "word" else "the model's subword ids",
-            )
-
-    def _restore_language(self, record: dict[str, Any] | None) -> None:
-        """A loaded index's language record (its analyzer comes from the recorded BM25 settings)."""
-        self._language_pending = False
-        if record is None:
-            self._language_setting = None
-            return
-        self._language_setting = record["setting"]
-        profile = record["profile"]
-        self.language_profile = None if profile is None else LanguageProfile.from_json(profile)
-        # Saved before any document was added: detect on the first add, as the original would.
-        self._language_pending = (
-            record["setting"] == "auto"
-            and profile is None
-            and self.bm25_tokenizer == "word"
-            and len(self) == 0
-        )
+        return self._analysis.record
 
     @property
     def colbert_vectors(self) -> int:
         """How many ColBERT vectors are stored (deleted documents' included until a compaction)."""
         colbert = self._stores.colbert
         return 0 if colbert is None else colbert.n_vectors
-
-    # ------------------------------------------------------------------ adding
-    def add(
-        self,
-        texts: Sequence[str],
-        *,
-        ids: Sequence[str] | None = None,
-        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
-    ) -> list[str]:
-        """Encode and store documents; a document whose id is already stored replaces it.
-
-        Args:
-            texts: the documents (empty strings are stored too): a list, tuple or other ordered
-                sequence, or an iterator; a dict or a set raises ``TypeError`` (no defined order).
-            ids: one unique string id per text; random UUID4 strings when ``None``.
-            metadatas: one metadata dict per text (``None`` entries become ``{}``): JSON only (string
-                keys; str, int, float, bool, None, lists and dicts; tuples become lists; at most 32
-                levels deep). The index stores a deep copy.
-
-        Returns:
-            The ids, in input order.
-
-        Raises:
-            TypeError: a text or id is not a string, ``texts`` is a dict or set, a metadata entry is not a
-                dict, or metadata holds a non-string key or a non-JSON value (the message names the id
-                and the key path).
-            ValueError: ids or metadatas of the wrong length, an id repeated within the call, NaN or
-                infinity in metadata, nesting deeper than 32 levels, or a lone surrogate in a text, id or
-                metadata string. Nothing is stored when anything is refused.
-        """
-        texts, ids, metas = self._validate_documents(texts, ids, metadatas)
-        if not texts:
-            return []
-        self._settle_language(texts)
-        output = self.model.encode_passages(
-            texts,
-            return_dense=True,
-            return_sparse=self.lexical == "m3",
-            return_colbert=self.store_colbert,
-            batch_size=self.batch_size,
-            show_progress=self.show_progress,
-        )
-        self._add_validated(output, texts, ids, metas, self.bm25_tokens(texts))
-        return ids
-
-    def add_encoded(
-        self,
-        output: M3Output,
-        texts: Sequence[str],
-        *,
-        ids: Sequence[str] | None = None,
-        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
-        bm25_tokens: Sequence[Sequence[Any]] | sp.spmatrix | None = None,
-    ) -> list[str]:
-        """Store documents whose representations are already computed (benchmarks, bulk loads).
-
-        Args:
-            output: the passages' :class:`~m3_integrations.M3Output` (dense; lexical weights when
-                ``lexical="m3"``, as dicts or as one CSR matrix ``(n, vocab_size)``; ColBERT vectors
-                when ``store_colbert``).
-            texts: the documents' texts.
-            ids: as in :meth:`add`.
-            metadatas: as in :meth:`add`.
-            bm25_tokens: per document, its BM25 tokens, or (model tokenizer only) a term-frequency
-                matrix ``(n, vocab_size)``; tokenised from ``texts`` when ``None``.
-
-        Returns:
-            The ids, in input order.
-        """
-        texts, ids, metas = self._validate_documents(texts, ids, metadatas)
-        if len(output) != len(texts) and (output.dense is None or len(output.dense) != len(texts)):
-            msg = f"output holds {len(output)} documents but {len(texts)} texts were given"
-            raise ValueError(msg)
-        n_tokens = (
-            None
-            if bm25_tokens is None
-            else bm25_tokens.shape[0]  # type: ignore[union-attr]
-            if sp.issparse(bm25_tokens)
-            else len(bm25_tokens)
-        )
-        if n_tokens is not None and n_tokens != len(texts):
-            msg = f"bm25_tokens has {n_tokens} entries but {len(texts)} texts were given"
-            raise ValueError(msg)
-        self._settle_language(texts)
-        if bm25_tokens is None:
-            tokens: Any = self.bm25_tokens(texts)
-        else:
-            tokens = bm25_tokens if sp.issparse(bm25_tokens) else list(bm25_tokens)
-        self._add_validated(output, texts, ids, metas, tokens)
-        return ids
-
-    def bm25_tokens(self, texts: Sequence[str]) -> list[list[Any]]:
-        """The BM25 tokens this index makes of each text (documents and queries alike).
-
-        Words with ``bm25_tokenizer="word"`` (after its stop words and stemmer), else the model's
-        subword ids. :meth:`encode_queries` uses it for queries.
-
-        Example:
-            .. code-block:: python
-
-                M3Index(model, bm25_tokenizer="word").bm25_tokens(["Red apples"])  # [["red", "apples"]]
-        """
-        if self._word_tokenizer is not None:
-            return [self._word_tokenizer(t) for t in texts]
-        return self.model.tokenize(list(texts), add_special_tokens=False).input_ids
-
-    def _validate_documents(
-        self,
-        texts: Sequence[str],
-        ids: Sequence[str] | None,
-        metadatas: Sequence[Mapping[str, Any] | None] | None,
-    ) -> tuple[list[str], list[str], list[dict[str, Any]]]:
-        return validate_documents(texts, ids, metadatas)
-
-    def _add_validated(
-        self,
-        output: M3Output,
-        texts: list[str],
-        ids: list[str],
-        metas: list[dict[str, Any]],
-        bm25_tokens: list[Any] | sp.spmatrix,
-    ) -> None:
-        stores = self._stores
-        n_new = len(texts)
-        # Every representation is checked and converted before the lock: a refused add stores nothing.
-        dense = stores.dense.prepare(output.dense, n_new)
-        lexical = None
-        if stores.lexical_weights is not None:
-            lexical = lexical_chunk(output.lexical_weights, n_new, self.vocab_size)
-        colbert = stores.colbert.prepare(output.colbert_vecs, n_new) if stores.colbert is not None else None
-        with self._lock:
-            stores.documents.append(ids, texts, metas)
-            stores.dense.append(dense)
-            if lexical is not None and stores.lexical_weights is not None:
-                stores.lexical_weights.append(lexical)
-            if colbert is not None and stores.colbert is not None:
-                stores.colbert.append(colbert)
-            if sp.issparse(bm25_tokens):
-                stores.bm25.add_matrix(bm25_tokens)
-            else:
-                stores.bm25.add(bm25_tokens)
-            stores.set_alive()
-            self._maybe_compact()
-
-    def reserve(self, documents: int, colbert_vectors: int = 0) -> None:
-        """Preallocate room for ``documents`` more rows and ``colbert_vectors`` more ColBERT vectors.
-
-        Bulk loads that know their size avoid the copies of geometric growth (and its 1.5x peak).
-        """
-        with self._lock:
-            self._stores.dense.reserve(documents)
-            if self._stores.colbert is not None:
-                self._stores.colbert.reserve(colbert_vectors)
 
     # ------------------------------------------------------------------ reading and deleting
     def get(self, ids: Sequence[str]) -> list[SearchHit]:
@@ -692,45 +410,12 @@ class M3Index(QueryMethods):
             if not texts:
                 msg = "the index is empty: there is nothing to train the ColBERT codec on"
                 raise ValueError(msg)
-            rng = np.random.default_rng(seed)
-            order = rng.permutation(len(texts))
-            covered = np.cumsum(store.lengths[order])
-            sample_rows = np.sort(order[: int(np.searchsorted(covered, store.train_sample)) + 1])
-            batch = max(1, self.batch_size or 64)
-            progress = tqdm(
-                total=len(texts) + len(sample_rows), desc="retraining ColBERT", disable=not self.show_progress
-            )
-            with progress:
-                pooled: dict[int, np.ndarray] = {}
-                for begin in range(0, len(sample_rows), batch):
-                    rows = sample_rows[begin : begin + batch]
-                    vectors = store.pool(self._encode_colbert([texts[r] for r in rows]))
-                    pooled.update(zip(rows.tolist(), vectors, strict=True))
-                    progress.update(len(rows))
-                sample = np.concatenate([pooled[r] for r in sample_rows.tolist()])
-                if len(sample) > store.train_sample:
-                    sample = sample[np.sort(rng.choice(len(sample), size=store.train_sample, replace=False))]
-                codec = ResidualCodec.train(sample, bits=store.bits, seed=seed)
-                ids, bits, lengths = [], [], []
-                for begin in range(0, len(texts), batch):
-                    rows = list(range(begin, min(begin + batch, len(texts))))
-                    missing = [r for r in rows if r not in pooled]
-                    fresh = dict(
-                        zip(
-                            missing,
-                            store.pool(self._encode_colbert([texts[r] for r in missing])),
-                            strict=True,
-                        )
-                    )
-                    for r in rows:
-                        vectors = pooled.pop(r) if r in pooled else fresh[r]
-                        row_ids, row_bits = codec.encode(vectors)
-                        ids.append(row_ids)
-                        bits.append(row_bits)
-                        lengths.append(len(vectors))
-                    progress.update(len(rows))
-            store.replace_all(
-                codec, (np.concatenate(ids), np.concatenate(bits)), np.asarray(lengths, dtype=np.int64)
+            store.retrain(
+                texts,
+                self._encode_colbert,
+                batch_size=max(1, self.batch_size or 64),
+                show_progress=self.show_progress,
+                seed=seed,
             )
 
     def _encode_colbert(self, texts: list[str]) -> list[np.ndarray]:
@@ -816,6 +501,6 @@ class M3Index(QueryMethods):
         index = cls(model, **contents.settings, **kwargs)
         with index._lock:
             contents.install(index._stores)
-            index._restore_language(contents.language)
+            index._analysis.restore(contents.language, empty=len(index) == 0)
             index._saved = contents.saved_state(path, index._stores)
         return index

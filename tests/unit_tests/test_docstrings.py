@@ -9,12 +9,14 @@ import pytest
 
 MODULES = [
     "m3_integrations.scoring",
+    "m3_integrations._scoring_kernels",
     "m3_integrations.fusion",
     "m3_integrations.filters",
     "m3_integrations._utils",
     "m3_integrations.bm25",
     "m3_integrations.testing",
     "m3_integrations.chunking",
+    "m3_integrations._chunk_layout",
     "m3_integrations.documents",
 ]
 
