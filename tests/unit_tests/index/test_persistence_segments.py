@@ -57,13 +57,18 @@ def _same_search(a: M3Index, b: M3Index) -> None:
                 assert p.scores == pytest.approx(q.scores, rel=1e-6, abs=1e-7)
 
 
+def _saved(model: M3Model, encoded: M3Output, tmp_path: Path, n: int) -> tuple[M3Index, Path]:
+    """An index of the first ``n`` documents, saved whole to ``tmp_path/index``."""
+    index = M3Index(model)
+    index.add_encoded(_rows(encoded, slice(0, n)), CORPUS[:n], ids=[f"d{i}" for i in range(n)])
+    index.save(tmp_path / "index")
+    return index, tmp_path / "index"
+
+
 def test_adding_one_percent_writes_a_small_segment(
     tiny_model: M3Model, encoded: M3Output, tmp_path: Path
 ) -> None:
-    index = M3Index(tiny_model)
-    index.add_encoded(_rows(encoded, slice(0, 396)), CORPUS[:396], ids=[f"d{i}" for i in range(396)])
-    target = tmp_path / "index"
-    index.save(target)
+    index, target = _saved(tiny_model, encoded, tmp_path, 396)
     assert _manifest(target)["format_version"] == 2
     base = named_folders(target)
     index.add_encoded(_rows(encoded, slice(396, 400)), CORPUS[396:], ids=[f"d{i}" for i in range(396, 400)])
@@ -133,10 +138,7 @@ def test_segments_with_adds_deletes_and_replacements_load_as_the_index(
 def test_compaction_or_another_writer_makes_the_next_save_whole(
     tiny_model: M3Model, encoded: M3Output, tmp_path: Path
 ) -> None:
-    index = M3Index(tiny_model)
-    index.add_encoded(_rows(encoded, slice(0, 100)), CORPUS[:100], ids=[f"d{i}" for i in range(100)])
-    target = tmp_path / "index"
-    index.save(target)
+    index, target = _saved(tiny_model, encoded, tmp_path, 100)
     index.add(["new"], ids=["new"])
     index.save(target)
     old_folders = named_folders(target)
