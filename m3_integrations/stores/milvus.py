@@ -539,7 +539,8 @@ class MilvusM3Store(RemoteM3Store):
         query = encoded.colbert_vecs
         if query is None or len(query) == 0:
             return np.zeros(len(position), dtype=np.float32)
-        chunks: dict[int, dict[int, str]] = {}
+        # Per candidate (its index), the (chunk number, hexadecimal text) of its current version's rows.
+        parts: dict[int, list[tuple[int, str]]] = {}
         counts: dict[int, int] = {}
         fields = ["doc_id", "seq", "chunk", "chunks", "vectors"]
         for chunk, expression in zip(id_chunks, quoted, strict=True):
@@ -553,29 +554,33 @@ class MilvusM3Store(RemoteM3Store):
                 doc_id = row["doc_id"]
                 if seqs.get(doc_id) == row["seq"]:
                     doc = position[doc_id]
-                    chunks.setdefault(doc, {}).setdefault(row["chunk"], row["vectors"])
+                    parts.setdefault(doc, []).append((row["chunk"], row["vectors"]))
                     counts[doc] = row["chunks"]
         dim = query.shape[1]
-        row_bytes = 2 * dim
+        row_chars = 4 * dim  # two hexadecimal characters per byte, two bytes per float16
         lengths = np.zeros(len(position), dtype=np.int64)
-        blobs: list[bytes] = []
-        for doc in sorted(chunks):
-            parts = chunks[doc]
-            if sorted(parts) != list(range(counts[doc])):
-                # A version's chunks are deleted together when it is replaced: read mid-way, it scores 0
-                # (like a document deleted between the stages).
-                continue
-            data = [binascii.unhexlify(parts[number]) for number in range(counts[doc])]
-            size = sum(len(piece) for piece in data)
-            if size % row_bytes:
+        texts: list[str] = []
+        for doc in sorted(parts):
+            rows_of_doc, count = parts[doc], counts[doc]
+            if count == 1 and len(rows_of_doc) == 1:
+                text = rows_of_doc[0][1]
+            else:
+                # Several chunks (or a chunk inserted twice by a retried request): in order, once each.
+                numbered = dict(rows_of_doc)
+                if sorted(numbered) != list(range(count)):
+                    # A version's chunks are deleted together when it is replaced: read mid-way, it
+                    # scores 0 (like a document deleted between the stages).
+                    continue
+                text = "".join(numbered[number] for number in range(count))
+            if len(text) % row_chars:
                 msg = (
                     f"Milvus collection {self.colbert_collection!r}: the ColBERT rows of one document hold "
-                    f"{size} bytes, not float16 vectors of dimension {dim}"
+                    f"{len(text) // 2} bytes, not float16 vectors of dimension {dim}"
                 )
                 raise StoreSchemaError(msg)
-            blobs.extend(data)
-            lengths[doc] = size // row_bytes
-        store = np.frombuffer(b"".join(blobs), dtype=_FLOAT16).reshape(-1, dim)
+            texts.append(text)
+            lengths[doc] = len(text) // row_chars
+        store = np.frombuffer(binascii.unhexlify("".join(texts)), dtype=_FLOAT16).reshape(-1, dim)
         starts = np.cumsum(lengths) - lengths
         return scoring.colbert_scores_stored(query, store, starts, lengths)
 
