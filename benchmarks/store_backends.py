@@ -261,7 +261,8 @@ def main() -> None:
             print(f"| {r['backend']} | {r['documents']:,} | {r['ingest_docs_per_s']:,.0f} |" + " – |" * 9)
             continue
         stages = " | ".join(
-            f"{r.get(f'{s}_p50_ms', float('nan')):.1f}" for s in ("prefetch", "scores", "fusion", "fetch")
+            f"{r[f'{s}_p50_ms']:.1f}" if f"{s}_p50_ms" in r else "–"
+            for s in ("prefetch", "scores", "fusion", "fetch")
         )
         overhead = maxsim = without = "–"
         if "overhead_p50_ms" in r:

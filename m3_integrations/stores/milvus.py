@@ -81,8 +81,11 @@ COLBERT_LAYOUT = 2
 # Hexadecimal characters per ColBERT chunk row: Milvus's VARCHAR limit (65,535 bytes), rounded down to
 # whole bytes (2 characters each).
 CHUNK_CHARS = 65534
-# Bytes of ColBERT rows per insert request (the clients' default gRPC message limit is 64 MB).
+# Bytes of ColBERT rows per insert request (the clients' default gRPC message limit is 64 MB), and
+# about as many per fetch: the first fetch takes _FETCH_FIRST candidates (38 MB of full-size BGE-M3
+# documents, 288 vectors of d=1024), the next ones as many as the bytes per candidate seen so far allow.
 _INSERT_BYTES = 32 * 2**20
+_FETCH_FIRST = 32
 _COLBERT_FIELDS = ("doc_id", "seq", "chunk", "chunks", "vectors", "placeholder")
 _PLACEHOLDER_DIM = 2
 _FLOAT16 = np.dtype("<f2")
@@ -494,7 +497,6 @@ class MilvusM3Store(RemoteM3Store):
     ) -> dict[str, np.ndarray]:
         position = {doc_id: i for i, doc_id in enumerate(ids)}
         id_chunks = [list(ids[start : start + _ID_CHUNK]) for start in range(0, len(ids), _ID_CHUNK)]
-        quoted = [_quote_list(chunk) for chunk in id_chunks]
         # Each candidate's current seq, returned by the score searches: which ColBERT rows to read.
         seqs: dict[str, int] = {}
         scores: dict[str, np.ndarray] = {}
@@ -508,14 +510,14 @@ class MilvusM3Store(RemoteM3Store):
                 else self._sparse_query(encoded)
             )
             if data is not None:
-                for chunk, expression in zip(id_chunks, quoted, strict=True):
+                for chunk in id_chunks:
                     hits = self.client.search(
                         self.collection_name,
                         data=[data],
                         anns_field=signal,
                         search_params={"metric_type": "IP"},
                         limit=len(chunk),
-                        filter=f"pk in {expression}",
+                        filter=f"pk in {_quote_list(chunk)}",
                         output_fields=["seq"],
                     )[0]
                     # Columns of the result (pymilvus keeps ids and distances as lists).
@@ -524,26 +526,29 @@ class MilvusM3Store(RemoteM3Store):
                     seqs.update(zip(hits.ids, [hit["entity"]["seq"] for hit in hits], strict=True))
             scores[signal] = values
         if "colbert" in signals:
-            scores["colbert"] = self._colbert_scores(encoded, position, id_chunks, quoted, seqs)
+            scores["colbert"] = self._colbert_scores(encoded, ids, position, seqs)
         return {signal: scores[signal] for signal in signals}
 
     def _colbert_scores(
-        self,
-        encoded: EncodedQuery,
-        position: dict[str, int],
-        id_chunks: list[list[str]],
-        quoted: list[str],
-        seqs: dict[str, int],
+        self, encoded: EncodedQuery, ids: Sequence[str], position: dict[str, int], seqs: dict[str, int]
     ) -> np.ndarray:
-        """MaxSim of the candidates (``position``: id -> index) from their current version's chunks."""
+        """MaxSim of the candidates ``ids`` (``position``: id -> index) from their current version's chunks.
+
+        ``seqs`` holds the current ``seq`` of the candidates the score searches returned; the others'
+        are looked up.
+        """
         query = encoded.colbert_vecs
         if query is None or len(query) == 0:
-            return np.zeros(len(position), dtype=np.float32)
+            return np.zeros(len(ids), dtype=np.float32)
         # Per candidate (its index), the (chunk number, hexadecimal text) of its current version's rows.
         parts: dict[int, list[tuple[int, str]]] = {}
         counts: dict[int, int] = {}
         fields = ["doc_id", "seq", "chunk", "chunks", "vectors"]
-        for chunk, expression in zip(id_chunks, quoted, strict=True):
+        start, group, chars = 0, _FETCH_FIRST, 0
+        while start < len(ids):
+            chunk = list(ids[start : start + group])
+            start += len(chunk)
+            expression = _quote_list(chunk)
             if any(doc_id not in seqs for doc_id in chunk):
                 # No dense or sparse score search in this mode (or one that left candidates out).
                 rows = self.client.query(
@@ -552,10 +557,13 @@ class MilvusM3Store(RemoteM3Store):
                 seqs.update({row["pk"]: row["seq"] for row in rows})
             for row in self._query_all(self.colbert_collection, f"doc_id in {expression}", fields):
                 doc_id = row["doc_id"]
+                chars += len(row["vectors"])
                 if seqs.get(doc_id) == row["seq"]:
                     doc = position[doc_id]
                     parts.setdefault(doc, []).append((row["chunk"], row["vectors"]))
                     counts[doc] = row["chunks"]
+            # Bound the next response to about _INSERT_BYTES by the bytes per candidate so far.
+            group = max(_FETCH_FIRST, min(_ID_CHUNK, _INSERT_BYTES * start // max(chars, 1)))
         dim = query.shape[1]
         row_chars = 4 * dim  # two hexadecimal characters per byte, two bytes per float16
         lengths = np.zeros(len(position), dtype=np.int64)

@@ -216,3 +216,34 @@ def test_companion_without_the_chunk_fields_is_refused(
     with pytest.raises(StoreSchemaError, match=r"does not have the ColBERT layout 2 .*'chunk'.*nothing"):
         make_store("milvus", tiny_model, collection_name=store.collection_name)
     assert len(store) == 1
+
+
+def test_candidates_vectors_are_fetched_in_bounded_groups(
+    chunked_store: Any, reference_index: M3Index, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queries: list[str] = []
+
+    class Counting:
+        def __init__(self, client: Any) -> None:
+            self._client = client
+
+        def __getattr__(self, name: str) -> Any:
+            attribute = getattr(self._client, name)
+            if name != "query":
+                return attribute
+
+            def query(collection: str, **kwargs: Any) -> Any:
+                queries.append(collection)
+                return attribute(collection, **kwargs)
+
+            return query
+
+    # 4 candidates in the first fetch, then as many as ~3 chunks of text allow (at least 4).
+    monkeypatch.setattr(milvus, "_FETCH_FIRST", 4)
+    monkeypatch.setattr(milvus, "_INSERT_BYTES", 3 * SMALL_CHUNK)
+    monkeypatch.setattr(chunked_store, "client", Counting(chunked_store.client))
+    for query in QUERIES:
+        queries.clear()
+        want = reference_index.search(query, k=10, candidates=None)
+        assert_same_hits(want, chunked_store.search(query, k=10, candidates=None))
+        assert queries.count(chunked_store.colbert_collection) == 12  # 48 candidates, 4 at a time
