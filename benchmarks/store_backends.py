@@ -59,46 +59,41 @@ def fake_model(colbert_dim: int) -> SimpleNamespace:
     return model
 
 
-class TimedClient:
-    """Forwards to a client and adds up the seconds spent in its methods."""
+class Stopwatch:
+    """Adds up the seconds spent in the functions it wraps."""
 
-    def __init__(self, client: Any) -> None:
-        self._client = client
+    def __init__(self) -> None:
         self.seconds = 0.0
 
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._client, name)
-        if not callable(attribute):
-            return attribute
-
+    def wrap(self, function: Any) -> Any:
         def timed(*args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
             try:
-                return attribute(*args, **kwargs)
+                return function(*args, **kwargs)
             finally:
                 self.seconds += time.perf_counter() - start
 
         return timed
 
 
-class TimedMaxSim:
+class TimedClient(Stopwatch):
+    """Forwards to a client and adds up the seconds spent in its methods."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__()
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        return self.wrap(attribute) if callable(attribute) else attribute
+
+
+class TimedMaxSim(Stopwatch):
     """Replaces ``scoring.colbert_scores_stored`` while active and adds up the seconds spent in it."""
 
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self._original = scoring.colbert_scores_stored
-
     def __enter__(self) -> TimedMaxSim:
-        original = self._original
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.seconds += time.perf_counter() - start
-
-        scoring.colbert_scores_stored = timed
+        self._original = scoring.colbert_scores_stored
+        scoring.colbert_scores_stored = self.wrap(self._original)
         return self
 
     def __exit__(self, *exc: object) -> None:
