@@ -11,17 +11,25 @@ p50 (prefetch, score fetch, fusion, hit fetch: ``store.last_timings``) and the *
 overhead**: a query's time minus the time spent inside the client's methods (measured by a proxy
 around the client), i.e. what our code adds around the database's own work. In local mode the
 "server" runs in this process (Qdrant: Python; Milvus Lite: an embedded server over a local socket),
-so its share says nothing about a real server; the overhead does.
+so its share says nothing about a real server; the overhead does. For Milvus the overhead includes
+the candidates' ColBERT MaxSim, computed here (Qdrant computes it on the server): reported on its own
+as ``maxsim`` (the time in ``scoring.colbert_scores_stored``), with the overhead without it.
+
+``--ingest-only`` measures the ingest and runs no query (sizes whose queries would take too long in a
+local mode); ``--threads`` sets torch's threads (the MaxSim kernel; on a shared 2-core VM two threads
+wait on each other). Each row records the load average before and after.
 
 Usage:
     python benchmarks/store_backends.py                     # 10k and 100k documents
     python benchmarks/store_backends.py --sizes 2000 --queries 20
+    python benchmarks/store_backends.py --sizes 1000 --queries 21 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -37,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import search_scaling
 from search_scaling import DENSE_DIM, VOCAB, Synthetic
 
-from m3_integrations import M3Index, M3Output
+from m3_integrations import M3Index, M3Output, scoring
 from m3_integrations.stores.remote import StoredDocument
 
 OUT = Path(__file__).parent / "out"
@@ -51,26 +59,45 @@ def fake_model(colbert_dim: int) -> SimpleNamespace:
     return model
 
 
-class TimedClient:
-    """Forwards to a client and adds up the seconds spent in its methods."""
+class Stopwatch:
+    """Adds up the seconds spent in the functions it wraps."""
 
-    def __init__(self, client: Any) -> None:
-        self._client = client
+    def __init__(self) -> None:
         self.seconds = 0.0
 
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._client, name)
-        if not callable(attribute):
-            return attribute
-
+    def wrap(self, function: Any) -> Any:
         def timed(*args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
             try:
-                return attribute(*args, **kwargs)
+                return function(*args, **kwargs)
             finally:
                 self.seconds += time.perf_counter() - start
 
         return timed
+
+
+class TimedClient(Stopwatch):
+    """Forwards to a client and adds up the seconds spent in its methods."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__()
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        return self.wrap(attribute) if callable(attribute) else attribute
+
+
+class TimedMaxSim(Stopwatch):
+    """Replaces ``scoring.colbert_scores_stored`` while active and adds up the seconds spent in it."""
+
+    def __enter__(self) -> TimedMaxSim:
+        self._original = scoring.colbert_scores_stored
+        scoring.colbert_scores_stored = self.wrap(self._original)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        scoring.colbert_scores_stored = self._original
 
 
 def batches(synth: Synthetic, n: int, batch: int, vectors: int) -> Any:
@@ -141,29 +168,40 @@ def build_index(n: int, args: argparse.Namespace) -> tuple[M3Index, float]:
 def time_queries(target: Any, args: argparse.Namespace, timed: TimedClient | None) -> dict[str, float]:
     synth = Synthetic(args.colbert_dim, seed=1)
     queries = [synth.query() for _ in range(args.queries + 2)]
-    totals, overheads, stages = [], [], {}
+    totals, overheads, maxsims, stages = [], [], [], {}
     for number, query in enumerate(queries):
+        overhead = maxsim_seconds = 0.0
         if timed is not None:
             options = target.search_options(10, candidates=100)
             timed.seconds = 0.0
-            t0 = time.perf_counter()
-            target.search_encoded(query, options)
-            total = time.perf_counter() - t0
-            overhead = total - timed.seconds
+            with TimedMaxSim() as maxsim:
+                t0 = time.perf_counter()
+                target.search_encoded(query, options)
+                total = time.perf_counter() - t0
+            overhead, maxsim_seconds = total - timed.seconds, maxsim.seconds
         else:
             t0 = time.perf_counter()
             target.search_encoded(query, k=10, candidates=100)
-            total, overhead = time.perf_counter() - t0, 0.0
+            total = time.perf_counter() - t0
         if number < 2:
             continue  # warm-up
         totals.append(total * 1000)
         overheads.append(overhead * 1000)
+        maxsims.append(maxsim_seconds * 1000)
         for stage, seconds in getattr(target, "last_timings", {}).items():
             stages.setdefault(stage, []).append(seconds * 1000)
-    row = {"p50_ms": float(np.percentile(totals, 50)), "p95_ms": float(np.percentile(totals, 95))}
+    row = {
+        "queries": len(totals),
+        "p50_ms": float(np.percentile(totals, 50)),
+        "p95_ms": float(np.percentile(totals, 95)),
+    }
     if timed is not None:
+        without = np.subtract(overheads, maxsims)
         row["overhead_p50_ms"] = float(np.percentile(overheads, 50))
         row["overhead_p95_ms"] = float(np.percentile(overheads, 95))
+        row["maxsim_p50_ms"] = float(np.percentile(maxsims, 50))
+        row["overhead_without_maxsim_p50_ms"] = float(np.percentile(without, 50))
+        row["overhead_without_maxsim_p95_ms"] = float(np.percentile(without, 95))
         row |= {f"{stage}_p50_ms": float(np.percentile(v, 50)) for stage, v in stages.items()}
     return row
 
@@ -178,11 +216,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--colbert-vectors", type=int, default=32)
     parser.add_argument("--colbert-dim", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--ingest-only", action="store_true", help="measure the ingest, run no query")
+    parser.add_argument("--out", type=Path, default=OUT / "store_backends.json")
     args = parser.parse_args()
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sizes:
             for backend in args.backends:
+                load_before = os.getloadavg()[0]
                 if backend == "m3index":
                     target, seconds = build_index(n, args)
                     timed = None
@@ -191,28 +237,36 @@ def main() -> None:
                     timed = TimedClient(target.client)
                     target.client = timed
                 row = {"backend": backend, "documents": n, "ingest_docs_per_s": n / seconds}
-                row |= time_queries(target, args, timed)
+                if not args.ingest_only:
+                    row |= time_queries(target, args, timed)
+                row |= {"threads": args.threads, "load_before": load_before, "load_after": os.getloadavg()[0]}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 del target
-    OUT.mkdir(exist_ok=True)
-    (OUT / "store_backends.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=2), encoding="utf-8")
     print()
     print(
         "| backend | docs | ingest docs/s | p50 ms | p95 ms | prefetch | scores | fusion | fetch "
-        "| overhead p50/p95 |"
+        "| overhead p50 / p95 | MaxSim p50 | overhead without MaxSim p50 / p95 |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        if "p50_ms" not in r:
+            print(f"| {r['backend']} | {r['documents']:,} | {r['ingest_docs_per_s']:,.0f} |" + " – |" * 9)
+            continue
         stages = " | ".join(
-            f"{r.get(f'{s}_p50_ms', float('nan')):.1f}" for s in ("prefetch", "scores", "fusion", "fetch")
+            f"{r[f'{s}_p50_ms']:.1f}" if f"{s}_p50_ms" in r else "–"
+            for s in ("prefetch", "scores", "fusion", "fetch")
         )
-        overhead = (
-            f"{r['overhead_p50_ms']:.2f} / {r['overhead_p95_ms']:.2f}" if "overhead_p50_ms" in r else "-"
-        )
+        overhead = maxsim = without = "–"
+        if "overhead_p50_ms" in r:
+            overhead = f"{r['overhead_p50_ms']:.2f} / {r['overhead_p95_ms']:.2f}"
+            maxsim = f"{r['maxsim_p50_ms']:.2f}"
+            without = f"{r['overhead_without_maxsim_p50_ms']:.2f} / {r['overhead_without_maxsim_p95_ms']:.2f}"
         print(
             f"| {r['backend']} | {r['documents']:,} | {r['ingest_docs_per_s']:,.0f} | {r['p50_ms']:.1f} | "
-            f"{r['p95_ms']:.1f} | {stages} | {overhead} |"
+            f"{r['p95_ms']:.1f} | {stages} | {overhead} | {maxsim} | {without} |"
         )
 
 

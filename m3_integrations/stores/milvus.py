@@ -4,25 +4,37 @@ Two collections. The main one holds a row per document: primary key ``pk`` (the 
 ``seq`` (insertion order), ``dense`` (inner product of unit vectors: cosine), ``sparse`` (M3's lexical
 weights, inner product), ``text``, ``metadata`` (JSON) and the metadata key lists the filters use
 (:mod:`m3_integrations.stores.filters`). The ColBERT vectors live in a companion collection
-``<name>_colbert``, one row per token vector keyed by ``(doc_id, seq)``: Milvus Lite 3.2 drops
-array-of-struct fields (embedding lists, searched with ``MAX_SIM`` on Milvus 2.6 servers) from a
-schema without a word, so one layout serves both.
+``<name>_colbert`` (layout :data:`COLBERT_LAYOUT`): a document's ``(n, d)`` matrix in float16 (the
+precision ``M3Index`` stores), as the hexadecimal text of its little-endian bytes in a ``VARCHAR``
+field, cut into chunks of at most :data:`CHUNK_CHARS` characters (a ``VARCHAR`` holds 65,535 bytes:
+15 vectors of d=1024 or 127 of d=128 per chunk), one row per chunk keyed by ``(doc_id, seq, chunk)``.
+A candidate's matrix comes back as a few strings decoded with numpy, not as one row of Python floats
+per token vector.
+
+Why this layout: Milvus Lite 3.2 has no float16 or binary vectors and drops array-of-struct fields
+(embedding lists, searched with ``MAX_SIM`` on Milvus 2.6 servers) from a schema without a word, so one
+layout serves Lite and servers; every Milvus collection needs a vector field, hence a constant 2-d
+``placeholder`` vector in each chunk row. Hexadecimal rather than base64: twice the bytes instead of
+4/3, but decoded about six times faster (``binascii.unhexlify``: ~1 GB/s against ~160 MB/s on the
+2-core VM), and the decode is client time; raw bytes in a string would travel as UTF-8 (1.5 times the
+bytes, and decoding them costs what base64 does).
 
 Writes keep every document whole: a batch's ColBERT rows are inserted first (under the batch's new
 ``seq`` values), then the main rows are upserted (which switches each document to its new ``seq``),
 then the ColBERT rows of the replaced versions are deleted. A search reads the ColBERT rows of the
-``seq`` its main row holds, so a failure at any step leaves each document at its old version or its
-new one, never a main row without vectors; rows of a failed batch are deleted again (and invisible
-if even that fails).
+``seq`` its main row holds, and only when all of that version's chunks are there, so a failure at any
+step leaves each document at its old version or its new one, never a main row without vectors; rows
+of a failed batch are deleted again (and invisible if even that fails).
 
-The search asks Milvus for the dense and sparse top ``candidates`` (two ``AnnSearchRequest`` in one
-``hybrid_search``, whose result is their union), then for the dense and sparse scores of the candidates
-(``pk in [...]``), fetches the candidates' ColBERT vectors and scores them with
-:func:`m3_integrations.scoring.colbert_scores`; the core fuses.
+The search asks Milvus for the dense and sparse top ``candidates`` (one ``search`` per field under the
+filter expression), then for the dense and sparse scores of the candidates (``pk in [...]``, which also
+return each candidate's ``seq``), fetches the chunks of the candidates' ColBERT matrices and scores them
+with :func:`m3_integrations.scoring.colbert_scores_stored` (``M3Index``'s own kernel); the core fuses.
 """
 
 from __future__ import annotations
 
+import binascii
 import json
 import logging
 import os
@@ -63,10 +75,56 @@ PLACEHOLDER_TERM = 2**32 - 2
 # Milvus caps a search's limit (topk) and the size of one query's result.
 _LIMIT = 16384
 _ID_CHUNK = 1000
+# The companion collection's layout; recorded in the main collection's metadata and checked on
+# reconnect (layout 1, without a record: one FLOAT_VECTOR row per token vector).
+COLBERT_LAYOUT = 2
+# Hexadecimal characters per ColBERT chunk row: Milvus's VARCHAR limit (65,535 bytes), rounded down to
+# whole bytes (2 characters each).
+CHUNK_CHARS = 65534
+# Bytes of ColBERT rows per insert request (the clients' default gRPC message limit is 64 MB), and
+# about as many per fetch: the first fetch takes _FETCH_FIRST candidates (38 MB of full-size BGE-M3
+# documents, 288 vectors of d=1024), the next ones as many as the bytes per candidate seen so far allow.
+_INSERT_BYTES = 32 * 2**20
+_FETCH_FIRST = 32
+_COLBERT_FIELDS = ("doc_id", "seq", "chunk", "chunks", "vectors", "placeholder")
+_PLACEHOLDER_DIM = 2
+_FLOAT16 = np.dtype("<f2")
 
 
 def _quote_list(values: Sequence[str]) -> str:
-    return "[" + ", ".join(json.dumps(v) for v in values) + "]"
+    """A Milvus list literal of strings, quoted as JSON strings."""
+    return json.dumps(list(values))
+
+
+def colbert_chunks(vectors: np.ndarray, chunk_chars: int = CHUNK_CHARS) -> list[str]:
+    """A ``(n, d)`` ColBERT matrix as hexadecimal strings of its float16 bytes, each at most ``chunk_chars``.
+
+    Whole vectors per chunk; a matrix without vectors is one empty string (its row says "no vectors",
+    where no row says "not written").
+
+    Example:
+        >>> import numpy as np
+        >>> chunks = colbert_chunks(np.ones((5, 4), dtype=np.float32), chunk_chars=40)
+        >>> [len(c) for c in chunks], decode_colbert(chunks, 4).shape
+        ([32, 32, 16], (5, 4))
+    """
+    matrix = np.ascontiguousarray(vectors, dtype=_FLOAT16)
+    n, dim = matrix.shape
+    per_chunk = chunk_chars // (4 * dim)
+    if per_chunk < 1:
+        msg = f"a ColBERT chunk of {chunk_chars} characters cannot hold one vector of dimension {dim}"
+        raise ValueError(msg)
+    if n == 0:
+        return [""]
+    data = matrix.tobytes()
+    step = per_chunk * 2 * dim
+    return [data[i : i + step].hex() for i in range(0, len(data), step)]
+
+
+def decode_colbert(chunks: Sequence[str], dim: int) -> np.ndarray:
+    """The ``(n, dim)`` float16 matrix of :func:`colbert_chunks`'s strings, in chunk order."""
+    data = b"".join(binascii.unhexlify(chunk) for chunk in chunks)
+    return np.frombuffer(data, dtype=_FLOAT16).reshape(-1, dim)
 
 
 class MilvusM3Store(RemoteM3Store):
@@ -177,6 +235,7 @@ class MilvusM3Store(RemoteM3Store):
                 for key in ("model_name_or_path", "fingerprint", "dense_dim", "colbert_dim", "vocab_size")
             },
             "lexical": self.lexical_signal,
+            "colbert_layout": COLBERT_LAYOUT,
         }
 
     def _check_or_create(self, create: bool) -> bool:
@@ -185,10 +244,11 @@ class MilvusM3Store(RemoteM3Store):
         if exists:
             info = self._call("check collection", client.describe_collection, name)
             self._check_schema(info)
-            if not self._call("check collection", client.has_collection, self.colbert_collection):
-                companion = self.colbert_collection
+            companion = self.colbert_collection
+            if not self._call("check collection", client.has_collection, companion):
                 msg = f"Milvus collection {name!r} has no companion {companion!r}; nothing written"
                 raise StoreSchemaError(msg)
+            self._check_companion(self._call("check collection", client.describe_collection, companion))
             for collection in (name, self.colbert_collection):
                 self._call("load collection", client.load_collection, collection)
             return True
@@ -218,10 +278,13 @@ class MilvusM3Store(RemoteM3Store):
         colbert.add_field("row", data_type.INT64, is_primary=True)
         colbert.add_field("doc_id", data_type.VARCHAR, max_length=MAX_ID_BYTES)
         colbert.add_field("seq", data_type.INT64)
-        colbert.add_field("vec", data_type.FLOAT_VECTOR, dim=self.model.colbert_dim)
+        colbert.add_field("chunk", data_type.INT64)
+        colbert.add_field("chunks", data_type.INT64)
+        colbert.add_field("vectors", data_type.VARCHAR, max_length=CHUNK_CHARS)
+        # Every Milvus collection needs a vector field; this one is constant and never searched.
+        colbert.add_field("placeholder", data_type.FLOAT_VECTOR, dim=_PLACEHOLDER_DIM)
         colbert_index = client.prepare_index_params()
-        # Never searched by similarity (only fetched by document id): the cheapest index Milvus accepts.
-        colbert_index.add_index("vec", index_type="FLAT", metric_type="IP")
+        colbert_index.add_index("placeholder", index_type="FLAT", metric_type="IP")
         colbert_index.add_index("doc_id", index_type="INVERTED")
         self._call(
             "create collection",
@@ -271,8 +334,25 @@ class MilvusM3Store(RemoteM3Store):
         dense = fields.get("dense", {}).get("params", {}).get("dim")
         if dense is not None and int(dense) != self.model.dense_dim:
             problems.append(f"field 'dense' has dimension {dense}, the model {self.model.dense_dim}")
+        layout = record.get("colbert_layout", 1)
+        if layout != COLBERT_LAYOUT:
+            problems.append(
+                f"ColBERT layout {layout!r} in {self.colbert_collection!r} (layout 1: one row per token "
+                f"vector), this version reads layout {COLBERT_LAYOUT} (float16 chunks, one row per "
+                "chunk): index the documents again into a new collection"
+            )
         if problems:
             msg = f"{where} does not fit this store: " + "; ".join(problems) + "; nothing was written"
+            raise StoreSchemaError(msg)
+
+    def _check_companion(self, info: dict[str, Any]) -> None:
+        fields = {f["name"] for f in info.get("fields", [])}
+        missing = [name for name in _COLBERT_FIELDS if name not in fields]
+        if missing:
+            msg = (
+                f"Milvus collection {self.colbert_collection!r} does not have the ColBERT layout "
+                f"{COLBERT_LAYOUT} (no field {', '.join(map(repr, missing))}); nothing was written"
+            )
             raise StoreSchemaError(msg)
 
     # ------------------------------------------------------------------ writing and reading
@@ -284,14 +364,33 @@ class MilvusM3Store(RemoteM3Store):
             msg = f"document {doc_id!r}: text longer than {MAX_TEXT_BYTES} bytes (Milvus's VARCHAR limit)"
             raise ValueError(msg)
 
+    def _colbert_rows(self, documents: list[StoredDocument]) -> list[list[dict[str, Any]]]:
+        """The companion rows of ``documents``, grouped into insert requests of at most ``_INSERT_BYTES``."""
+        placeholder = [0.0] * _PLACEHOLDER_DIM
+        requests: list[list[dict[str, Any]]] = [[]]
+        size = 0
+        for doc in documents:
+            chunks = colbert_chunks(doc.colbert, CHUNK_CHARS)
+            for number, chunk in enumerate(chunks):
+                if size + len(chunk) > _INSERT_BYTES and requests[-1]:
+                    requests.append([])
+                    size = 0
+                size += len(chunk)
+                requests[-1].append(
+                    {
+                        "doc_id": doc.id,
+                        "seq": doc.seq,
+                        "chunk": number,
+                        "chunks": len(chunks),
+                        "vectors": chunk,
+                        "placeholder": placeholder,
+                    }
+                )
+        return requests
+
     def _write(self, documents: list[StoredDocument]) -> None:
         ids = [doc.id for doc in documents]
         seqs = [doc.seq for doc in documents]
-        colbert_rows = [
-            {"doc_id": doc.id, "seq": doc.seq, "vec": vector}
-            for doc in documents
-            for vector in doc.colbert.tolist()
-        ]
         main_rows = [
             {
                 "pk": doc.id,
@@ -307,16 +406,22 @@ class MilvusM3Store(RemoteM3Store):
             for doc in documents
         ]
         new_rows = f"doc_id in {_quote_list(ids)} and seq in {seqs}"
-        self._call("insert ColBERT vectors", self.client.insert, self.colbert_collection, colbert_rows)
+        inserted = False
         try:
+            for rows in self._colbert_rows(documents):
+                self._call("insert ColBERT vectors", self.client.insert, self.colbert_collection, rows)
+                inserted = True
             self._call("upsert", self.client.upsert, self.collection_name, main_rows)
         except StoreError:
-            try:
-                self._call(
-                    "undo ColBERT vectors", self.client.delete, self.colbert_collection, filter=new_rows
-                )
-            except StoreError as err:
-                logger.warning("could not delete the ColBERT rows of a failed batch (never read): %s", err)
+            if inserted:
+                try:
+                    self._call(
+                        "undo ColBERT vectors", self.client.delete, self.colbert_collection, filter=new_rows
+                    )
+                except StoreError as err:
+                    logger.warning(
+                        "could not delete the ColBERT rows of a failed batch (never read): %s", err
+                    )
             raise
         old_rows = f"doc_id in {_quote_list(ids)} and not (seq in {seqs})"
         try:
@@ -383,17 +488,20 @@ class MilvusM3Store(RemoteM3Store):
                 filter=native_filter or "",
                 output_fields=["seq"],
             )[0]
-            results.append([(h["pk"], float(h["distance"]), int(h["entity"]["seq"])) for h in hits])
+            seqs = [hit["entity"]["seq"] for hit in hits]
+            results.append(list(zip(hits.ids, hits.distances, seqs, strict=True)))
         return results
 
     def _scores(
         self, signals: Sequence[str], encoded: EncodedQuery, ids: Sequence[str]
     ) -> dict[str, np.ndarray]:
         position = {doc_id: i for i, doc_id in enumerate(ids)}
+        id_chunks = [list(ids[start : start + _ID_CHUNK]) for start in range(0, len(ids), _ID_CHUNK)]
+        # Each candidate's current seq, returned by the score searches: which ColBERT rows to read.
+        seqs: dict[str, int] = {}
         scores: dict[str, np.ndarray] = {}
         for signal in signals:
             if signal == "colbert":
-                scores[signal] = self._colbert_scores(encoded, ids)
                 continue
             values = np.zeros(len(ids), dtype=np.float32)
             data = (
@@ -402,8 +510,7 @@ class MilvusM3Store(RemoteM3Store):
                 else self._sparse_query(encoded)
             )
             if data is not None:
-                for start in range(0, len(ids), _ID_CHUNK):
-                    chunk = list(ids[start : start + _ID_CHUNK])
+                for chunk in id_chunks:
                     hits = self.client.search(
                         self.collection_name,
                         data=[data],
@@ -411,35 +518,79 @@ class MilvusM3Store(RemoteM3Store):
                         search_params={"metric_type": "IP"},
                         limit=len(chunk),
                         filter=f"pk in {_quote_list(chunk)}",
+                        output_fields=["seq"],
                     )[0]
-                    for hit in hits:
-                        values[position[hit["pk"]]] = hit["distance"]
+                    # Columns of the result (pymilvus keeps ids and distances as lists).
+                    rows = [position[doc_id] for doc_id in hits.ids]
+                    values[rows] = hits.distances
+                    seqs.update(zip(hits.ids, [hit["entity"]["seq"] for hit in hits], strict=True))
             scores[signal] = values
-        return scores
+        if "colbert" in signals:
+            scores["colbert"] = self._colbert_scores(encoded, ids, position, seqs)
+        return {signal: scores[signal] for signal in signals}
 
-    def _colbert_scores(self, encoded: EncodedQuery, ids: Sequence[str]) -> np.ndarray:
+    def _colbert_scores(
+        self, encoded: EncodedQuery, ids: Sequence[str], position: dict[str, int], seqs: dict[str, int]
+    ) -> np.ndarray:
+        """MaxSim of the candidates ``ids`` (``position``: id -> index) from their current version's chunks.
+
+        ``seqs`` holds the current ``seq`` of the candidates the score searches returned; the others'
+        are looked up.
+        """
         query = encoded.colbert_vecs
         if query is None or len(query) == 0:
             return np.zeros(len(ids), dtype=np.float32)
-        vectors: dict[str, list[list[float]]] = {}
-        for start in range(0, len(ids), _ID_CHUNK):
-            chunk = _quote_list(ids[start : start + _ID_CHUNK])
-            current = {
-                row["pk"]: int(row["seq"])
-                for row in self.client.query(
-                    self.collection_name, filter=f"pk in {chunk}", output_fields=["pk", "seq"]
+        # Per candidate (its index), the (chunk number, hexadecimal text) of its current version's rows.
+        parts: dict[int, list[tuple[int, str]]] = {}
+        counts: dict[int, int] = {}
+        fields = ["doc_id", "seq", "chunk", "chunks", "vectors"]
+        start, group, chars = 0, _FETCH_FIRST, 0
+        while start < len(ids):
+            chunk = list(ids[start : start + group])
+            start += len(chunk)
+            expression = _quote_list(chunk)
+            if any(doc_id not in seqs for doc_id in chunk):
+                # No dense or sparse score search in this mode (or one that left candidates out).
+                rows = self.client.query(
+                    self.collection_name, filter=f"pk in {expression}", output_fields=["pk", "seq"]
                 )
-            }
-            for row in self._query_all(
-                self.colbert_collection, f"doc_id in {chunk}", ["doc_id", "seq", "vec"]
-            ):
-                if current.get(row["doc_id"]) == int(row["seq"]):
-                    vectors.setdefault(row["doc_id"], []).append(row["vec"])
-        passages = [
-            np.asarray(vectors.get(doc_id, []), dtype=np.float32).reshape(-1, query.shape[1])
-            for doc_id in ids
-        ]
-        return np.asarray(scoring.colbert_scores(query, passages), dtype=np.float32)
+                seqs.update({row["pk"]: row["seq"] for row in rows})
+            for row in self._query_all(self.colbert_collection, f"doc_id in {expression}", fields):
+                doc_id = row["doc_id"]
+                chars += len(row["vectors"])
+                if seqs.get(doc_id) == row["seq"]:
+                    doc = position[doc_id]
+                    parts.setdefault(doc, []).append((row["chunk"], row["vectors"]))
+                    counts[doc] = row["chunks"]
+            # Bound the next response to about _INSERT_BYTES by the bytes per candidate so far.
+            group = max(_FETCH_FIRST, min(_ID_CHUNK, _INSERT_BYTES * start // max(chars, 1)))
+        dim = query.shape[1]
+        row_chars = 4 * dim  # two hexadecimal characters per byte, two bytes per float16
+        lengths = np.zeros(len(position), dtype=np.int64)
+        texts: list[str] = []
+        for doc in sorted(parts):
+            rows_of_doc, count = parts[doc], counts[doc]
+            if count == 1 and len(rows_of_doc) == 1:
+                text = rows_of_doc[0][1]
+            else:
+                # Several chunks (or a chunk inserted twice by a retried request): in order, once each.
+                numbered = dict(rows_of_doc)
+                if sorted(numbered) != list(range(count)):
+                    # A version's chunks are deleted together when it is replaced: read mid-way, it
+                    # scores 0 (like a document deleted between the stages).
+                    continue
+                text = "".join(numbered[number] for number in range(count))
+            if len(text) % row_chars:
+                msg = (
+                    f"Milvus collection {self.colbert_collection!r}: the ColBERT rows of one document hold "
+                    f"{len(text) // 2} bytes, not float16 vectors of dimension {dim}"
+                )
+                raise StoreSchemaError(msg)
+            texts.append(text)
+            lengths[doc] = len(text) // row_chars
+        store = np.frombuffer(binascii.unhexlify("".join(texts)), dtype=_FLOAT16).reshape(-1, dim)
+        starts = np.cumsum(lengths) - lengths
+        return scoring.colbert_scores_stored(query, store, starts, lengths)
 
     def _query_all(self, collection: str, expression: str, fields: list[str]) -> list[dict[str, Any]]:
         rows = self.client.query(collection, filter=expression, output_fields=fields, limit=_LIMIT)

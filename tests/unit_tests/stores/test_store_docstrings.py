@@ -10,6 +10,7 @@ import pytest
 MODULES = [
     "m3_integrations.stores.remote",
     "m3_integrations.stores.filters",
+    "m3_integrations.stores.milvus",
     "m3_integrations.index.validation",
 ]
 
