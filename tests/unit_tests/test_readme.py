@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -37,7 +38,10 @@ def test_readme_examples_run(tiny_checkpoint: str, tmp_path: Path) -> None:
             pytest.fail(f"README example failed: {type(err).__name__}: {err}\n{block}")
         namespaces.append(namespace)
     index = next(n["index"] for n in namespaces if "index" in n)
-    assert len(index) == 2
+    assert len(index) == 3  # two documents, saved and loaded, then one more saved as a segment
+    reloaded = type(index).load(tmp_path / "ix", model=index.model)
+    assert reloaded.ids == index.ids
+    assert json.loads((tmp_path / "ix" / "manifest.json").read_text())["format_version"] == 3
     frameworks = next(n for n in namespaces if "llama_retriever" in n)
     assert frameworks["docs"] and "relevance_score" in frameworks["docs"][0].metadata
     assert frameworks["llama_retriever"].retrieve("capital of France")
