@@ -9,15 +9,8 @@ precision ``M3Index`` stores), as the hexadecimal text of its little-endian byte
 field, cut into chunks of at most :data:`CHUNK_CHARS` characters (a ``VARCHAR`` holds 65,535 bytes:
 15 vectors of d=1024 or 127 of d=128 per chunk), one row per chunk keyed by ``(doc_id, seq, chunk)``.
 A candidate's matrix comes back as a few strings decoded with numpy, not as one row of Python floats
-per token vector.
-
-Why this layout: Milvus Lite 3.2 has no float16 or binary vectors and drops array-of-struct fields
-(embedding lists, searched with ``MAX_SIM`` on Milvus 2.6 servers) from a schema without a word, so one
-layout serves Lite and servers; every Milvus collection needs a vector field, hence a constant 2-d
-``placeholder`` vector in each chunk row. Hexadecimal rather than base64: twice the bytes instead of
-4/3, but decoded about six times faster (``binascii.unhexlify``: ~1 GB/s against ~160 MB/s on the
-2-core VM), and the decode is client time; raw bytes in a string would travel as UTF-8 (1.5 times the
-bytes, and decoding them costs what base64 does).
+per token vector. Why this layout, and its code (schema, chunks, insert requests, fetch groups,
+decoding): :mod:`m3_integrations.stores._milvus_colbert`.
 
 Writes keep every document whole: a batch's ColBERT rows are inserted first (under the batch's new
 ``seq`` values), then the main rows are upserted (which switches each document to its new ``seq``),
@@ -34,7 +27,6 @@ with :func:`m3_integrations.scoring.colbert_scores_stored` (``M3Index``'s own ke
 
 from __future__ import annotations
 
-import binascii
 import json
 import logging
 import os
@@ -48,6 +40,20 @@ from m3_integrations._utils import import_optional
 from m3_integrations.errors import StoreError, StoreSchemaError
 from m3_integrations.index.filters import FilterExpr
 from m3_integrations.index.types import EncodedQuery
+
+# CHUNK_CHARS, colbert_chunks and decode_colbert are re-exported: importable from here as before.
+from m3_integrations.stores._milvus_colbert import (  # noqa: F401
+    CHUNK_CHARS,
+    COLBERT_LAYOUT,
+    assemble,
+    check_companion,
+    colbert_chunks,
+    companion_schema,
+    decode_colbert,
+    fetch_current_chunks,
+    insert_requests,
+    layout_problem,
+)
 from m3_integrations.stores.filters import EMPTY_FIELD, KEYS_FIELD, NULL_FIELD, to_milvus_expression
 from m3_integrations.stores.remote import (
     REJECTED,
@@ -64,6 +70,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["MilvusM3Store"]
 
+
 METADATA_KEY = "m3_integrations"
 MAX_ID_BYTES = 512
 MAX_KEYS = 4096
@@ -75,56 +82,16 @@ PLACEHOLDER_TERM = 2**32 - 2
 # Milvus caps a search's limit (topk) and the size of one query's result.
 _LIMIT = 16384
 _ID_CHUNK = 1000
-# The companion collection's layout; recorded in the main collection's metadata and checked on
-# reconnect (layout 1, without a record: one FLOAT_VECTOR row per token vector).
-COLBERT_LAYOUT = 2
-# Hexadecimal characters per ColBERT chunk row: Milvus's VARCHAR limit (65,535 bytes), rounded down to
-# whole bytes (2 characters each).
-CHUNK_CHARS = 65534
-# Bytes of ColBERT rows per insert request (the clients' default gRPC message limit is 64 MB), and
-# about as many per fetch: the first fetch takes _FETCH_FIRST candidates (38 MB of full-size BGE-M3
-# documents, 288 vectors of d=1024), the next ones as many as the bytes per candidate seen so far allow.
-_INSERT_BYTES = 32 * 2**20
-_FETCH_FIRST = 32
-_COLBERT_FIELDS = ("doc_id", "seq", "chunk", "chunks", "vectors", "placeholder")
-_PLACEHOLDER_DIM = 2
-_FLOAT16 = np.dtype("<f2")
 
 
 def _quote_list(values: Sequence[str]) -> str:
-    """A Milvus list literal of strings, quoted as JSON strings."""
-    return json.dumps(list(values))
-
-
-def colbert_chunks(vectors: np.ndarray, chunk_chars: int = CHUNK_CHARS) -> list[str]:
-    """A ``(n, d)`` ColBERT matrix as hexadecimal strings of its float16 bytes, each at most ``chunk_chars``.
-
-    Whole vectors per chunk; a matrix without vectors is one empty string (its row says "no vectors",
-    where no row says "not written").
+    r"""A Milvus list literal of strings, quoted as JSON strings.
 
     Example:
-        >>> import numpy as np
-        >>> chunks = colbert_chunks(np.ones((5, 4), dtype=np.float32), chunk_chars=40)
-        >>> [len(c) for c in chunks], decode_colbert(chunks, 4).shape
-        ([32, 32, 16], (5, 4))
+        >>> print(_quote_list(["a", 'say "hi"']))
+        ["a", "say \"hi\""]
     """
-    matrix = np.ascontiguousarray(vectors, dtype=_FLOAT16)
-    n, dim = matrix.shape
-    per_chunk = chunk_chars // (4 * dim)
-    if per_chunk < 1:
-        msg = f"a ColBERT chunk of {chunk_chars} characters cannot hold one vector of dimension {dim}"
-        raise ValueError(msg)
-    if n == 0:
-        return [""]
-    data = matrix.tobytes()
-    step = per_chunk * 2 * dim
-    return [data[i : i + step].hex() for i in range(0, len(data), step)]
-
-
-def decode_colbert(chunks: Sequence[str], dim: int) -> np.ndarray:
-    """The ``(n, dim)`` float16 matrix of :func:`colbert_chunks`'s strings, in chunk order."""
-    data = b"".join(binascii.unhexlify(chunk) for chunk in chunks)
-    return np.frombuffer(data, dtype=_FLOAT16).reshape(-1, dim)
+    return json.dumps(list(values))
 
 
 class MilvusM3Store(RemoteM3Store):
@@ -248,7 +215,8 @@ class MilvusM3Store(RemoteM3Store):
             if not self._call("check collection", client.has_collection, companion):
                 msg = f"Milvus collection {name!r} has no companion {companion!r}; nothing written"
                 raise StoreSchemaError(msg)
-            self._check_companion(self._call("check collection", client.describe_collection, companion))
+            info = self._call("check collection", client.describe_collection, companion)
+            check_companion(info, companion)
             for collection in (name, self.colbert_collection):
                 self._call("load collection", client.load_collection, collection)
             return True
@@ -274,18 +242,7 @@ class MilvusM3Store(RemoteM3Store):
         index.add_index("dense", index_type=self.dense_index, metric_type="IP")
         index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="IP")
         extra = {} if self.shards_num is None else {"num_shards": self.shards_num}
-        colbert = client.create_schema(auto_id=True, enable_dynamic_field=False)
-        colbert.add_field("row", data_type.INT64, is_primary=True)
-        colbert.add_field("doc_id", data_type.VARCHAR, max_length=MAX_ID_BYTES)
-        colbert.add_field("seq", data_type.INT64)
-        colbert.add_field("chunk", data_type.INT64)
-        colbert.add_field("chunks", data_type.INT64)
-        colbert.add_field("vectors", data_type.VARCHAR, max_length=CHUNK_CHARS)
-        # Every Milvus collection needs a vector field; this one is constant and never searched.
-        colbert.add_field("placeholder", data_type.FLOAT_VECTOR, dim=_PLACEHOLDER_DIM)
-        colbert_index = client.prepare_index_params()
-        colbert_index.add_index("placeholder", index_type="FLAT", metric_type="IP")
-        colbert_index.add_index("doc_id", index_type="INVERTED")
+        colbert, colbert_index = companion_schema(client, data_type, MAX_ID_BYTES)
         self._call(
             "create collection",
             client.create_collection,
@@ -334,25 +291,11 @@ class MilvusM3Store(RemoteM3Store):
         dense = fields.get("dense", {}).get("params", {}).get("dim")
         if dense is not None and int(dense) != self.model.dense_dim:
             problems.append(f"field 'dense' has dimension {dense}, the model {self.model.dense_dim}")
-        layout = record.get("colbert_layout", 1)
-        if layout != COLBERT_LAYOUT:
-            problems.append(
-                f"ColBERT layout {layout!r} in {self.colbert_collection!r} (layout 1: one row per token "
-                f"vector), this version reads layout {COLBERT_LAYOUT} (float16 chunks, one row per "
-                "chunk): index the documents again into a new collection"
-            )
+        layout = layout_problem(record, self.colbert_collection)
+        if layout:
+            problems.append(layout)
         if problems:
             msg = f"{where} does not fit this store: " + "; ".join(problems) + "; nothing was written"
-            raise StoreSchemaError(msg)
-
-    def _check_companion(self, info: dict[str, Any]) -> None:
-        fields = {f["name"] for f in info.get("fields", [])}
-        missing = [name for name in _COLBERT_FIELDS if name not in fields]
-        if missing:
-            msg = (
-                f"Milvus collection {self.colbert_collection!r} does not have the ColBERT layout "
-                f"{COLBERT_LAYOUT} (no field {', '.join(map(repr, missing))}); nothing was written"
-            )
             raise StoreSchemaError(msg)
 
     # ------------------------------------------------------------------ writing and reading
@@ -365,28 +308,8 @@ class MilvusM3Store(RemoteM3Store):
             raise ValueError(msg)
 
     def _colbert_rows(self, documents: list[StoredDocument]) -> list[list[dict[str, Any]]]:
-        """The companion rows of ``documents``, grouped into insert requests of at most ``_INSERT_BYTES``."""
-        placeholder = [0.0] * _PLACEHOLDER_DIM
-        requests: list[list[dict[str, Any]]] = [[]]
-        size = 0
-        for doc in documents:
-            chunks = colbert_chunks(doc.colbert, CHUNK_CHARS)
-            for number, chunk in enumerate(chunks):
-                if size + len(chunk) > _INSERT_BYTES and requests[-1]:
-                    requests.append([])
-                    size = 0
-                size += len(chunk)
-                requests[-1].append(
-                    {
-                        "doc_id": doc.id,
-                        "seq": doc.seq,
-                        "chunk": number,
-                        "chunks": len(chunks),
-                        "vectors": chunk,
-                        "placeholder": placeholder,
-                    }
-                )
-        return requests
+        """The companion rows of ``documents``, grouped into insert requests (:func:`insert_requests`)."""
+        return insert_requests(documents)
 
     def _write(self, documents: list[StoredDocument]) -> None:
         ids = [doc.id for doc in documents]
@@ -526,13 +449,11 @@ class MilvusM3Store(RemoteM3Store):
                     seqs.update(zip(hits.ids, [hit["entity"]["seq"] for hit in hits], strict=True))
             scores[signal] = values
         if "colbert" in signals:
-            scores["colbert"] = self._colbert_scores(encoded, ids, position, seqs)
+            scores["colbert"] = self._colbert_scores(encoded, ids, seqs)
         return {signal: scores[signal] for signal in signals}
 
-    def _colbert_scores(
-        self, encoded: EncodedQuery, ids: Sequence[str], position: dict[str, int], seqs: dict[str, int]
-    ) -> np.ndarray:
-        """MaxSim of the candidates ``ids`` (``position``: id -> index) from their current version's chunks.
+    def _colbert_scores(self, encoded: EncodedQuery, ids: Sequence[str], seqs: dict[str, int]) -> np.ndarray:
+        """MaxSim of the candidates ``ids`` from their current version's chunks.
 
         ``seqs`` holds the current ``seq`` of the candidates the score searches returned; the others'
         are looked up.
@@ -540,56 +461,19 @@ class MilvusM3Store(RemoteM3Store):
         query = encoded.colbert_vecs
         if query is None or len(query) == 0:
             return np.zeros(len(ids), dtype=np.float32)
-        # Per candidate (its index), the (chunk number, hexadecimal text) of its current version's rows.
-        parts: dict[int, list[tuple[int, str]]] = {}
-        counts: dict[int, int] = {}
         fields = ["doc_id", "seq", "chunk", "chunks", "vectors"]
-        start, group, chars = 0, _FETCH_FIRST, 0
-        while start < len(ids):
-            chunk = list(ids[start : start + group])
-            start += len(chunk)
-            expression = _quote_list(chunk)
-            if any(doc_id not in seqs for doc_id in chunk):
-                # No dense or sparse score search in this mode (or one that left candidates out).
-                rows = self.client.query(
-                    self.collection_name, filter=f"pk in {expression}", output_fields=["pk", "seq"]
-                )
-                seqs.update({row["pk"]: row["seq"] for row in rows})
-            for row in self._query_all(self.colbert_collection, f"doc_id in {expression}", fields):
-                doc_id = row["doc_id"]
-                chars += len(row["vectors"])
-                if seqs.get(doc_id) == row["seq"]:
-                    doc = position[doc_id]
-                    parts.setdefault(doc, []).append((row["chunk"], row["vectors"]))
-                    counts[doc] = row["chunks"]
-            # Bound the next response to about _INSERT_BYTES by the bytes per candidate so far.
-            group = max(_FETCH_FIRST, min(_ID_CHUNK, _INSERT_BYTES * start // max(chars, 1)))
-        dim = query.shape[1]
-        row_chars = 4 * dim  # two hexadecimal characters per byte, two bytes per float16
-        lengths = np.zeros(len(position), dtype=np.int64)
-        texts: list[str] = []
-        for doc in sorted(parts):
-            rows_of_doc, count = parts[doc], counts[doc]
-            if count == 1 and len(rows_of_doc) == 1:
-                text = rows_of_doc[0][1]
-            else:
-                # Several chunks (or a chunk inserted twice by a retried request): in order, once each.
-                numbered = dict(rows_of_doc)
-                if sorted(numbered) != list(range(count)):
-                    # A version's chunks are deleted together when it is replaced: read mid-way, it
-                    # scores 0 (like a document deleted between the stages).
-                    continue
-                text = "".join(numbered[number] for number in range(count))
-            if len(text) % row_chars:
-                msg = (
-                    f"Milvus collection {self.colbert_collection!r}: the ColBERT rows of one document hold "
-                    f"{len(text) // 2} bytes, not float16 vectors of dimension {dim}"
-                )
-                raise StoreSchemaError(msg)
-            texts.append(text)
-            lengths[doc] = len(text) // row_chars
-        store = np.frombuffer(binascii.unhexlify("".join(texts)), dtype=_FLOAT16).reshape(-1, dim)
-        starts = np.cumsum(lengths) - lengths
+
+        def read_seqs(chunk: list[str]) -> dict[str, int]:
+            rows = self.client.query(
+                self.collection_name, filter=f"pk in {_quote_list(chunk)}", output_fields=["pk", "seq"]
+            )
+            return {row["pk"]: row["seq"] for row in rows}
+
+        def read_rows(chunk: list[str]) -> list[dict[str, Any]]:
+            return self._query_all(self.colbert_collection, f"doc_id in {_quote_list(chunk)}", fields)
+
+        parts, counts = fetch_current_chunks(ids, seqs, read_seqs, read_rows, _ID_CHUNK)
+        store, starts, lengths = assemble(parts, counts, len(ids), query.shape[1], self.colbert_collection)
         return scoring.colbert_scores_stored(query, store, starts, lengths)
 
     def _query_all(self, collection: str, expression: str, fields: list[str]) -> list[dict[str, Any]]:

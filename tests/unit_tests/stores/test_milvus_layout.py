@@ -20,6 +20,7 @@ from .test_parity import assert_same_hits
 from .test_stores import FailingClient, rejection
 
 milvus = pytest.importorskip("m3_integrations.stores.milvus")
+milvus_colbert = pytest.importorskip("m3_integrations.stores._milvus_colbert")
 pytest.importorskip("pymilvus")
 
 # Two vectors of the tiny checkpoint (d=32: 128 hexadecimal characters each) per chunk.
@@ -28,7 +29,7 @@ SMALL_CHUNK = 2 * 4 * 32
 
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(milvus, "CHUNK_CHARS", SMALL_CHUNK)
+    monkeypatch.setattr(milvus_colbert, "CHUNK_CHARS", SMALL_CHUNK)
 
 
 def companion_rows(store: Any, doc_ids: list[str] | None = None) -> list[dict[str, Any]]:
@@ -164,7 +165,7 @@ def test_a_batch_split_over_several_inserts_fails_whole(
     base.add(texts[:4], ids=ids[:4])
     old = {h.id: h.text for h in base.get(ids[:4])}
     # A few chunks per insert request: a batch of 4 documents takes several requests.
-    monkeypatch.setattr(milvus, "_INSERT_BYTES", 3 * SMALL_CHUNK)
+    monkeypatch.setattr(milvus_colbert, "INSERT_BYTES", 3 * SMALL_CHUNK)
     assert len(base._colbert_rows(base._encode_documents(texts[:4], ids[:4], [{}] * 4, [[]] * 4))) >= 3
     broken = FailingClient(base.client, ("insert", "upsert", "delete"), fail_on=3, error=rejection("milvus"))
     store = make_store("milvus", tiny_model, client=broken, collection_name=base.collection_name)
@@ -239,8 +240,8 @@ def test_candidates_vectors_are_fetched_in_bounded_groups(
             return query
 
     # 4 candidates in the first fetch, then as many as ~3 chunks of text allow (at least 4).
-    monkeypatch.setattr(milvus, "_FETCH_FIRST", 4)
-    monkeypatch.setattr(milvus, "_INSERT_BYTES", 3 * SMALL_CHUNK)
+    monkeypatch.setattr(milvus_colbert, "FETCH_FIRST", 4)
+    monkeypatch.setattr(milvus_colbert, "INSERT_BYTES", 3 * SMALL_CHUNK)
     monkeypatch.setattr(chunked_store, "client", Counting(chunked_store.client))
     for query in QUERIES:
         queries.clear()

@@ -11,6 +11,7 @@ MODULES = [
     "m3_integrations.stores.remote",
     "m3_integrations.stores.filters",
     "m3_integrations.stores.milvus",
+    "m3_integrations.stores._milvus_colbert",
     "m3_integrations.index.validation",
 ]
 
