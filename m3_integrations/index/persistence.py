@@ -61,14 +61,13 @@ from m3_integrations.index.format import (
     VOCAB_FILE,
     Layout,
     check_arrays,
-    check_dead_rows,
     check_documents,
     check_manifest,
-    check_segments,
     check_vocab,
     colbert_storage_of,
 )
 from m3_integrations.index.saving import MAX_DEAD_SHARE, SavedState, check_save_target, save_index
+from m3_integrations.index.segments import check_dead_rows, check_segments
 from m3_integrations.language import LanguageProfile, analyzer_for
 
 if TYPE_CHECKING:

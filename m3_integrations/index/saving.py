@@ -28,10 +28,10 @@ from m3_integrations.index.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     INDEX_FOLDER,
-    SEGMENT_KEYS,
     SEGMENTS_VERSION,
     VOCAB_FILE,
 )
+from m3_integrations.index.segments import SEGMENT_KEYS
 
 if TYPE_CHECKING:
     from m3_integrations.index.index import M3Index
