@@ -138,6 +138,8 @@ class DenseANN:
         self.show_progress = show_progress
         self._faiss: ModuleType | None = load_faiss() if setting is True else None
         self._missing_warned = False
+        self.searches = 0  # approximate searches since the settings or the rows last changed,
+        self.fallbacks = 0  # and how many of them came back short (the exact scan then ran)
         self.reset()
 
     def reset(self) -> None:
@@ -146,6 +148,7 @@ class DenseANN:
         self._coarse = None
         self._added = 0  # rows [0, _added) of the dense store are in the lists
         self._trained_rows = 0
+        self.searches = self.fallbacks = 0
 
     def configure(self, setting: AnnSetting, threshold: int, nprobe: int) -> None:
         """Change the settings (a built structure is kept unless ``setting`` is False).
@@ -158,6 +161,7 @@ class DenseANN:
         if setting is True:
             self._faiss = load_faiss()
         self.setting, self.threshold, self.nprobe = setting, int(threshold), int(nprobe)
+        self.searches = self.fallbacks = 0
         if setting is False:
             self.reset()
 
@@ -288,7 +292,9 @@ class DenseANN:
         _, labels = ivf.search(query32, min(_OVERSAMPLE * wanted, n_allowed), params=params)
         rows = labels[0]
         rows = rows[rows >= 0].astype(np.int64, copy=False)
+        self.searches += 1
         if len(rows) < wanted:
+            self.fallbacks += 1
             return None
         exact = store.scores(query, rows)
         return rows[top_k_stable(exact, wanted)]
@@ -299,6 +305,11 @@ class DenseANN:
         if ivf is None:
             return 0
         return int(self._added * (ivf.code_size + 8) + ivf.nlist * self.dim * 4)  # type: ignore[attr-defined]
+
+    def stats(self) -> dict[str, int]:
+        """``rows`` and ``lists`` of the structure (0 when not built), ``searches`` and ``fallbacks``."""
+        lists = int(self._ivf.nlist) if self._ivf is not None else 0  # type: ignore[attr-defined]
+        return {"rows": self._added, "lists": lists, "searches": self.searches, "fallbacks": self.fallbacks}
 
 
 class AnnMethods:
@@ -361,6 +372,24 @@ class AnnMethods:
         """
         with self._lock:
             self._dense_ann.build(self._stores.dense)
+
+    def ann_stats(self) -> dict[str, int]:
+        """What the approximate dense stage holds and did: for tuning ``ann_nprobe`` and the threshold.
+
+        ``rows`` (documents in the structure; 0 when it is not built), ``lists`` (IVF cells), and since
+        the settings or the rows last changed, ``searches`` (queries that took the approximate stage)
+        and ``fallbacks`` (those where it found fewer than the candidates needed, mostly under a narrow
+        filter, so the exact scan picked them).
+
+        Example:
+            .. code-block:: python
+
+                index.ann_nprobe = 32
+                index.search("query", k=10)
+                index.ann_stats()  # {'rows': 100000, 'lists': 1264, 'searches': 1, 'fallbacks': 0}
+        """
+        with self._lock:
+            return self._dense_ann.stats()
 
     @property
     def _dense_ann(self) -> DenseANN:

@@ -172,6 +172,41 @@ def test_fallback_to_the_exact_scan_when_the_lists_come_back_short(
     assert len(calls) == 5
 
 
+def test_ann_stats_count_searches_and_the_short_ones(
+    approximate: M3Index, exact: M3Index, corpus: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, queries, _ = corpus
+    approximate.build_ann()
+    approximate.ann_nprobe = approximate.ann_nprobe  # a change of settings starts the counts again
+    stats = approximate.ann_stats()
+    assert stats["rows"] == N_DOCS and stats["lists"] > 1 and stats["searches"] == stats["fallbacks"] == 0
+    for query in queries[:3]:
+        approximate.search_encoded(query, k=10, mode="dense")
+    assert approximate.ann_stats()["searches"] == 3
+
+    structure = approximate._stores.dense_ann
+
+    class Empty:  # the real lists, except that a search finds nothing
+        def __init__(self, ivf: object) -> None:
+            self._ivf = ivf
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._ivf, name)
+
+        def search(self, query: np.ndarray, k: int, params: object = None) -> tuple:
+            return np.zeros((1, k), np.float32), np.full((1, k), -1, np.int64)
+
+    monkeypatch.setattr(structure, "_ivf", Empty(structure._ivf))
+    got = approximate.search_encoded(queries[0], k=10, mode="dense")
+    assert [h.id for h in got] == [h.id for h in exact.search_encoded(queries[0], k=10, mode="dense")]
+    assert approximate.ann_stats() | {"rows": 0} == {
+        "rows": 0,
+        "lists": stats["lists"],
+        "searches": 4,
+        "fallbacks": 1,
+    }
+
+
 def test_deletes_adds_and_compaction(tiny_model: M3Model, corpus: tuple) -> None:
     output, queries, centers = corpus
     index = _index(tiny_model, output, ann=True, ann_nprobe=PROBES)
