@@ -404,7 +404,7 @@ def real(
             }
             index.ann = True
             index.build_ann()
-            lists = index._stores.dense_ann._ivf.nlist  # type: ignore[union-attr]
+            lists = index.ann_stats()["lists"]
             for nprobe in nprobes:
                 index.ann_nprobe = nprobe or DEFAULT_ANN_NPROBE
                 for mode, options in {"hybrid": {}, "dense": {"mode": "dense"}}.items():
