@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -179,6 +180,8 @@ class MilvusM3Store(RemoteM3Store):
         self.dense_index = dense_index
         self.shards_num = shards_num
         self.colbert_collection = f"{collection_name}_colbert"
+        # MaxSim's float32 staging buffer, one per thread: reused, it saves a page fault per 4 KB a query.
+        self._workspaces = threading.local()
         self._exists = self._check_or_create(create=False)
 
     def _connect(self, uri: str | None, token: str | None, timeout: float | None) -> Any:
@@ -474,7 +477,10 @@ class MilvusM3Store(RemoteM3Store):
 
         parts, counts = fetch_current_chunks(ids, seqs, read_seqs, read_rows, _ID_CHUNK)
         store, starts, lengths = assemble(parts, counts, len(ids), query.shape[1], self.colbert_collection)
-        return scoring.colbert_scores_stored(query, store, starts, lengths)
+        workspace = getattr(self._workspaces, "buffer", None)
+        if workspace is None:
+            workspace = self._workspaces.buffer = scoring.StagingBuffer()
+        return scoring.colbert_scores_stored(query, store, starts, lengths, workspace=workspace)
 
     def _query_all(self, collection: str, expression: str, fields: list[str]) -> list[dict[str, Any]]:
         rows = self.client.query(collection, filter=expression, output_fields=fields, limit=_LIMIT)
