@@ -458,7 +458,8 @@ class M3Index(AddMethods, AnnMethods, QueryMethods):
         Raises:
             FileExistsError: ``path`` is something else (a folder with other files, a file, a symbolic
                 link); nothing is touched then.
-            TypeError: a metadata value is not JSON-serialisable (the message names the id).
+            TypeError: a metadata value is not JSON-serialisable (the message names the id), or
+                ``purge_deleted`` is not a bool (nothing is written then).
 
         Example:
             .. code-block:: python
@@ -466,6 +467,9 @@ class M3Index(AddMethods, AnnMethods, QueryMethods):
                 index.save("my_index")
                 index.save("my_index")  # replaces the index saved before
         """
+        if not isinstance(purge_deleted, bool):
+            msg = f"purge_deleted must be True or False, got {purge_deleted!r}"
+            raise TypeError(msg)
         with self._lock:
             self._saved = persistence.save_index(
                 self, self._stores, path, self._saved, purge_deleted=purge_deleted

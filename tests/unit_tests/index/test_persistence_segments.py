@@ -183,6 +183,15 @@ def test_deletes_make_the_save_whole_unless_asked_and_then_only_until_a_quarter(
     assert manifest["format_version"] == 2 and manifest["count"] == len(INDEX_TEXTS) - dead
 
 
+@pytest.mark.parametrize("value", ["no", 0, None])
+def test_purge_deleted_must_be_a_bool(tiny_model: M3Model, tmp_path: Path, value: object) -> None:
+    index = M3Index(tiny_model)
+    index.add(["one"], ids=["a"])
+    with pytest.raises(TypeError, match="purge_deleted"):
+        index.save(tmp_path / "index", purge_deleted=value)  # type: ignore[arg-type]
+    assert not (tmp_path / "index").exists()
+
+
 def _segmented(tiny_model: M3Model, tmp_path: Path, **settings) -> Path:
     index = M3Index(tiny_model, **settings)
     index.add(INDEX_TEXTS[:8], ids=[f"d{i}" for i in range(8)])
