@@ -54,7 +54,7 @@ def _same_search(a: M3Index, b: M3Index) -> None:
             assert [h.id for h in x] == [h.id for h in y]
             for p, q in zip(x, y, strict=True):
                 assert (p.text, p.metadata) == (q.text, q.metadata)
-                assert p.scores == pytest.approx(q.scores, rel=1e-6, abs=1e-7)
+                assert p.scores == pytest.approx(q.scores, rel=1e-6, abs=1e-6)
 
 
 def _saved(model: M3Model, encoded: M3Output, tmp_path: Path, n: int) -> tuple[M3Index, Path]:

@@ -148,4 +148,5 @@ def test_index_fed_one_document_at_a_time_searches_like_one_bulk_add(
         b = fed.search_encoded(encoded, k=20, mode=mode, candidates=None)
         assert [h.id for h in a] == [h.id for h in b]
         for x, y in zip(a, b, strict=True):
-            assert x.scores == pytest.approx(y.scores, rel=1e-6, abs=1e-9)
+            # float32 scores near 0 (dense) may differ in the last bits on another CPU's kernel: abs 1e-6
+            assert x.scores == pytest.approx(y.scores, rel=1e-6, abs=1e-6)
