@@ -87,6 +87,18 @@ class Synthetic:
         lengths = self.rng.integers(low, high + 1, n)
         return [self.pool[self.rng.integers(0, len(self.pool), size)] for size in lengths]
 
+    def batch(self, start: int, size: int, *, colbert: bool) -> tuple[M3Output, sp.csr_matrix, dict]:
+        """Documents ``start .. start + size``: outputs, BM25 term counts, ids and metadata."""
+        weights, tf = self.lexical(size)
+        output = M3Output(
+            dense=self.dense(size),
+            lexical_weights=weights,  # type: ignore[arg-type]
+            colbert_vecs=self.colbert(size) if colbert else None,
+            num_tokens=[0] * size,
+        )
+        rows = range(start, start + size)
+        return output, tf, {"ids": [f"d{i}" for i in rows], "metadatas": [{"tenant": i % 10} for i in rows]}
+
     def query(self) -> EncodedQuery:
         lex_tokens = np.unique(self.tokens(int(self.rng.integers(8, 21))))
         colbert = self.pool[self.rng.integers(0, len(self.pool), 16)].astype(np.float32)
@@ -120,17 +132,9 @@ def build(
     elapsed = 0.0
     for start in range(0, n, batch):
         size = min(batch, n - start)
-        weights, tf = synth.lexical(size)
-        output = M3Output(
-            dense=synth.dense(size),
-            lexical_weights=weights,  # type: ignore[arg-type]
-            colbert_vecs=synth.colbert(size) if store_colbert else None,
-            num_tokens=[0] * size,
-        )
-        ids = [f"d{i}" for i in range(start, start + size)]
+        output, tf, rows = synth.batch(start, size, colbert=store_colbert)
         t0 = time.perf_counter()
-        metadatas = [{"tenant": i % 10} for i in range(start, start + size)]
-        index.add_encoded(output, [""] * size, ids=ids, metadatas=metadatas, bm25_tokens=tf)
+        index.add_encoded(output, [""] * size, bm25_tokens=tf, **rows)
         elapsed += time.perf_counter() - t0
         del output
     t0 = time.perf_counter()

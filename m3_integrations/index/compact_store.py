@@ -40,7 +40,8 @@ from m3_integrations.index.colbert_codecs import (
     ResidualCodec,
     pool_tokens,
 )
-from m3_integrations.index.storage import _append_rows, _reserved, new_epoch
+from m3_integrations.index.row_parts import RowParts, score_by_part
+from m3_integrations.index.storage import _parts, _vector_rows, new_epoch
 
 __all__ = ["CompactColbertStore", "PreparedCompact"]
 
@@ -88,23 +89,26 @@ class CompactColbertStore:
     # ------------------------------------------------------------------ state
     def restore(
         self,
-        vectors: np.ndarray,
+        vectors: np.ndarray | Sequence[np.ndarray],
         lengths: np.ndarray,
         *,
         codec: ResidualCodec | None = None,
-        codes: tuple[np.ndarray, np.ndarray] | None = None,
+        codes: tuple[np.ndarray | Sequence[np.ndarray], np.ndarray | Sequence[np.ndarray]] | None = None,
         drift: tuple[float, int] = (0.0, 0),
     ) -> None:
         """Replace the store: float16 ``vectors`` (untrained), or ``codec`` and its ``codes`` (ids, residual).
 
-        ``drift`` is ``(sum of squared errors, count)`` of the vectors added since training.
+        Each array may be a list of parts, one per saved segment holding whole documents (mapped parts
+        stay mapped). ``drift`` is ``(sum of squared errors, count)`` of the vectors added since training.
         """
         self.codec = codec
-        self._vectors = vectors if codec is None else np.zeros((0, self.dim), dtype=np.float16)
         n_bytes = -(-self.dim * self.bits // 8)
-        empty = (np.zeros(0, np.uint16), np.zeros((0, n_bytes), np.uint8))
-        self._ids, self._residual = codes if codes is not None else empty
-        self._used = len(vectors) if codec is None else len(self._ids)
+        self._vectors = RowParts.from_parts(
+            _parts(vectors) if codec is None else [], np.dtype(np.float16), (self.dim,)
+        )
+        ids, residual = codes if codes is not None else ([], [])
+        self._ids = RowParts.from_parts(_parts(ids), np.dtype(np.uint16), ())
+        self._residual = RowParts.from_parts(_parts(residual), np.dtype(np.uint8), (n_bytes,))
         self._lengths = np.asarray(lengths, dtype=np.int64)
         self._starts = np.cumsum(self._lengths) - self._lengths
         self._drift_sum, self._drift_count = float(drift[0]), int(drift[1])
@@ -119,7 +123,7 @@ class CompactColbertStore:
     @property
     def n_vectors(self) -> int:
         """How many (pooled) vectors are stored, tombstoned documents' included."""
-        return self._used
+        return len(self._vectors) if self.codec is None else len(self._ids)
 
     # ------------------------------------------------------------------ adding
     def prepare(self, vectors: Sequence[np.ndarray] | None, n_new: int) -> PreparedCompact:
@@ -165,24 +169,23 @@ class CompactColbertStore:
 
     def append(self, prepared: PreparedCompact) -> None:
         """Add prepared documents at the end; the add that reaches ``train_min_vectors`` trains the codec."""
-        used = self._used
+        used = self.n_vectors
         if self.codec is None:
-            self._vectors = _append_rows(self._vectors, prepared.pooled.astype(np.float16), used)
+            self._vectors.append(prepared.pooled.astype(np.float16))
         else:
             codes = prepared.codes
             if prepared.codec is not self.codec or codes is None:  # trained since prepare: encode again
                 codes = self.codec.encode(prepared.pooled)
-            self._ids = _append_rows(self._ids, codes[0], used)
-            self._residual = _append_rows(self._residual, codes[1], used)
+            self._ids.append(codes[0])
+            self._residual.append(codes[1])
             errors = ((self.codec.decode(*codes) - prepared.pooled) ** 2).sum(axis=1)
             self._drift_sum += float(errors.sum())
             self._drift_count += len(errors)
-        self._used = used + len(prepared.pooled)
         starts = used + np.cumsum(prepared.lengths) - prepared.lengths
         self._starts = np.concatenate([self._starts, starts.astype(np.int64)])
         self._lengths = np.concatenate([self._lengths, prepared.lengths])
         self._max_norm = None
-        if self.codec is None and self._used >= self.train_min_vectors:
+        if self.codec is None and self.n_vectors >= self.train_min_vectors:
             self.train()
 
     def train(self, sample: np.ndarray | None = None) -> None:
@@ -197,10 +200,10 @@ class CompactColbertStore:
         if self.codec is not None:
             msg = "the ColBERT codec is already trained (retrain through M3Index.retrain_colbert)"
             raise ValueError(msg)
-        stored = self._vectors[: self._used]
+        stored = self._vectors.slice(0, self.n_vectors)
         if sample is None:
             sample = self._sample(stored).astype(np.float32)
-        logger.info("training the compact ColBERT codec on %d of %d vectors", len(sample), self._used)
+        logger.info("training the compact ColBERT codec on %d of %d vectors", len(sample), len(stored))
         codec = ResidualCodec.train(sample, bits=self.bits, seed=self.seed)
         codes = codec.encode(stored.astype(np.float32))
         # Swapped in only now: a failure above leaves the float16 vectors as they were.
@@ -221,7 +224,7 @@ class CompactColbertStore:
         if len(lengths) != len(self._lengths):
             msg = f"codes for {len(lengths)} documents, the store has {len(self._lengths)}"
             raise ValueError(msg)
-        self.restore(self._vectors[:0], lengths, codec=codec, codes=codes)
+        self.restore([], lengths, codec=codec, codes=codes)
 
     def retrain(
         self,
@@ -282,29 +285,25 @@ class CompactColbertStore:
 
     def reserve(self, vectors: int) -> None:
         """Room for ``vectors`` more vectors without copying on the way."""
-        size = self._used + vectors
         if self.codec is None:
-            self._vectors = _reserved(self._vectors, self._used, size)
+            self._vectors.reserve(vectors)
         else:
-            self._ids = _reserved(self._ids, self._used, size)
-            self._residual = _reserved(self._residual, self._used, size)
+            self._ids.reserve(vectors)
+            self._residual.reserve(vectors)
 
     def keep_rows(self, rows: np.ndarray) -> None:
-        """Keep only the documents ``rows``, in order, their vectors back to back again."""
+        """Keep only the documents ``rows``, in order, their vectors back to back again (in memory)."""
         lengths = self._lengths[rows]
-        starts = self._starts[rows]
-        keep = np.repeat(starts, lengths) + (
-            np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        )
+        keep = _vector_rows(self._starts[rows], lengths)
         drift = (self._drift_sum, self._drift_count)
         if self.codec is None:
-            self.restore(self._vectors[keep], lengths.copy(), drift=drift)
+            self.restore(self._vectors.take(keep), lengths.copy(), drift=drift)
         else:
             self.restore(
-                self._vectors[:0],
+                [],
                 lengths.copy(),
                 codec=self.codec,
-                codes=(self._ids[keep], self._residual[keep]),
+                codes=(self._ids.take(keep), self._residual.take(keep)),
                 drift=drift,
             )
 
@@ -313,32 +312,36 @@ class CompactColbertStore:
         self, query: np.ndarray, rows: np.ndarray, *, workspace: scoring.StagingBuffer | None = None
     ) -> np.ndarray:
         """MaxSim of the exact ``query`` with the documents ``rows`` as stored (decoded codes)."""
+        starts, lengths = self._starts[rows], self._lengths[rows]
         if self.codec is None:
-            return scoring.colbert_scores_stored(
-                query,
-                self._vectors[: self._used],
-                self._starts[rows],
-                self._lengths[rows],
-                workspace=workspace,
+            return score_by_part(
+                [self._vectors],
+                starts,
+                lengths,
+                lambda arrays, part_starts, part_lengths: scoring.colbert_scores_stored(
+                    query, arrays[0], part_starts, part_lengths, workspace=workspace
+                ),
             )
         query = np.asarray(query, dtype=np.float32)
         if query.ndim != 2 or query.shape[1] != self.dim:
             msg = f"dimension mismatch: query has shape {query.shape}, stored vectors have {self.dim} columns"
             raise ValueError(msg)
-        used = self._used
-        return scoring.colbert_scores_lookup(
-            self.codec.query_tables(query),
-            (self._ids[:used], self._residual[:used]),
-            self.codec.code_offsets(),
-            self._starts[rows],
-            self._lengths[rows],
+        tables, code_offsets = self.codec.query_tables(query), self.codec.code_offsets()
+        return score_by_part(
+            [self._ids, self._residual],
+            starts,
+            lengths,
+            lambda arrays, part_starts, part_lengths: scoring.colbert_scores_lookup(
+                tables, arrays, code_offsets, part_starts, part_lengths
+            ),
         )
 
     def decoded(self) -> np.ndarray:
         """Every stored vector as scored, ``(n_vectors, d)`` float32 (tests and diagnostics)."""
+        used = self.n_vectors
         if self.codec is None:
-            return self._vectors[: self._used].astype(np.float32)
-        return self.codec.decode(self._ids[: self._used], self._residual[: self._used])
+            return self._vectors.slice(0, used).astype(np.float32)
+        return self.codec.decode(self._ids.slice(0, used), self._residual.slice(0, used))
 
     def max_norm(self) -> float:
         """The largest norm of a stored vector as scored (its reconstruction); cached until the store changes.
@@ -350,12 +353,12 @@ class CompactColbertStore:
         if self._max_norm is None:
             largest = 0.0
             step = 65_536
-            for begin in range(0, self._used, step):
-                end = min(begin + step, self._used)
+            for begin in range(0, self.n_vectors, step):
+                end = min(begin + step, self.n_vectors)
                 if self.codec is None:
-                    block = self._vectors[begin:end].astype(np.float32)
+                    block = self._vectors.slice(begin, end).astype(np.float32)
                 else:
-                    block = self.codec.decode(self._ids[begin:end], self._residual[begin:end])
+                    block = self.codec.decode(self._ids.slice(begin, end), self._residual.slice(begin, end))
                 largest = max(largest, float(np.linalg.norm(block, axis=1).max(initial=0.0)))
             self._max_norm = largest
         return self._max_norm
@@ -371,29 +374,36 @@ class CompactColbertStore:
         return self._drift_sum / self._drift_count / self.codec.train_error
 
     def memory_bytes(self) -> int:
-        """Bytes of the vectors or codes, the per-document offsets and the codec's centroids."""
-        used = self._used
-        stored = self._vectors[:used].nbytes + self._ids[:used].nbytes + self._residual[:used].nbytes
+        """Bytes of the vectors or codes (mapped ones included), the per-document offsets and the codec."""
+        stored = self._vectors.nbytes() + self._ids.nbytes() + self._residual.nbytes()
         codec = self.codec.model_bytes() if self.codec is not None else 0
         return int(stored + self._starts.nbytes + self._lengths.nbytes + codec)
 
+    def mapped_bytes(self) -> int:
+        """Bytes of the vectors or codes left in the index folder's files (memory-mapped)."""
+        return self._vectors.mapped_bytes() + self._ids.mapped_bytes() + self._residual.mapped_bytes()
+
     # ------------------------------------------------------------------ persistence
-    def to_arrays(self, first_row: int = 0, *, codec: bool = True) -> dict[str, np.ndarray]:
+    def to_arrays(self, first_row: int = 0, *, codec: bool = True, pieces: bool = False) -> dict[str, Any]:
         """Plain arrays for persistence (``colbert`` is empty once trained, ``colbert_scale`` always).
 
         ``colbert`` (float16), ``colbert_scale``, ``colbert_len``, and once trained ``colbert_ids``,
         ``colbert_residual``, and (unless ``codec=False``) the codec's ``colbert_centroids``,
-        ``colbert_cutoffs`` and ``colbert_values``. Of the documents from ``first_row`` on.
+        ``colbert_cutoffs`` and ``colbert_values``. Of the documents from ``first_row`` on. With
+        ``pieces``, the stored rows are lists of views of the parts (streamed by the save).
         """
-        used = self._used
+        used = self.n_vectors
         first = int(self._starts[first_row]) if first_row < len(self._starts) else used
-        arrays = {
-            "colbert": self._vectors[first:used] if self.codec is None else self._vectors[:0],
+        arrays: dict[str, Any] = {
+            "colbert": self._vectors.saved(first, used, pieces=pieces),
             "colbert_scale": np.zeros(0, dtype=np.float32),
             "colbert_len": self._lengths[first_row:],
         }
         if self.codec is not None:
-            arrays |= {"colbert_ids": self._ids[first:used], "colbert_residual": self._residual[first:used]}
+            arrays |= {
+                "colbert_ids": self._ids.saved(first, used, pieces=pieces),
+                "colbert_residual": self._residual.saved(first, used, pieces=pieces),
+            }
             if codec:
                 arrays |= self.codec.to_arrays()
         return arrays
@@ -423,7 +433,7 @@ class CompactColbertStore:
             return
         codec = ResidualCodec.from_arrays(arrays, codec_fields["train_error"])
         self.restore(
-            arrays["colbert"][:0],
+            [],
             arrays["colbert_len"],
             codec=codec,
             codes=(arrays["colbert_ids"], arrays["colbert_residual"]),

@@ -11,15 +11,18 @@ naming the file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
 import json
 import math
+import mmap
 import os
 import stat
+import struct
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +38,13 @@ __all__ = [
     "ArraySpec",
     "OpenFolder",
     "VanishedError",
+    "map_file",
     "parse_json",
     "parsing",
     "read_file",
     "read_manifest_file",
     "read_npz",
+    "release_pages",
 ]
 
 MANIFEST = "manifest.json"
@@ -51,6 +56,9 @@ _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _O_BINARY = getattr(os, "O_BINARY", 0)
 _DIR_FDS = os.open in os.supports_dir_fd and _O_DIRECTORY != 0
+# The zip local header's fields (zipfile.structFileHeader): file name length and extra field length.
+_FH_FILENAME_LENGTH, _FH_EXTRA_FIELD_LENGTH = 10, 11
+_MAX_NPY_HEADER = 1 << 16  # npy headers are far shorter; numpy itself refuses longer ones by default
 
 
 class VanishedError(Exception):
@@ -93,15 +101,10 @@ class OpenFolder:
             self.fd = None
 
 
-def read_file(
-    directory: OpenFolder,
-    name: str,
-    *,
-    max_bytes: int,
-    declared: int | None = None,
-    sha256: str | None = None,
-) -> bytes:
-    """Read ``name`` once: a regular file (no link, FIFO or device) of the declared size, hash checked."""
+def _open_checked(
+    directory: OpenFolder, name: str, *, max_bytes: int, declared: int | None
+) -> tuple[int, int]:
+    """A descriptor of the regular file ``name`` (no link, FIFO or device) and its size, checked."""
     label = directory.path / name
     try:
         fd = directory.open_file(name)
@@ -125,6 +128,24 @@ def read_file(
         if size > max_bytes:
             msg = f"{label} has {size} bytes, more than the {max_bytes} allowed for it"
             raise IndexLoadError(msg)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, size
+
+
+def read_file(
+    directory: OpenFolder,
+    name: str,
+    *,
+    max_bytes: int,
+    declared: int | None = None,
+    sha256: str | None = None,
+) -> bytes:
+    """Read ``name`` once: a regular file (no link, FIFO or device) of the declared size, hash checked."""
+    label = directory.path / name
+    fd, size = _open_checked(directory, name, max_bytes=max_bytes, declared=declared)
+    try:
         chunks = []
         remaining = size
         while remaining:
@@ -144,6 +165,64 @@ def read_file(
         msg = f"{label} is truncated or modified (checksum mismatch with the manifest)"
         raise IndexLoadError(msg)
     return data
+
+
+def map_file(
+    directory: OpenFolder,
+    name: str,
+    *,
+    max_bytes: int,
+    declared: int | None = None,
+    sha256: str | None = None,
+) -> mmap.mmap:
+    """Map ``name`` read-only, checked as :func:`read_file` checks it, without holding its bytes.
+
+    The hash is computed from a streamed read (through the page cache, not this process's memory).
+    The mapping shows the file as it is on disk from then on: an index's data files are never
+    rewritten by a save (a save writes new ones), and whoever rewrites or truncates them under a
+    running process changes what it reads (a truncation makes reads past the end fault).
+    """
+    label = directory.path / name
+    fd, size = _open_checked(directory, name, max_bytes=max_bytes, declared=declared)
+    try:
+        if size == 0:
+            msg = f"{label} is empty"
+            raise IndexLoadError(msg)
+        buffer = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+        if sha256 is not None:
+            digest = hashlib.sha256()
+            offset = 0
+            os.lseek(fd, 0, os.SEEK_SET)
+            while offset < size:
+                chunk = os.read(fd, min(size - offset, 8 << 20))
+                if not chunk:
+                    msg = f"{label} became shorter while it was read (modified during the load)"
+                    raise IndexLoadError(msg)
+                digest.update(chunk)
+                offset += len(chunk)
+            if digest.hexdigest() != sha256:
+                buffer.close()
+                msg = f"{label} is truncated or modified (checksum mismatch with the manifest)"
+                raise IndexLoadError(msg)
+    except OSError as err:
+        msg = f"{label} cannot be mapped: {err}"
+        raise IndexLoadError(msg) from err
+    finally:
+        os.close(fd)
+    return buffer
+
+
+def release_pages(buffer: mmap.mmap) -> None:
+    """Let the pages of ``buffer`` read so far leave this process's resident memory (best effort).
+
+    They stay in the page cache; a later read maps them again. Used after a load's checks touched a
+    mapped file, so that resident memory after a load is what the index keeps, not what it checked.
+    """
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if advice is not None:
+        # A platform without it, or a closed mapping: nothing to release.
+        with contextlib.suppress(OSError, ValueError):
+            buffer.madvise(advice)
 
 
 @contextmanager
@@ -166,10 +245,22 @@ class ArraySpec:
     shape: tuple[int | None, ...]  # None: a length the manifest does not give (format 1)
 
 
-def read_npz(data: bytes, specs: Mapping[str, ArraySpec], label: Path) -> dict[str, np.ndarray]:
-    """The arrays of an uncompressed npz, each member's npy header checked before its data is read."""
+def read_npz(
+    data: bytes | mmap.mmap,
+    specs: Mapping[str, ArraySpec],
+    label: Path,
+    *,
+    mapped: Collection[str] = (),
+) -> dict[str, np.ndarray]:
+    """The arrays of an uncompressed npz, each member's npy header checked before its data is read.
+
+    With ``data`` a mapping (:func:`map_file`), the members named in ``mapped`` are not read: their
+    arrays are read-only views of the mapping (pages are read when used), when their data is aligned
+    for their dtype (files written by :func:`~.folder_writer.write_npz` are; others are copied).
+    """
     arrays: dict[str, np.ndarray] = {}
-    with parsing(label), zipfile.ZipFile(io.BytesIO(data)) as archive:
+    source: Any = _MappedReader(data) if isinstance(data, mmap.mmap) else io.BytesIO(data)
+    with parsing(label), zipfile.ZipFile(source) as archive:
         members = archive.infolist()
         names = [member.filename for member in members]
         expected = {f"{key}.npy" for key in specs}
@@ -189,12 +280,79 @@ def read_npz(data: bytes, specs: Mapping[str, ArraySpec], label: Path) -> dict[s
             if member.file_size != member.compress_size or member.file_size > len(data):
                 msg = f"{label}: member {key!r} declares {member.file_size} bytes, more than the file holds"
                 raise IndexLoadError(msg)
+            what = f"{label}: array {key!r}"
+            if key in mapped and isinstance(data, mmap.mmap):
+                arrays[key] = _map_npy(data, member, specs[key], what)
+                continue
             with archive.open(member) as stream:
-                arrays[key] = _read_npy(stream, member.file_size, specs[key], f"{label}: array {key!r}")
+                arrays[key] = _read_npy(stream, member.file_size, specs[key], what)
     return arrays
 
 
-def _read_npy(stream: BinaryIO, size: int, spec: ArraySpec, what: str) -> np.ndarray:
+class _MappedReader(io.RawIOBase):
+    """A seekable binary stream over a mapping (``mmap`` itself is not an ``io`` stream zipfile accepts)."""
+
+    def __init__(self, buffer: mmap.mmap) -> None:
+        super().__init__()
+        self._buffer, self._position = buffer, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._buffer)}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, target: Any) -> int:
+        view = memoryview(target).cast("B")
+        chunk = self._buffer[self._position : self._position + len(view)]
+        view[: len(chunk)] = chunk
+        self._position += len(chunk)
+        return len(chunk)
+
+
+def _map_npy(buffer: mmap.mmap, member: zipfile.ZipInfo, spec: ArraySpec, what: str) -> np.ndarray:
+    """A stored member's array as a read-only view of ``buffer`` (a copy when its data is misaligned)."""
+    offset = member.header_offset
+    header = buffer[offset : offset + zipfile.sizeFileHeader]
+    if len(header) != zipfile.sizeFileHeader:
+        msg = f"{what}: its local header lies past the end of the file"
+        raise IndexLoadError(msg)
+    fields = struct.unpack(zipfile.structFileHeader, header)
+    name_bytes, extra_bytes = fields[_FH_FILENAME_LENGTH], fields[_FH_EXTRA_FIELD_LENGTH]
+    name_start = offset + zipfile.sizeFileHeader
+    if fields[0] != zipfile.stringFileHeader or buffer[name_start : name_start + name_bytes] != (
+        member.filename.encode("utf-8")
+    ):
+        msg = f"{what}: its local header does not match the archive's directory"
+        raise IndexLoadError(msg)
+    start = name_start + name_bytes + extra_bytes
+    end = start + member.file_size
+    if end > len(buffer):
+        msg = f"{what}: its data runs past the end of the file"
+        raise IndexLoadError(msg)
+    stream = io.BytesIO(buffer[start : min(end, start + _MAX_NPY_HEADER)])
+    shape, dtype, _ = _npy_header(stream, member.file_size, spec, what)
+    data_start = start + stream.tell()
+    count = math.prod(shape)
+    if data_start % dtype.alignment:  # written by np.savez (an older save): used from memory
+        return np.frombuffer(buffer, dtype=dtype, count=count, offset=data_start).reshape(shape).copy()
+    if count == 0:
+        return np.zeros(shape, dtype=dtype)
+    return np.frombuffer(buffer, dtype=dtype, count=count, offset=data_start).reshape(shape)
+
+
+def _npy_header(
+    stream: BinaryIO, size: int, spec: ArraySpec, what: str
+) -> tuple[tuple[int, ...], np.dtype, int]:
+    """The shape, dtype and data bytes of the npy in ``stream`` (a member of ``size`` bytes), checked."""
     version = np.lib.format.read_magic(stream)
     if version == (1, 0):
         shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
@@ -216,6 +374,11 @@ def _read_npy(stream: BinaryIO, size: int, spec: ArraySpec, what: str) -> np.nda
     if nbytes != size - stream.tell():
         msg = f"{what} has shape {shape} ({nbytes} bytes) but its member holds {size - stream.tell()}"
         raise IndexLoadError(msg)
+    return shape, dtype, nbytes
+
+
+def _read_npy(stream: BinaryIO, size: int, spec: ArraySpec, what: str) -> np.ndarray:
+    shape, dtype, nbytes = _npy_header(stream, size, spec, what)
     array = np.empty(shape, dtype=dtype)
     if nbytes:
         view = array.reshape(-1).view(np.uint8)

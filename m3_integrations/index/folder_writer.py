@@ -24,14 +24,18 @@ import os
 import re
 import shutil
 import stat
+import struct
 import threading
 import time
 import uuid
+import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
+
+import numpy as np
 
 from m3_integrations._utils import fsync_folder
 from m3_integrations.errors import IndexLoadError
@@ -390,3 +394,52 @@ def _sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# An extra field of the zip local header that only pads (the id Android's zipalign uses for the same).
+_PADDING_EXTRA_ID = 0xD935
+_ZIP64_EXTRA_BYTES = 20  # what zipfile appends to a local header written with force_zip64
+NPY_ALIGNMENT = 64  # numpy pads an npy header to this; the member's start is aligned to it too
+
+
+def write_npz(fh: BinaryIO, arrays: Mapping[str, np.ndarray | Sequence[np.ndarray]]) -> None:
+    """An uncompressed npz (as ``np.savez`` writes) whose arrays' data start at multiples of 64 bytes.
+
+    A loader can then memory-map a member and view it as an aligned array (float16, uint16 and float32
+    arrays at an odd offset could not be used in place). The alignment comes from a padding extra field
+    in each member's local header; any zip or npz reader ignores it. A value may be a list of arrays
+    of one dtype and row shape: they are written one after the other as one array (never joined in
+    memory).
+    """
+    with zipfile.ZipFile(fh, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for key, value in arrays.items():
+            name = f"{key}.npy"
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            fixed = zipfile.sizeFileHeader + len(name.encode("utf-8")) + _ZIP64_EXTRA_BYTES
+            pad = -(fh.tell() + fixed) % NPY_ALIGNMENT
+            if pad < 4:  # an extra field is at least its 4-byte header
+                pad += NPY_ALIGNMENT
+            info.extra = struct.pack("<HH", _PADDING_EXTRA_ID, pad - 4) + bytes(pad - 4)
+            with archive.open(info, mode="w", force_zip64=True) as member:
+                if isinstance(value, np.ndarray):
+                    np.lib.format.write_array(member, np.ascontiguousarray(value), allow_pickle=False)
+                else:
+                    _write_pieces(member, list(value))
+
+
+def _write_pieces(member: BinaryIO, pieces: list[np.ndarray]) -> None:
+    """One npy array made of ``pieces`` stacked along their first axis, written piece by piece."""
+    first = pieces[0]
+    header = {
+        "descr": np.lib.format.dtype_to_descr(first.dtype),
+        "fortran_order": False,
+        "shape": (sum(len(piece) for piece in pieces), *first.shape[1:]),
+    }
+    np.lib.format.write_array_header_1_0(member, header)
+    for piece in pieces:
+        if piece.dtype != first.dtype or piece.shape[1:] != first.shape[1:]:
+            msg = f"pieces of one array differ: {piece.dtype} {piece.shape} after {first.dtype} {first.shape}"
+            raise ValueError(msg)
+        block = max(1, (16 << 20) // max(1, piece[:1].nbytes))  # bounded copies of non-contiguous views
+        for begin in range(0, len(piece), block):
+            member.write(memoryview(np.ascontiguousarray(piece[begin : begin + block])).cast("B"))

@@ -407,7 +407,7 @@ def check_arrays(
     label: Path,
 ) -> None:
     """The values search relies on: finite numbers, indices inside their range, lengths that add up."""
-    _require(bool(np.isfinite(arrays["dense"]).all()), label, "dense holds NaN or infinite values")
+    _require(_all_finite(arrays["dense"]), label, "dense holds NaN or infinite values")
     if manifest["lexical"] == "m3":
         _check_csr(arrays, "lex", n, vocab_size, label)
         data = arrays["lex_data"]
@@ -435,7 +435,7 @@ def check_arrays(
             for name in ("colbert_centroids", "colbert_cutoffs", "colbert_values"):
                 _require(bool(np.isfinite(arrays[name]).all()), label, f"{name} holds NaN or infinite values")
         if colbert.dtype.kind == "f":
-            _require(bool(np.isfinite(colbert).all()), label, "colbert holds NaN or infinite values")
+            _require(_all_finite(colbert), label, "colbert holds NaN or infinite values")
         _require(
             bool(np.isfinite(scale).all() and (scale > 0).all()),
             label,
@@ -453,6 +453,12 @@ def check_arrays(
         label,
         "bm25_doc_len holds negative or non-finite lengths",
     )
+
+
+def _all_finite(array: np.ndarray, block_bytes: int = 16 << 20) -> bool:
+    """Whether every value is finite, checked block by block (no temporary the size of the array)."""
+    rows = max(1, block_bytes // max(1, array[:1].nbytes))
+    return all(bool(np.isfinite(array[begin : begin + rows]).all()) for begin in range(0, len(array), rows))
 
 
 def _check_csr(arrays: Mapping[str, np.ndarray], prefix: str, n: int, columns: int, label: Path) -> None:

@@ -280,7 +280,9 @@ class M3Index(AddMethods, AnnMethods, QueryMethods):
 
         Keys: ``dense``, ``sparse`` (M3's lexical weights, CSR + CSC), ``colbert`` (vectors, scales and
         offsets), ``bm25`` (term frequencies, CSR + CSC) and ``ann`` (the approximate dense stage's codes,
-        ids and centroids, once built); 0 for what the index does not store.
+        ids and centroids, once built); 0 for what the index does not store. ``colbert_mapped`` is the
+        part of ``colbert`` left in the index folder's files (``load(..., mmap=True)``): read on demand,
+        not resident.
         """
         with self._lock:
             return self._stores.memory_bytes()
@@ -476,7 +478,9 @@ class M3Index(AddMethods, AnnMethods, QueryMethods):
             )
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], model: M3Model, **kwargs: Any) -> M3Index:
+    def load(
+        cls, path: str | os.PathLike[str], model: M3Model, *, mmap: bool = False, **kwargs: Any
+    ) -> M3Index:
         """Load an index written by :meth:`save` (or by the previous release), checking it against ``model``.
 
         The folder is untrusted input: every file is read once, checked against the manifest's size and
@@ -486,6 +490,12 @@ class M3Index(AddMethods, AnnMethods, QueryMethods):
         Args:
             path: the folder.
             model: the model the index was built with (same identity and dimensions).
+            mmap: leave the ColBERT vectors (or codes) in the folder's files, memory-mapped read-only:
+                memory then holds their offsets (and the codec), and a query reads only its candidates'
+                rows. Checked like the rest when loaded (sizes, SHA-256, values). Documents added later
+                are held in memory; :meth:`compact` (and a save that compacts, after a delete) brings
+                the kept rows into memory. The folder's data files must not be rewritten while the
+                index is in use (saves never do: they write new data folders).
             **kwargs: ``show_progress``, ``batch_size``, ``ann``, ``ann_threshold`` and ``ann_nprobe`` for
                 the loaded index (the approximate dense stage is not saved: it is rebuilt on the first
                 search that needs it, or by :meth:`build_ann`).
@@ -501,7 +511,10 @@ class M3Index(AddMethods, AnnMethods, QueryMethods):
 
                 index = M3Index.load("my_index", model=M3Model("BAAI/bge-m3"))
         """
-        contents = persistence.load_index(path, model)
+        if not isinstance(mmap, bool):
+            msg = f"mmap must be True or False, got {mmap!r}"
+            raise TypeError(msg)
+        contents = persistence.load_index(path, model, mmap=mmap)
         index = cls(model, **contents.settings, **kwargs)
         with index._lock:
             contents.install(index._stores)

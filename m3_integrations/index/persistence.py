@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import mmap as mmap_module
 import os
 import time
 from dataclasses import dataclass
@@ -48,10 +49,12 @@ from m3_integrations.index.folder_reader import (
     MAX_MANIFEST_BYTES,
     OpenFolder,
     VanishedError,
+    map_file,
     parse_json,
     parsing,
     read_file,
     read_npz,
+    release_pages,
 )
 from m3_integrations.index.format import (
     ARRAYS_FILE,
@@ -66,6 +69,7 @@ from m3_integrations.index.format import (
     check_vocab,
     colbert_storage_of,
 )
+from m3_integrations.index.row_parts import is_mapped
 from m3_integrations.index.saving import MAX_DEAD_SHARE, SavedState, check_save_target, save_index
 from m3_integrations.index.segments import check_dead_rows, check_segments
 from m3_integrations.language import LanguageProfile, analyzer_for
@@ -122,7 +126,7 @@ class LoadedIndex:
     ids: list[str]
     texts: list[str]
     metadatas: list[dict[str, Any]]
-    arrays: dict[str, np.ndarray]
+    arrays: dict[str, Any]  # mapped ColBERT arrays of several segments: a list of parts
     lexical: sp.csr_matrix | None
     bm25: BM25
     colbert_codec: dict[str, Any] | None = None  # the manifest's colbert_codec (compact storage)
@@ -181,8 +185,11 @@ def check_language_record(value: Any, label: Path) -> dict[str, Any] | None:
     return {"setting": setting, "profile": profile}
 
 
-def load_index(path: str | os.PathLike[str], model: M3Model) -> LoadedIndex:
-    """Read and check the index saved at ``path`` (format 1 or 2) against ``model``.
+def load_index(path: str | os.PathLike[str], model: M3Model, *, mmap: bool = False) -> LoadedIndex:
+    """Read and check the index saved at ``path`` (format 1, 2 or 3) against ``model``.
+
+    With ``mmap``, the ColBERT arrays (:data:`MAPPED_ARRAYS`) stay in the folder's files, memory-mapped
+    (read-only, one part per segment); everything else is read into memory.
 
     Raises:
         IndexNotFoundError: no index at ``path``.
@@ -193,7 +200,7 @@ def load_index(path: str | os.PathLike[str], model: M3Model) -> LoadedIndex:
     vanished = ""
     for attempt in range(LOAD_ATTEMPTS):
         try:
-            return _load_once(folder, model)
+            return _load_once(folder, model, mmap=mmap)
         except VanishedError as err:  # a save replaced the data folder between the manifest and its files
             vanished = str(err)
             time.sleep(0.002 * (attempt + 1))
@@ -223,7 +230,7 @@ def _read_manifest(root: OpenFolder, folder: Path) -> bytes:
         raise IndexNotFoundError(_not_found(folder, f"{MANIFEST} is missing")) from err
 
 
-def _load_once(folder: Path, model: M3Model) -> LoadedIndex:
+def _load_once(folder: Path, model: M3Model, *, mmap: bool) -> LoadedIndex:
     root = _open_index_folder(folder)
     manifest_path = folder / MANIFEST
     try:
@@ -239,19 +246,24 @@ def _load_once(folder: Path, model: M3Model) -> LoadedIndex:
             ]
         else:
             parts, layouts = [manifest], [layout]
-        read = [_read_segment(root, folder, part_layout, manifest_path) for part_layout in layouts]
+        read = [_read_segment(root, folder, part_layout, manifest_path, mmap=mmap) for part_layout in layouts]
     finally:
         root.close()
-    contents = _checked_contents(
-        model, manifest=manifest, manifest_label=manifest_path, parts=parts, layouts=layouts, read=read
-    )
+    mapped = [blobs[ARRAYS_FILE] for blobs, _ in read if isinstance(blobs[ARRAYS_FILE], mmap_module.mmap)]
+    try:
+        contents = _checked_contents(
+            model, manifest=manifest, manifest_label=manifest_path, parts=parts, layouts=layouts, read=read
+        )
+    finally:
+        for buffer in mapped:  # the checks read the mapped arrays once: let those pages go
+            release_pages(buffer)
     contents.manifest_sha256 = hashlib.sha256(raw).hexdigest()
     return contents
 
 
 def _read_segment(
-    root: OpenFolder, folder: Path, layout: Layout, manifest_path: Path
-) -> tuple[dict[str, bytes], Path]:
+    root: OpenFolder, folder: Path, layout: Layout, manifest_path: Path, *, mmap: bool
+) -> tuple[dict[str, bytes | mmap_module.mmap], Path]:
     """Every file of one data folder (or of ``folder`` itself for format 1), checked against ``layout``."""
     data_dir: OpenFolder | None = None
     if layout.data is None:
@@ -268,8 +280,10 @@ def _read_segment(
             )
             raise IndexLoadError(msg) from err
     try:
-        blobs = {
-            name: read_file(data_dir, name, max_bytes=limit, declared=size, sha256=digest)
+        blobs: dict[str, bytes | mmap_module.mmap] = {
+            name: (map_file if mmap and name == ARRAYS_FILE else read_file)(
+                data_dir, name, max_bytes=limit, declared=size, sha256=digest
+            )
             for name, (size, digest, limit) in layout.files.items()
         }
         return blobs, data_dir.path
@@ -300,7 +314,7 @@ def _checked_contents(
     manifest_label: Path,
     parts: list[dict[str, Any]],
     layouts: list[Layout],
-    read: list[tuple[dict[str, bytes], Path]],
+    read: list[tuple[dict[str, bytes | mmap_module.mmap], Path]],
 ) -> LoadedIndex:
     segmented = len(parts) > 1 or manifest.get("format_version") == SEGMENTS_VERSION
     segment_arrays: list[dict[str, np.ndarray]] = []
@@ -313,13 +327,13 @@ def _checked_contents(
     arrays_label = read[-1][1] / ARRAYS_FILE
     for part, layout, (blobs, data_dir) in zip(parts, layouts, read, strict=True):
         arrays_label = data_dir / ARRAYS_FILE
-        arrays = read_npz(blobs.pop(ARRAYS_FILE), layout.arrays, arrays_label)
+        arrays = read_npz(blobs.pop(ARRAYS_FILE), layout.arrays, arrays_label, mapped=MAPPED_ARRAYS)
         if not codec_arrays:
             codec_arrays = {k: v for k, v in arrays.items() if k in _CODEC_ARRAYS}
         arrays = {**codec_arrays, **arrays}  # later segments are checked against the first one's codec
         documents_label = data_dir / DOCUMENTS_FILE
         part_ids, part_texts, part_metadatas = check_documents(
-            parse_json(blobs.pop(DOCUMENTS_FILE), documents_label),
+            parse_json(_bytes(blobs, DOCUMENTS_FILE), documents_label),
             layout.count,
             documents_label,
             unique=not segmented,
@@ -334,7 +348,7 @@ def _checked_contents(
             if new_words is not None and new_words < 0:
                 msg = f"{manifest_label}: bm25_columns shrinks from {columns} to {part_columns} in a segment"
                 raise IndexLoadError(msg)
-            vocab += check_vocab(parse_json(blobs.pop(VOCAB_FILE), vocab_label), new_words, vocab_label)
+            vocab += check_vocab(parse_json(_bytes(blobs, VOCAB_FILE), vocab_label), new_words, vocab_label)
             part_columns = len(vocab)
         assert part_columns is not None
         columns = part_columns
@@ -427,15 +441,28 @@ def _checked_contents(
 
 
 _CODEC_ARRAYS = ("colbert_centroids", "colbert_cutoffs", "colbert_values")
+# What ``mmap=True`` leaves in the files: the ColBERT rows, by far the largest arrays (a list of parts,
+# one per segment, once loaded: see :class:`~m3_integrations.index.row_parts.RowParts`).
+MAPPED_ARRAYS = frozenset({"colbert", "colbert_scale", "colbert_ids", "colbert_residual"})
 
 
-def _concatenate(
-    parts: list[dict[str, np.ndarray]], codec_arrays: dict[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    """The arrays of consecutive segments as the arrays of one (CSR row pointers shifted)."""
-    merged = dict(codec_arrays)
+def _bytes(blobs: dict[str, bytes | mmap_module.mmap], name: str) -> bytes:
+    data = blobs.pop(name)
+    assert isinstance(data, bytes)  # only arrays.npz is ever mapped
+    return data
+
+
+def _concatenate(parts: list[dict[str, np.ndarray]], codec_arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The arrays of consecutive segments as the arrays of one (CSR row pointers shifted).
+
+    Mapped arrays are not copied: they stay a list of parts, one per segment.
+    """
+    merged: dict[str, Any] = dict(codec_arrays)
     for name in parts[0]:
         if name in _CODEC_ARRAYS:
+            continue
+        if name in MAPPED_ARRAYS and any(is_mapped(part[name]) for part in parts):
+            merged[name] = [part[name] for part in parts]
             continue
         if name.endswith("_indptr"):
             pieces, offset = [parts[0][name]], int(parts[0][name][-1])

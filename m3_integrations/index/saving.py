@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 
 from m3_integrations.index.compact_store import CompactColbertStore
-from m3_integrations.index.folder_writer import StaleBaseError, check_target, write_folder
+from m3_integrations.index.folder_writer import StaleBaseError, check_target, write_folder, write_npz
 from m3_integrations.index.format import (
     ARRAYS_FILE,
     DOCUMENTS_FILE,
@@ -131,18 +131,19 @@ def _write(
         if index.bm25_tokenizer == "word"
         else None
     )
-    arrays: dict[str, np.ndarray] = stores.dense.to_arrays(first)
+    arrays: dict[str, Any] = stores.dense.to_arrays(first)  # ColBERT rows: lists of pieces, streamed
     lexical_nnz = 0
     if stores.lexical_weights is not None:
         arrays |= stores.lexical_weights.to_arrays("lex", first)
         lexical_nnz = len(arrays["lex_data"])
     colbert_vectors = 0
     if isinstance(stores.colbert, CompactColbertStore):  # the codec is saved with the first segment only
-        arrays |= stores.colbert.to_arrays(first, codec=base is None)
+        arrays |= stores.colbert.to_arrays(first, codec=base is None, pieces=True)
     elif stores.colbert is not None:
-        arrays |= stores.colbert.to_arrays(first)
+        arrays |= stores.colbert.to_arrays(first, pieces=True)
     if stores.colbert is not None:
-        colbert_vectors = len(arrays["colbert_ids"] if "colbert_ids" in arrays else arrays["colbert"])
+        stored = arrays["colbert_ids"] if "colbert_ids" in arrays else arrays["colbert"]
+        colbert_vectors = sum(len(piece) for piece in stored)
     arrays |= bm25.to_arrays(first)
     manifest: dict[str, Any] = {
         "format": FORMAT_NAME,
@@ -173,7 +174,7 @@ def _write(
         manifest["segments"] = list(base.segments)
         manifest["dead_rows"] = np.flatnonzero(~stores.documents.alive).tolist()
     files: dict[str, Callable[[BinaryIO], None]] = {
-        ARRAYS_FILE: lambda fh: np.savez(fh, **arrays),  # type: ignore[arg-type]
+        ARRAYS_FILE: lambda fh: write_npz(fh, arrays),
         DOCUMENTS_FILE: lambda fh: fh.write(documents),
     }
     if vocab is not None:

@@ -99,6 +99,7 @@ class IndexStores:
             "colbert": self.colbert.memory_bytes() if self.colbert is not None else 0,
             "bm25": self.bm25.store.memory_bytes(),
             "ann": self.dense_ann.memory_bytes() if self.dense_ann is not None else 0,
+            "colbert_mapped": self.colbert.mapped_bytes() if self.colbert is not None else 0,
         }
 
     def hit(self, row: int, score: float, scores: dict[str, float] | None = None) -> SearchHit:

@@ -24,6 +24,7 @@ import scipy.sparse as sp
 
 from m3_integrations import scoring
 from m3_integrations.index.filter_index import KeyIndex
+from m3_integrations.index.row_parts import RowParts, score_by_part
 from m3_integrations.index.sparse_store import SparseStore, new_epoch
 
 __all__ = ["ColbertStore", "DenseStore", "DocumentTable", "PreparedColbert", "SparseStore", "new_epoch"]
@@ -220,10 +221,12 @@ class PreparedColbert(NamedTuple):
 
 
 class ColbertStore:
-    """Every token vector of every document in one contiguous float16 (or int8 + scale) array.
+    """Every token vector of every document back to back, float16 (or int8 + scale).
 
-    A document's vectors are ``vectors[start : start + length]``; ``int8`` vectors carry one float32
-    scale each (:func:`m3_integrations.scoring.quantize_vectors`), float16 ones store no scale.
+    A document's vectors are rows ``start : start + length``; ``int8`` vectors carry one float32 scale
+    each (:func:`m3_integrations.scoring.quantize_vectors`), float16 ones store no scale. The rows are a
+    :class:`~m3_integrations.index.row_parts.RowParts`: a loaded index may leave the saved ones
+    memory-mapped in its folder (``M3Index.load(..., mmap=True)``), the added ones are in memory.
 
     Example:
         >>> store = ColbertStore(2, "float16")
@@ -240,11 +243,24 @@ class ColbertStore:
             np.zeros(0, dtype=np.int64),
         )
 
-    def restore(self, vectors: np.ndarray, scales: np.ndarray | None, lengths: np.ndarray) -> None:
-        """Replace the store: ``vectors`` of all documents back to back, ``lengths`` per document."""
-        self._vectors = vectors
-        self._scales = scales if scales is not None else np.zeros(0, dtype=np.float32)
-        self._used = len(vectors)
+    def restore(
+        self,
+        vectors: np.ndarray | Sequence[np.ndarray],
+        scales: np.ndarray | Sequence[np.ndarray] | None,
+        lengths: np.ndarray,
+    ) -> None:
+        """Replace the store: ``vectors`` of all documents back to back, ``lengths`` per document.
+
+        ``vectors`` (and an int8 store's ``scales``) may be a list of parts, one per saved segment, each
+        holding whole documents: they are kept as they are (mapped parts stay mapped).
+        """
+        vector_dtype = np.dtype(np.float16 if self.dtype == "float16" else np.int8)
+        self._vectors = RowParts.from_parts(_parts(vectors), vector_dtype, (self.dim,))
+        self._scales = RowParts.from_parts(
+            _parts(scales) if self.dtype == "int8" and scales is not None else [],
+            np.dtype(np.float32),
+            (),
+        )
         self._lengths = lengths.astype(np.int64, copy=False)
         self._starts = np.cumsum(self._lengths) - self._lengths
         self._max_norm: float | None = None
@@ -253,7 +269,7 @@ class ColbertStore:
     @property
     def n_vectors(self) -> int:
         """How many vectors are stored (tombstoned documents' included)."""
-        return self._used
+        return len(self._vectors)
 
     def prepare(self, vectors: Sequence[np.ndarray] | None, n_new: int) -> PreparedColbert:
         """New documents' vectors, checked, concatenated and quantised.
@@ -279,11 +295,10 @@ class ColbertStore:
 
     def append(self, prepared: PreparedColbert) -> None:
         """Add prepared documents at the end."""
-        used = self._used
-        self._vectors = _append_rows(self._vectors, prepared.vectors, used)
+        used = len(self._vectors)
+        self._vectors.append(prepared.vectors)
         if self.dtype == "int8":  # float16 rows need no scale: store none
-            self._scales = _append_rows(self._scales, prepared.scales, used)
-        self._used = used + len(prepared.vectors)
+            self._scales.append(prepared.scales)
         starts = used + np.cumsum(prepared.lengths) - prepared.lengths
         self._starts = np.concatenate([self._starts, starts.astype(np.int64)])
         self._lengths = np.concatenate([self._lengths, prepared.lengths])
@@ -291,71 +306,82 @@ class ColbertStore:
 
     def reserve(self, vectors: int) -> None:
         """Room for ``vectors`` more vectors without copying on the way."""
-        self._vectors = _reserved(self._vectors, self._used, self._used + vectors)
+        self._vectors.reserve(vectors)
         if self.dtype == "int8":
-            self._scales = _reserved(self._scales, self._used, self._used + vectors)
+            self._scales.reserve(vectors)
 
     def keep_rows(self, rows: np.ndarray) -> None:
-        """Keep only the documents ``rows``, in order, their vectors back to back again."""
+        """Keep only the documents ``rows``, in order, their vectors back to back again (in memory)."""
         lengths = self._lengths[rows]
-        starts = self._starts[rows]
-        if lengths.sum() == 0:
-            self.restore(self._vectors[:0].copy(), self._scales[:0].copy(), lengths.copy())
-            return
-        pieces = [slice(int(s), int(s + n)) for s, n in zip(starts, lengths, strict=True) if n]
-        vectors = np.concatenate([self._vectors[p] for p in pieces])
-        scales = np.concatenate([self._scales[p] for p in pieces])
-        self.restore(vectors, scales, lengths.copy())
+        keep = _vector_rows(self._starts[rows], lengths)
+        scales = self._scales.take(keep) if self.dtype == "int8" else np.zeros(0, dtype=np.float32)
+        self.restore(self._vectors.take(keep), scales, lengths.copy())
 
     def scores(
         self, query: np.ndarray, rows: np.ndarray, *, workspace: scoring.StagingBuffer | None = None
     ) -> np.ndarray:
         """MaxSim of ``query`` with the documents ``rows`` (float32)."""
-        return scoring.colbert_scores_stored(
-            query,
-            self._vectors[: self._used],
-            self._starts[rows],
-            self._lengths[rows],
-            scales=self._scales[: self._used] if self.dtype == "int8" else None,
-            workspace=workspace,
-        )
+        int8 = self.dtype == "int8"
+        columns = [self._vectors, self._scales] if int8 else [self._vectors]
+
+        def score(arrays: list[np.ndarray], starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+            return scoring.colbert_scores_stored(
+                query, arrays[0], starts, lengths, scales=arrays[1] if int8 else None, workspace=workspace
+            )
+
+        return score_by_part(columns, self._starts[rows], self._lengths[rows], score)
 
     def max_norm(self) -> float:
         """The largest norm of a stored vector (cached until the store changes)."""
         if self._max_norm is None:
             largest = 0.0
             step = 65_536
-            for begin in range(0, self._used, step):
-                block = self._vectors[begin : min(begin + step, self._used)].astype(np.float32)
-                norms = np.linalg.norm(block, axis=1)
+            for begin in range(0, self.n_vectors, step):
+                end = min(begin + step, self.n_vectors)
+                norms = np.linalg.norm(self._vectors.slice(begin, end).astype(np.float32), axis=1)
                 if self.dtype == "int8":
-                    norms *= self._scales[begin : begin + len(block)]
+                    norms *= self._scales.slice(begin, end)
                 largest = max(largest, float(norms.max(initial=0.0)))
             self._max_norm = largest
         return self._max_norm
 
     def memory_bytes(self) -> int:
-        """Bytes of the vectors, their scales and the per-document offsets."""
-        used = self._used
+        """Bytes of the vectors, their scales and the per-document offsets (mapped ones included)."""
         return int(
-            self._vectors[:used].nbytes
-            + self._scales[:used].nbytes
-            + self._starts.nbytes
-            + self._lengths.nbytes
+            self._vectors.nbytes() + self._scales.nbytes() + self._starts.nbytes + self._lengths.nbytes
         )
 
-    def to_arrays(self, first_row: int = 0) -> dict[str, np.ndarray]:
+    def mapped_bytes(self) -> int:
+        """Bytes of the vectors and scales left in the index folder's files (memory-mapped)."""
+        return self._vectors.mapped_bytes() + self._scales.mapped_bytes()
+
+    def to_arrays(self, first_row: int = 0, *, pieces: bool = False) -> dict[str, Any]:
         """``colbert``, ``colbert_scale`` (empty for float16) and ``colbert_len`` for persistence.
 
-        Of the documents from ``first_row`` on (an incremental save).
+        Of the documents from ``first_row`` on (an incremental save). With ``pieces``, the vectors and
+        scales are lists of views of the store's parts (a save streams them: a mapped index is not
+        copied into memory to be saved).
         """
-        used = self._used
+        used = self.n_vectors
         first = int(self._starts[first_row]) if first_row < len(self._starts) else used
         return {
-            "colbert": self._vectors[first:used],
-            "colbert_scale": self._scales[first:used] if self.dtype == "int8" else self._scales[:0],
+            "colbert": self._vectors.saved(first, used, pieces=pieces),
+            "colbert_scale": self._scales.saved(first, used, pieces=pieces)
+            if self.dtype == "int8"
+            else np.zeros(0, dtype=np.float32),
             "colbert_len": self._lengths[first_row:].astype(np.int64, copy=False),
         }
+
+
+def _parts(arrays: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    """One array, or a list of parts, as a list of parts."""
+    return [arrays] if isinstance(arrays, np.ndarray) else list(arrays)
+
+
+def _vector_rows(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The vector rows of documents at ``starts`` with ``lengths``, back to back in that order."""
+    total = int(lengths.sum())
+    return np.repeat(starts, lengths) + (np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths))
 
 
 def lexical_chunk(weights: Any, n_new: int, vocab_size: int) -> sp.csr_matrix:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.cluster.hierarchy import linkage
+from scipy.spatial.distance import pdist
 
 from m3_integrations import IndexLoadError, M3Index, M3Model, M3Output, scoring
 from m3_integrations.index import colbert_codecs, compact_store
@@ -183,6 +185,21 @@ def test_pool_tokens_averages_clusters_keeps_order_and_windows() -> None:
             np.allclose(vector, (m := small[list(s)].sum(0)) / np.linalg.norm(m), atol=1e-6)
             for s in _subsets(6)
         )
+
+
+def test_pooling_distances_are_scipys_pdist_with_equal_vectors_at_exactly_zero() -> None:
+    """Ward linkage is fed distances from one matrix product: the same as pdist up to rounding."""
+    rng = np.random.default_rng(5)
+    vectors = _unit(rng, 120, 64)
+    vectors = np.concatenate([vectors, vectors[:30]])  # repeated tokens: equal vectors
+    reference = pdist(vectors.astype(np.float64))
+    distances = colbert_codecs._condensed_distances(vectors)
+    np.testing.assert_allclose(distances, reference, rtol=1e-9, atol=1e-7)
+    assert (distances[reference == 0] == 0).all() and (reference == 0).sum() == 30
+    # The clusters (not only their count) match pdist's on vectors without near-ties.
+    distinct = _unit(rng, 90, 64)
+    merges = linkage(colbert_codecs._condensed_distances(distinct), method="ward")
+    np.testing.assert_array_equal(merges[:, :2], linkage(distinct.astype(np.float64), method="ward")[:, :2])
 
 
 def _subsets(n: int) -> list[tuple[int, ...]]:
@@ -359,8 +376,8 @@ def test_codebooks_round_trip_and_later_adds_reuse_them(
     ).colbert_vecs
     ids, residual = codec.encode(pool_tokens(vectors[0]))
     start = after.n_vectors - len(ids)
-    np.testing.assert_array_equal(after._ids[start : after.n_vectors], ids)
-    np.testing.assert_array_equal(after._residual[start : after.n_vectors], residual)
+    np.testing.assert_array_equal(after._ids.slice(start, after.n_vectors), ids)
+    np.testing.assert_array_equal(after._residual.slice(start, after.n_vectors), residual)
     assert loaded.colbert_drift() is not None
     loaded.save(tmp_path / "again")
     again = M3Index.load(tmp_path / "again", tiny_model)
@@ -445,7 +462,7 @@ def test_drift_and_retrain(tiny_model: M3Model, train_early: None) -> None:
         TEXTS[:3], return_dense=False, return_sparse=False, return_colbert=True
     ).colbert_vecs
     ids, residual = store.codec.encode(np.concatenate([pool_tokens(v) for v in vectors]))
-    np.testing.assert_array_equal(store._ids[: len(ids)], ids)
-    np.testing.assert_array_equal(store._residual[: len(ids)], residual)
+    np.testing.assert_array_equal(store._ids.slice(0, len(ids)), ids)
+    np.testing.assert_array_equal(store._residual.slice(0, len(ids)), residual)
     assert index.colbert_vectors == int(store.lengths.sum())
     assert len(index.search(QUERIES[0], k=5)) == 5
