@@ -236,6 +236,7 @@ class M3Retriever(BaseRetriever):
         model: M3Model | str = DEFAULT_MODEL,
         *,
         model_kwargs: Mapping[str, Any] | None = None,
+        mmap: bool = False,
         **fields: Any,
     ) -> M3Retriever:
         """Load an index written by :meth:`save` (or :meth:`M3Index.save`) into a new retriever.
@@ -246,12 +247,13 @@ class M3Retriever(BaseRetriever):
             path: the index folder.
             model: the :class:`M3Model` the index was built with, or its name/path.
             model_kwargs: arguments for :class:`M3Model` when ``model`` is a name or path.
+            mmap: leave the ColBERT vectors in the folder's files, memory-mapped (see :meth:`M3Index.load`).
             **fields: retriever fields (``k``, ``mode``, ``weights``...).
 
         Returns:
             The retriever.
         """
-        return cls(index=M3Index.load(path, resolve_model(model, model_kwargs)), **fields)
+        return cls(index=M3Index.load(path, resolve_model(model, model_kwargs), mmap=mmap), **fields)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Persist the index to the folder ``path`` (replaced atomically); see :meth:`M3Index.save`.

@@ -99,8 +99,12 @@ def write_retriever(
     )
 
 
-def read_retriever(folder: Path, model: M3Model) -> tuple[dict[str, Any], M3Index, SimpleDocumentStore]:
+def read_retriever(
+    folder: Path, model: M3Model, *, mmap: bool = False
+) -> tuple[dict[str, Any], M3Index, SimpleDocumentStore]:
     """A retriever folder's settings (``M3Retriever`` keyword arguments), its index and its docstore.
+
+    ``mmap`` leaves the index's ColBERT vectors memory-mapped (``M3Index.load``).
 
     Raises:
         FileNotFoundError: the folder or one of its files is missing.
@@ -116,7 +120,7 @@ def read_retriever(folder: Path, model: M3Model) -> tuple[dict[str, Any], M3Inde
         found = f"format {config.get('format')!r} version {config.get('version')!r}"
         msg = f"{data / CONFIG_FILE} has {found}; expected {PERSIST_FORMAT!r} version {PERSIST_VERSION}"
         raise ValueError(msg)
-    index = M3Index.load(data / INDEX_DIR, model)
+    index = M3Index.load(data / INDEX_DIR, model, mmap=mmap)
     try:
         docstore = SimpleDocumentStore.from_dict(parse_json(docstore_bytes, data / DOCSTORE_FILE))
     except (TypeError, ValueError, KeyError, AttributeError) as err:

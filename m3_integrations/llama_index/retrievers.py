@@ -479,12 +479,15 @@ class M3Retriever(BaseRetriever):
         write_retriever(path, self.get_persist_args(), self._docstore, self._index.save)
 
     @classmethod
-    def from_persist_dir(cls, path: str | os.PathLike[str], model: M3Model, **kwargs: Any) -> M3Retriever:
+    def from_persist_dir(
+        cls, path: str | os.PathLike[str], model: M3Model, *, mmap: bool = False, **kwargs: Any
+    ) -> M3Retriever:
         """Load a retriever written by :meth:`persist` (this release's layout or the earlier one).
 
         Args:
             path: the folder.
             model: the ``M3Model`` the index was built with (checked against the saved identity).
+            mmap: leave the ColBERT vectors in the folder's files, memory-mapped (see ``M3Index.load``).
             **kwargs: :class:`M3Retriever` settings overriding the saved ones (``similarity_top_k``...).
 
         Raises:
@@ -493,6 +496,6 @@ class M3Retriever(BaseRetriever):
                 docstore and index disagree (an :class:`~m3_integrations.errors.IndexLoadError` for a
                 damaged file).
         """
-        settings, index, docstore = read_retriever(Path(path), model)
+        settings, index, docstore = read_retriever(Path(path), model, mmap=mmap)
         settings.update(kwargs)
         return cls(m3_index=index, node_store=docstore, **settings)

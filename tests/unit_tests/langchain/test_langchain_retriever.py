@@ -182,6 +182,9 @@ def test_save_and_load(retriever: M3Retriever, tiny_model: M3Model, tmp_path) ->
     assert [(d.id, d.page_content, d.metadata) for d in before] == [
         (d.id, d.page_content, d.metadata) for d in after
     ]
+    mapped = M3Retriever.load(tmp_path / "idx", model=tiny_model, k=3, mmap=True)
+    assert mapped.index.memory_bytes()["colbert_mapped"] > 0
+    assert [(d.id, d.page_content) for d in mapped.invoke(QUERY)] == [(d.id, d.page_content) for d in after]
 
 
 def test_bad_input_errors(retriever: M3Retriever, tiny_model: M3Model) -> None:

@@ -395,6 +395,12 @@ def test_persist_round_trip(tiny_model: M3Model, tmp_path: Path) -> None:
         assert back.metadata == node.metadata
         assert back.ref_doc_id == node.ref_doc_id
         assert back.relationships == node.relationships
+    mapped = M3Retriever.from_persist_dir(target, model=tiny_model, mmap=True)
+    assert mapped.m3_index.memory_bytes()["colbert_mapped"] > 0
+    for query in ["capital", "향량 검색", "hybrid"]:
+        a, b = loaded.retrieve(query), mapped.retrieve(query)
+        assert [n.node.node_id for n in a] == [n.node.node_id for n in b]
+        assert [n.score for n in a] == pytest.approx([n.score for n in b], rel=1e-6, abs=1e-6)
     loaded.delete_ref_doc("doc0")
     assert "n0" not in loaded.node_ids
 
