@@ -438,7 +438,9 @@ def colbert_scores_lookup(
     out = np.zeros(n, dtype=np.float32)
     if n == 0 or tables.shape[1] == 0 or int(lengths.sum()) == 0:
         return out
-    offsets_t = [torch.as_tensor(np.asarray(o, dtype=np.int64)).reshape(1, -1) for o in code_offsets]
+    code_offsets = [np.asarray(o, dtype=np.int32).reshape(-1) for o in code_offsets]
+    widths = [1 if code.ndim == 1 else code.shape[1] for code in codes]
+    columns = np.cumsum([0, *widths])
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     shift = starts - offsets[:-1]
     block = max(block_rows, int(lengths.max()))
@@ -448,15 +450,12 @@ def colbert_scores_lookup(
         begin, end = int(offsets[i]), int(offsets[j])
         if end > begin:
             rows = np.repeat(shift[i:j], lengths[i:j]) + np.arange(begin, end)
-            index = torch.cat(
-                [
-                    torch.from_numpy(code[rows].astype(np.int64, copy=False)).reshape(end - begin, -1)
-                    + offset
-                    for code, offset in zip(codes, offsets_t, strict=True)
-                ],
-                dim=1,
-            )
-            sim = torch.nn.functional.embedding_bag(index, tables, mode="sum").numpy()  # (size, N_q)
+            # One int32 index matrix, filled code array by code array (no int64 copies, no concatenation).
+            index = np.empty((end - begin, int(columns[-1])), dtype=np.int32)
+            for code, offset, first, last in zip(codes, code_offsets, columns[:-1], columns[1:], strict=True):
+                gathered = code[rows].reshape(end - begin, -1)
+                np.add(gathered, offset, out=index[:, first:last], casting="unsafe")
+            sim = torch.nn.functional.embedding_bag(torch.from_numpy(index), tables, mode="sum").numpy()
             nonempty = lengths[i:j] > 0
             maxes = np.maximum.reduceat(sim, offsets[i:j][nonempty] - begin, axis=0)
             out[i:j][nonempty] = maxes.sum(axis=1) / tables.shape[1]

@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -125,6 +126,21 @@ def _condensed_distances(vectors: np.ndarray) -> np.ndarray:
     # their ties are then broken by scipy's fixed order, the same on every CPU.
     distances[distances <= 1e-12 * scale] = 0.0
     return np.sqrt(distances)
+
+
+@functools.cache
+def _byte_slots(bits: int) -> np.ndarray:
+    """``(256, (8 / bits) * 2**bits)`` float32: 1 where byte value ``v`` holds bucket ``b`` in slot ``t``.
+
+    Slot ``t`` is bits ``8 - bits (t + 1)`` and up of the byte, as :meth:`ResidualCodec.encode` packs them.
+    """
+    per_byte, buckets = 8 // bits, 1 << bits
+    byte_values = np.arange(256)
+    slots = np.zeros((256, per_byte * buckets), dtype=np.float32)
+    for t in range(per_byte):
+        code = (byte_values >> (8 - bits * (t + 1))) & (buckets - 1)
+        slots[byte_values, t * buckets + code] = 1.0
+    return slots
 
 
 def kmeans(
@@ -289,20 +305,19 @@ class ResidualCodec:
         ``q_i · centroids[c]``. See :meth:`code_offsets`.
         """
         query = np.ascontiguousarray(query, dtype=np.float32)
-        bits, n_bytes = self.bits, self.residual_bytes
-        per_byte = 8 // bits
+        bits, n_bytes, n_query = self.bits, self.residual_bytes, len(query)
+        per_byte, buckets = 8 // bits, 1 << bits
         width = n_bytes * per_byte
         # values_q[b, i, dim] = q_i[dim] * values[b, dim], zero-padded to whole bytes.
-        values_q = np.zeros((len(self.values), len(query), width), dtype=np.float32)
+        values_q = np.zeros((buckets, n_query, width), dtype=np.float32)
         values_q[:, :, : self.dim] = self.values[:, None, :] * query[None, :, :]
-        values_q = values_q.reshape(len(self.values), len(query), n_bytes, per_byte)
-        rows = np.zeros((n_bytes, 256, len(query)), dtype=np.float32)
-        byte_values = np.arange(256)
-        for t in range(per_byte):
-            code = (byte_values >> (8 - bits * (t + 1))) & ((1 << bits) - 1)  # (256,)
-            rows += values_q[code, :, :, t].transpose(2, 0, 1)  # (n_bytes, 256, N_q)
+        # weights[(t, b), (p, i)]: the share of bucket b in slot t of byte p; a byte value's row is the
+        # sum over its slots of its buckets' shares: one product with the byte values' one-hot slots.
+        weights = values_q.reshape(buckets, n_query, n_bytes, per_byte).transpose(3, 0, 2, 1)
+        weights = np.ascontiguousarray(weights).reshape(per_byte * buckets, n_bytes * n_query)
+        rows = (_byte_slots(bits) @ weights).reshape(256, n_bytes, n_query).transpose(1, 0, 2)
         centroid_rows = self.centroids @ query.T
-        return torch.from_numpy(np.concatenate([rows.reshape(n_bytes * 256, len(query)), centroid_rows]))
+        return torch.from_numpy(np.concatenate([rows.reshape(n_bytes * 256, n_query), centroid_rows]))
 
     def code_offsets(self) -> tuple[np.ndarray, np.ndarray]:
         """Offsets into :meth:`query_tables` for ``(ids, residual)``, in the order of :meth:`encode`."""
