@@ -29,12 +29,10 @@ import time
 import zipfile
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from search_scaling import DENSE_DIM, OUT, Synthetic, fake_model
+from search_scaling import DENSE_DIM, OUT, Synthetic, fake_model, time_mode
 
 from m3_integrations import M3Index
 
@@ -112,17 +110,7 @@ def measure(n_docs: int, mmap: bool, n_queries: int) -> dict:
     load_s = time.perf_counter() - started
     after_load = rss()
     synth = Synthetic(DENSE_DIM, seed=1)
-    latencies = {}
-    for name, options in MODES.items():
-        queries = [synth.query() for _ in range(n_queries + 2)]
-        for query in queries[:2]:
-            index.search_encoded(query, k=10, **options)  # type: ignore[arg-type]
-        times = []
-        for query in queries[2:]:
-            t0 = time.perf_counter()
-            index.search_encoded(query, k=10, **options)  # type: ignore[arg-type]
-            times.append((time.perf_counter() - t0) * 1000)
-        latencies[name] = (float(np.percentile(times, 50)), float(np.percentile(times, 95)))
+    latencies = {name: time_mode(index, synth, n_queries, **options) for name, options in MODES.items()}
     return {
         "mmap": mmap,
         "load_s": load_s,
