@@ -21,12 +21,11 @@
 
 What it cannot see: the real queries. Pseudo-queries are sentences in the corpus's own language and
 style, so a cross-lingual use (queries in another language than the documents) looks monolingual to
-it, and lexical signals look more useful than they will be; keyword queries, questions and claims
-differ from a sentence of the passage. The grid keeps every signal weighted, and ``confidence`` /
-``agreement`` still shrink the lexical weight per query by its term coverage, which is what protects
-cross-lingual queries; calibrate a cross-lingual index only if the grid's fusions without that
-protection (``rrf``, ``relative_score``) are acceptable, or pass ``fusions=("confidence",
-"agreement")``.
+it, and keyword queries, questions and claims differ from a sentence of the passage. Measured with
+``benchmarks/select_default.py`` (docs/evaluation.md), the cross-lingual pairs are where its choice
+did worst: MiniLM on German queries over English passages lost .033 to the built-in default. Do not
+calibrate an index that will be queried in another language than its documents'. Documents in
+scripts whose sentences the chunker does not split (Bengali's danda, say) give fewer pseudo-queries.
 """
 
 from __future__ import annotations
