@@ -21,8 +21,7 @@ from m3_integrations.index.calibration import (
     Calibration,
     make_pseudo_queries,
 )
-from tests.common import ConceptEncoder, naive_colbert_score, naive_fuse
-from tests.unit_tests.core.test_fusion_agreement import naive_agreement_fusion
+from tests.common import ConceptEncoder, naive_agreement_fusion, naive_colbert_score, naive_fuse
 
 N_DOCS = 30
 
