@@ -22,6 +22,12 @@ The protocol:
    picks meet the target (``margin >= -0.005`` or an interval holding 0) on at least as many pairs as
    the current default does, and their worst is higher than the current default's worst.
 
+**Calibrated** (``M3Index.calibrate()``, issue 18): per pair, the configuration calibrate chose on
+the pair's corpus from pseudo-queries alone (``benchmarks/calibration_cache.py``), one candidate per
+BM25 variant (``calibrated · words``, ``calibrated · language``). It sees no label and no real query,
+so its margin on a pair is already a held-out one; rule 4 applies to it as to the rule's picks
+(``calibrated`` in the output), and it is also among the candidates the rule picks from.
+
 Usage::
 
     python benchmarks/select_default.py                    # writes benchmarks/out/selection.json
@@ -44,10 +50,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.calibration_cache import OUT as CALIBRATIONS  # noqa: E402
+from benchmarks.calibration_cache import load_all as load_calibrations  # noqa: E402
 from benchmarks.signal_cache import OUT as SIGNALS  # noqa: E402
 from benchmarks.signal_cache import PairSignals, load_all  # noqa: E402
 from m3_integrations import fusion  # noqa: E402
 from m3_integrations.evaluation import paired_bootstrap_ci, per_query_metrics  # noqa: E402
+from m3_integrations.index import Calibration  # noqa: E402
 
 logger = logging.getLogger("select_default")
 OUT = Path(__file__).resolve().parent / "out" / "selection.json"
@@ -97,6 +106,7 @@ STOCK = [
     ),
 ]
 CURRENT_DEFAULT = "hybrid confidence lexical .3/.4/.3 · words"
+CALIBRATED = {variant: f"calibrated · {variant}" for variant in ("words", "language")}
 
 
 def hybrid_configs() -> list[Config]:
@@ -150,6 +160,7 @@ class PairTable:
     collection: str
     values: dict[str, np.ndarray]
     reference: str = ""
+    choices: dict[str, str] = field(default_factory=dict)  # calibrated · <variant> → what it chose
 
     def __post_init__(self) -> None:
         candidates = [c.name for c in SINGLES + STOCK if c.name in self.values]
@@ -162,16 +173,35 @@ class PairTable:
         return paired_bootstrap_ci(self.values[config], self.values[self.reference])
 
 
+def calibrated_configs(calibrations: Mapping[str, Calibration]) -> list[Config]:
+    """One pair's ``calibrated · <variant>`` configurations: what ``M3Index.calibrate()`` chose there."""
+    return [
+        Config(
+            CALIBRATED[variant],
+            dict(zip(("dense", "bm25", "colbert"), chosen.weights, strict=True)),
+            chosen.fusion,
+            variant,
+            extra={"choice": f"{chosen.fusion} {chosen.weights}"},
+        )
+        for variant, chosen in sorted(calibrations.items())
+        if variant in CALIBRATED
+    ]
+
+
 def tables(
-    pairs: Mapping[tuple[str, str], Mapping[str, PairSignals]], configs: Sequence[Config]
+    pairs: Mapping[tuple[str, str], Mapping[str, PairSignals]],
+    configs: Sequence[Config],
+    calibrations: Mapping[tuple[str, str], Mapping[str, Calibration]] | None = None,
 ) -> list[PairTable]:
     out = []
     for (encoder, collection), variants in sorted(pairs.items()):
         if not {"words", "language"} <= set(variants):
             logger.warning("%s / %s lacks a BM25 variant; skipped", encoder, collection)
             continue
-        values = {c.name: per_query_ndcg(variants, c) for c in configs}
-        out.append(PairTable(f"{encoder} | {collection}", _corpus(collection), values))
+        own = calibrated_configs((calibrations or {}).get((encoder, collection), {}))
+        values = {c.name: per_query_ndcg(variants, c) for c in [*configs, *own]}
+        choices = {c.name: str(c.extra["choice"]) for c in own}
+        out.append(PairTable(f"{encoder} | {collection}", _corpus(collection), values, choices=choices))
         logger.info("%s / %s: reference %s", encoder, collection, out[-1].reference)
     return out
 
@@ -240,6 +270,9 @@ def protocol(pairs: Sequence[PairTable], candidates: Sequence[str], hold_out: st
         for p in pairs
         if language in p.values
     ]
+    calibrated = {
+        name: calibrated_check(pairs, name, current) for name in CALIBRATED.values() if name in candidates
+    }
     held_worst = min(h["margin"][0] for h in held)
     current_worst = min(c["margin"][0] for c in current)
     generalises = sum(h["meets_target"] for h in held) >= sum(c["meets_target"] for c in current) and (
@@ -259,6 +292,33 @@ def protocol(pairs: Sequence[PairTable], candidates: Sequence[str], hold_out: st
         "current_default_meeting_target": sum(c["meets_target"] for c in current),
         "generalises": generalises,
         "language_vs_words": language_vs_words,
+        "calibrated": calibrated,
+    }
+
+
+def calibrated_check(
+    pairs: Sequence[PairTable], name: str, current: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Rule 4 for a label-free per-pair choice: its margins are held out already (it saw no label)."""
+    rows = [
+        {
+            "pair": p.name,
+            "margin": list(p.interval(name)),
+            "meets_target": meets_target(p.interval(name)),
+            "vs_current_default": list(paired_bootstrap_ci(p.values[name], p.values[CURRENT_DEFAULT])),
+            "ndcg@10": float(p.values[name].mean()),
+        }
+        for p in pairs
+    ]
+    worst = min(r["margin"][0] for r in rows)
+    meeting = sum(r["meets_target"] for r in rows)
+    current_worst = min(c["margin"][0] for c in current)
+    current_meeting = sum(c["meets_target"] for c in current)
+    return {
+        "margins": rows,
+        "worst": worst,
+        "meeting_target": meeting,
+        "generalises": meeting >= current_meeting and worst > current_worst,
     }
 
 
@@ -288,6 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hold-out", choices=("pair", "collection"), default="pair")
     parser.add_argument("--signals", type=Path, default=SIGNALS)
+    parser.add_argument("--calibrations", type=Path, default=CALIBRATIONS)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument(
         "--report",
@@ -300,15 +361,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     pairs = load_all(args.signals)
     hybrids = hybrid_configs()
     configs = SINGLES + STOCK + hybrids
-    table = tables(pairs, configs)
+    table = tables(pairs, configs, load_calibrations(args.calibrations) if args.calibrations.is_dir() else {})
     if len(table) < 2:
         raise SystemExit(f"the protocol needs at least two pairs, found {len(table)} in {args.signals}")
-    result = protocol(table, [c.name for c in hybrids], args.hold_out)
+    # The calibrated choice is a candidate where every pair has one.
+    calibrated = [name for name in CALIBRATED.values() if all(name in p.values for p in table)]
+    result = protocol(table, [c.name for c in hybrids] + calibrated, args.hold_out)
     result["pairs"] = {
         p.name: {
             "num_queries": len(p.values["dense"]),
             "reference": p.reference,
             "means": {name: round(float(v.mean()), 4) for name, v in p.values.items()},
+            "calibrated": p.choices,
         }
         for p in table
     }
@@ -323,6 +387,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for entry in result["language_vs_words"]:
         d = entry["difference"]
         print(f"{entry['pair']:45s} language BM25 - words: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
+    for name, check in result["calibrated"].items():
+        for row in check["margins"]:
+            m, d = row["margin"], row["vs_current_default"]
+            print(
+                f"{row['pair']:45s} {name}: {m[0]:+.3f} [{m[1]:+.3f}, {m[2]:+.3f}] vs reference;"
+                f" {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}] vs the current default"
+            )
+        print(
+            f"{name}: worst {check['worst']:+.3f} ({check['meeting_target']}/{len(table)} meet the target);"
+            f" generalises by rule 4: {check['generalises']}"
+        )
     print(
         "rule's pick on all pairs:",
         result["rule_pick_on_all_pairs"],

@@ -88,10 +88,17 @@ def _unflatten(flat: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
     return [flat[offsets[i] : offsets[i + 1]].astype(np.float32) for i in range(len(offsets) - 1)]
 
 
-def build(model: Any, encoding: Path, variant: str) -> dict[str, np.ndarray]:
+def read_encoding(encoding: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The arrays of an ``encode_cache.py`` file and its ``info`` record."""
     with np.load(encoding, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
-    info = json.loads(str(arrays["info"]))
+    return arrays, json.loads(str(arrays["info"]))
+
+
+def index_from_encoding(
+    model: Any, arrays: dict[str, np.ndarray], info: dict[str, Any], variant: str
+) -> M3Index:
+    """An ``M3Index`` of one BM25 variant over a cached corpus's vectors and texts (nothing encoded)."""
     doc_ids = [str(d) for d in arrays["doc_ids"]]
     texts = _texts(info, doc_ids)
     index = M3Index(model, **VARIANTS[variant])
@@ -100,6 +107,13 @@ def build(model: Any, encoding: Path, variant: str) -> dict[str, np.ndarray]:
         dense=arrays["doc_dense"], colbert_vecs=doc_colbert, num_tokens=[len(v) + 1 for v in doc_colbert]
     )
     index.add_encoded(output, texts, ids=doc_ids)
+    return index
+
+
+def build(model: Any, encoding: Path, variant: str) -> dict[str, np.ndarray]:
+    arrays, info = read_encoding(encoding)
+    doc_ids = [str(d) for d in arrays["doc_ids"]]
+    index = index_from_encoding(model, arrays, info, variant)
     queries = [str(q) for q in arrays["query_texts"]]
     tokens = index.bm25_tokens(queries)
     q_colbert = _unflatten(arrays["query_colbert"], arrays["query_colbert_offsets"])

@@ -51,6 +51,34 @@ _CJK_CLAUSE = re.compile(r"(?<=[，、；：])(?=\S)")
 _ALNUM = re.compile(r"[^\W_]")  # str.isalnum, as a pattern
 
 
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    r"""``(start, end)`` of each sentence of ``text``: the chunker's sentence, paragraph and line breaks.
+
+    Spans hold no surrounding whitespace; blank pieces are left out.
+
+    Example:
+        >>> text = "One two. Three four!\n\n東京は大きい。大阪も。"
+        >>> [text[a:b] for a, b in sentence_spans(text)]
+        ['One two.', 'Three four!', '東京は大きい。', '大阪も。']
+    """
+    breaks = sorted(
+        [m.span(1) for m in _LATIN_SENTENCE.finditer(text)]
+        + [m.span(1) for m in _CJK_SENTENCE.finditer(text)]
+        + [m.span() for m in _HANGUL_SENTENCE.finditer(text)]
+        + [m.span() for m in _PARAGRAPH.finditer(text)]
+        + [m.span() for m in _LINE.finditer(text)]
+    )
+    spans = []
+    start = 0
+    for end, next_start in [*breaks, (len(text), len(text))]:
+        if end > start:
+            first, last = _skip_space(text, start), _back_over_space(text, end)
+            if last > first:
+                spans.append((first, last))
+        start = max(start, next_start)
+    return spans
+
+
 def _skip_space(text: str, i: int) -> int:
     n = len(text)
     while i < n and text[i].isspace():

@@ -409,10 +409,58 @@ class BM25:
         rows, col_of_entry, tf = self.store.postings(uniq)
         if len(rows) == 0:
             return scores
-        tf = tf.astype(np.float64)
-        norm = self.k1 * (1.0 - self.b + self.b * self._doc_len[rows] / avgdl)
-        contribution = idf[uniq][col_of_entry] * counts[col_of_entry] * tf * (self.k1 + 1.0) / (tf + norm)
+        contribution = self._term_scores(
+            idf[uniq][col_of_entry] * counts[col_of_entry], tf, self._doc_len[rows]
+        )
         return np.bincount(rows, weights=contribution, minlength=n_rows)
+
+    def score_documents(
+        self, query_tokens: Sequence[Hashable], documents: Sequence[Sequence[Hashable]]
+    ) -> np.ndarray:
+        """BM25 scores of documents that are not in the index, under the index's corpus statistics.
+
+        Each document (its tokens) is scored as if it were one more row, without changing ``N``, the
+        average length or the idfs: what :meth:`M3Index.calibrate <m3_integrations.M3Index.calibrate>`
+        needs to score a passage with one sentence taken out. Tokens the index has never seen score 0.
+
+        Example:
+            >>> bm25 = BM25()
+            >>> bm25.add([["red", "apple"], ["green", "pear"], ["red", "pear"]])
+            >>> stored = bm25.get_scores(["apple"])[0]
+            >>> bool(bm25.score_documents(["apple"], [["red", "apple"]])[0] == stored)
+            True
+
+        Returns:
+            float64 ``(len(documents),)``.
+        """
+        scores = np.zeros(len(documents), dtype=np.float64)
+        cols = self.columns(query_tokens)
+        if cols.size == 0 or len(self._doc_len) == 0:
+            return scores
+        _, avgdl, idf = self.stats()
+        if avgdl <= 0:
+            return scores
+        query_cols, query_counts = np.unique(cols, return_counts=True)
+        weight_of = dict(zip(query_cols.tolist(), (idf[query_cols] * query_counts).tolist(), strict=True))
+        for i, tokens in enumerate(documents):
+            doc_cols, tf = np.unique(self.columns(tokens), return_counts=True)
+            shared = np.isin(doc_cols, query_cols)
+            if not shared.any():
+                continue
+            weights = np.asarray([weight_of[c] for c in doc_cols[shared].tolist()], dtype=np.float64)
+            lengths = np.full(int(shared.sum()), float(len(tokens)))
+            scores[i] = self._term_scores(weights, tf[shared], lengths).sum()
+        return scores
+
+    def _term_scores(self, weights: np.ndarray, tf: np.ndarray, doc_len: np.ndarray) -> np.ndarray:
+        """Okapi's per-term score ``w * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len / avgdl))``.
+
+        ``weights`` are the query terms' idfs times their counts in the query (stats() must be set).
+        """
+        _, avgdl, _ = self.stats()
+        tf = np.asarray(tf, dtype=np.float64)
+        norm = self.k1 * (1.0 - self.b + self.b * doc_len / avgdl)
+        return weights * tf * (self.k1 + 1.0) / (tf + norm)
 
     # ------------------------------------------------------------------ persistence
     def to_arrays(self, first_row: int = 0) -> dict[str, np.ndarray]:

@@ -9,14 +9,14 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import torch
 
-from m3_integrations import M3Model
+from m3_integrations import M3Model, M3Output
 
 # Float32 values that two code paths compute (one text alone against a padded batch, another BLAS blocking,
 # another CPU kernel: OMP_NUM_THREADS, ATEN_CPU_CAPABILITY) differ by rounding noise, and a test must pass on
@@ -185,6 +185,45 @@ def naive_fuse(scores: Mapping[str, list[float]], weights: Mapping[str, float], 
     return fused
 
 
+def naive_top(values: list[float], depth: int, *, positive_only: bool) -> set[int]:
+    # Highest first; equal values keep their positions' order (a stable sort).
+    order = sorted(range(len(values)), key=lambda i: (-values[i], i))[:depth]
+    return {i for i in order if values[i] > 0 or not positive_only}
+
+
+def naive_agreement(lexical: list[float], others: list[list[float]], depth: int) -> float:
+    top = naive_top(lexical, depth, positive_only=True)
+    union: set[int] = set()
+    for other in others:
+        union |= naive_top(other, depth, positive_only=False)
+    return (len(top & union) + 1) / (len(top) + 1)
+
+
+def naive_agreement_fusion(
+    scores: dict[str, list[float]], weights: dict[str, float], coverage: dict[str, float], depth: int
+) -> list[float]:
+    n = len(next(iter(scores.values())))
+    scaled = {}
+    for name, values in scores.items():
+        weight = weights[name]
+        if weight <= 0 or not any(values) or max(values) == min(values):
+            continue
+        factor = coverage.get(name, 1.0)
+        if name in ("bm25", "sparse"):
+            others = [v for other, v in scores.items() if other not in ("bm25", "sparse")]
+            factor *= naive_agreement(values, others, depth)
+        scaled[name] = weight * factor * naive_peak_z(values) ** 2
+    scaled = {k: v for k, v in scaled.items() if v > 0}
+    total = sum(scaled.values())
+    out = [0.0] * n
+    for name, weight in scaled.items():
+        values = scores[name]
+        low, high = min(values), max(values)
+        for i in range(n):
+            out[i] += weight / total * (values[i] - low) / (high - low)
+    return out
+
+
 _EMPTY_VALUES: tuple = (None, "", [], {})
 
 
@@ -294,3 +333,50 @@ def example_module(script: str, name: str | None = None) -> Iterator[ModuleType]
         yield module
     finally:
         sys.modules.pop(name, None)
+
+
+# ---------------------------------------------------------------- a fake encoder that reads meaning
+class ConceptEncoder:
+    """A stand-in for an encoder without M3's heads whose dense and ColBERT vectors follow *meaning*.
+
+    A word ``c<k>w<j>`` means concept ``k`` (its synonyms differ in ``j``): its vector is concept ``k``'s
+    axis. Every other word gets a short (norm 0.2) fixed random vector of its own: the encoder mostly
+    ignores it. Dense vectors are the normalised sums of a text's word vectors; ColBERT vectors are the
+    normalised word vectors. BM25 over words sees only the spellings, so synonyms do not match
+    lexically while the encoder's signals find them.
+    """
+
+    has_sparse = False
+    has_colbert_head = False
+    dense_dim = colbert_dim = 64
+    vocab_size = 1000
+
+    def _word(self, word: str) -> np.ndarray:
+        head, _, tail = word.partition("w")
+        if head.startswith("c") and head[1:].isdigit() and tail.isdigit():
+            vector = np.zeros(self.dense_dim, dtype=np.float64)
+            vector[int(head[1:]) % self.dense_dim] = 1.0
+            return vector
+        seed = int.from_bytes(word.encode("utf-8")[:8].ljust(8, b"\0"), "little") % (2**32)
+        vector = np.random.default_rng(seed).standard_normal(self.dense_dim)
+        return 0.2 * vector / np.linalg.norm(vector)
+
+    def _encode(self, texts: Sequence[str], return_colbert: bool = False, **_: object) -> M3Output:
+        rows, colbert = [], []
+        for text in texts:
+            words = [w.strip(".,").lower() for w in text.split() if w.strip(".,")]
+            vectors = np.asarray([self._word(w) for w in words] or [np.ones(self.dense_dim)])
+            total = vectors.sum(axis=0)
+            rows.append(total / np.linalg.norm(total))
+            colbert.append((vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32))
+        return M3Output(
+            dense=np.asarray(rows, dtype=np.float32),
+            colbert_vecs=colbert if return_colbert else None,
+            num_tokens=[len(c) + 1 for c in colbert],
+        )
+
+    def encode_queries(self, queries: Sequence[str], **kwargs: object) -> M3Output:
+        return self._encode(queries, **kwargs)
+
+    def encode_passages(self, passages: Sequence[str], **kwargs: object) -> M3Output:
+        return self._encode(passages, **kwargs)

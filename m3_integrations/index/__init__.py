@@ -13,6 +13,8 @@ One module per responsibility (the table "Where things live" in ``docs/engine.md
   approximate dense first stage of large indexes (faiss IVF);
 - :mod:`~m3_integrations.index.filters`, :mod:`~m3_integrations.index.filter_index` and
   :mod:`~m3_integrations.index.metadata`: the filter language, its per-key value index, JSON metadata;
+- :mod:`~m3_integrations.index.calibration`: :meth:`M3Index.calibrate`, the label-free choice of an
+  index's default fusion and weights on pseudo-queries made from its documents (:class:`Calibration`);
 - :mod:`~m3_integrations.index.persistence`, :mod:`~m3_integrations.index.format`,
   :mod:`~m3_integrations.index.folder_writer` and :mod:`~m3_integrations.index.folder_reader`: save and
   load, the folder format and its checks, atomic folder replacement, reading untrusted files.
@@ -30,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+from m3_integrations.index.calibration import Calibration
 from m3_integrations.index.format import FORMAT_NAME, FORMAT_VERSION
 from m3_integrations.index.index import M3Index
 from m3_integrations.index.options import (
@@ -62,6 +65,7 @@ __all__ = [
     "NO_HEADS_WEIGHTS",
     "PAPER_WEIGHTS",
     "WEIGHT_KEYS",
+    "Calibration",
     "CandidateScores",
     "EncodedQuery",
     "FilterType",

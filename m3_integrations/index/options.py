@@ -107,7 +107,9 @@ assert get_args(Fusion) == FUSION_METHODS
 class IndexKind:
     """What the defaults and the meaning of the weights depend on, for one index.
 
-    Which signal fills the lexical slot, and whether the model has BGE-M3's trained heads.
+    Which signal fills the lexical slot, whether the model has BGE-M3's trained heads, and the fusion
+    and slot weights :meth:`M3Index.calibrate <m3_integrations.M3Index.calibrate>` chose for the index
+    (``None``: the kind's built-in defaults).
 
     Example:
         >>> kind = IndexKind(lexical_signal="bm25", trained_heads=False)
@@ -115,10 +117,26 @@ class IndexKind:
         ('confidence', {'dense': 0.3, 'sparse': 0.4, 'colbert': 0.3})
         >>> kind.signal("lexical")
         'bm25'
+        >>> calibrated = IndexKind("bm25", False, calibrated_fusion="rrf", calibrated_weights=(0.2, 0.2, 0.6))
+        >>> calibrated.default_fusion, calibrated.default_weights
+        ('rrf', {'dense': 0.2, 'sparse': 0.2, 'colbert': 0.6})
     """
 
     lexical_signal: LexicalSignal
     trained_heads: bool
+    calibrated_fusion: Fusion | None = None
+    # (dense, lexical, colbert), as SLOTS
+    calibrated_weights: tuple[float, float, float] | None = None
+
+    @property
+    def builtin_fusion(self) -> Fusion:
+        """The library's default fusion for this kind, calibration aside."""
+        return DEFAULT_FUSION if self.trained_heads else NO_HEADS_FUSION
+
+    @property
+    def builtin_slot_weights(self) -> dict[str, float]:
+        """The library's default weight of each slot for this kind, calibration aside."""
+        return dict(DEFAULT_WEIGHTS if self.trained_heads else NO_HEADS_WEIGHTS)
 
     def signal(self, slot: str) -> str:
         """The signal that fills ``slot`` (``dense``, ``lexical`` or ``colbert``) in this index."""
@@ -126,13 +144,15 @@ class IndexKind:
 
     @property
     def default_fusion(self) -> Fusion:
-        """``"weighted"`` for a real BGE-M3 (the paper's setting), ``"confidence"`` without its heads."""
-        return DEFAULT_FUSION if self.trained_heads else NO_HEADS_FUSION
+        """The calibrated fusion, else ``"weighted"`` for a real BGE-M3 and ``"confidence"`` without heads."""
+        return self.calibrated_fusion or self.builtin_fusion
 
     @property
     def default_slot_weights(self) -> dict[str, float]:
-        """The default weight of each slot (``dense``, ``lexical``, ``colbert``)."""
-        return dict(DEFAULT_WEIGHTS if self.trained_heads else NO_HEADS_WEIGHTS)
+        """The default weight of each slot (``dense``, ``lexical``, ``colbert``): calibrated or built in."""
+        if self.calibrated_weights is not None:
+            return dict(zip(SLOTS, self.calibrated_weights, strict=True))
+        return self.builtin_slot_weights
 
     @property
     def default_weights(self) -> dict[str, float]:

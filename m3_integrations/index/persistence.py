@@ -43,6 +43,7 @@ import scipy.sparse as sp
 
 from m3_integrations.bm25 import BM25, WordTokenizer
 from m3_integrations.errors import IndexLoadError, IndexNotFoundError
+from m3_integrations.index.calibration import Calibration
 from m3_integrations.index.compact_store import CompactColbertStore
 from m3_integrations.index.folder_reader import (
     MANIFEST,
@@ -131,6 +132,7 @@ class LoadedIndex:
     bm25: BM25
     colbert_codec: dict[str, Any] | None = None  # the manifest's colbert_codec (compact storage)
     language: dict[str, Any] | None = None  # the manifest's checked "language" record
+    calibration: Calibration | None = None  # the manifest's checked "calibration" (M3Index.calibrate)
     alive: np.ndarray | None = None  # format 3: which rows are live (the others are tombstones)
     manifest_sha256: str = ""
     segments: tuple[dict[str, Any], ...] = ()  # format 2 and 3: the segments on disk, oldest first
@@ -385,6 +387,14 @@ def _checked_contents(
     except (ImportError, ValueError) as err:
         msg = f"{manifest_label}: the index's BM25 word settings cannot be used here: {err}"
         raise IndexLoadError(msg) from err
+    calibration = None
+    if manifest.get("calibration") is not None:
+        try:
+            calibration = Calibration.from_json(
+                manifest["calibration"], label=f"{manifest_label}: calibration"
+            )
+        except ValueError as err:
+            raise IndexLoadError(str(err)) from err
     with parsing(arrays_label):
         bm25 = BM25.from_arrays(
             arrays,
@@ -435,6 +445,7 @@ def _checked_contents(
         bm25,
         codec,
         language,
+        calibration,
         alive=alive,
         segments=segments if layouts[-1].data is not None else (),
     )

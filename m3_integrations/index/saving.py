@@ -170,6 +170,8 @@ def _write(
         manifest |= stores.colbert.manifest_fields()
     if index.language_record is not None:  # absent from indexes saved before language detection
         manifest["language"] = index.language_record
+    if index.calibration is not None:  # absent from indexes never calibrated (M3Index.calibrate)
+        manifest["calibration"] = index.calibration.to_json()
     if base is not None:
         manifest["segments"] = list(base.segments)
         manifest["dead_rows"] = np.flatnonzero(~stores.documents.alive).tolist()

@@ -6,46 +6,7 @@ import numpy as np
 import pytest
 
 from m3_integrations import fusion
-from tests.common import naive_peak_z
-
-
-def naive_top(values: list[float], depth: int, *, positive_only: bool) -> set[int]:
-    # Highest first; equal values keep their positions' order (a stable sort).
-    order = sorted(range(len(values)), key=lambda i: (-values[i], i))[:depth]
-    return {i for i in order if values[i] > 0 or not positive_only}
-
-
-def naive_agreement(lexical: list[float], others: list[list[float]], depth: int) -> float:
-    top = naive_top(lexical, depth, positive_only=True)
-    union: set[int] = set()
-    for other in others:
-        union |= naive_top(other, depth, positive_only=False)
-    return (len(top & union) + 1) / (len(top) + 1)
-
-
-def naive_agreement_fusion(
-    scores: dict[str, list[float]], weights: dict[str, float], coverage: dict[str, float], depth: int
-) -> list[float]:
-    n = len(next(iter(scores.values())))
-    scaled = {}
-    for name, values in scores.items():
-        weight = weights[name]
-        if weight <= 0 or not any(values) or max(values) == min(values):
-            continue
-        factor = coverage.get(name, 1.0)
-        if name in ("bm25", "sparse"):
-            others = [v for other, v in scores.items() if other not in ("bm25", "sparse")]
-            factor *= naive_agreement(values, others, depth)
-        scaled[name] = weight * factor * naive_peak_z(values) ** 2
-    scaled = {k: v for k, v in scaled.items() if v > 0}
-    total = sum(scaled.values())
-    out = [0.0] * n
-    for name, weight in scaled.items():
-        values = scores[name]
-        low, high = min(values), max(values)
-        for i in range(n):
-            out[i] += weight / total * (values[i] - low) / (high - low)
-    return out
+from tests.common import naive_agreement, naive_agreement_fusion
 
 
 def test_top_agreement_matches_the_naive_definition() -> None:

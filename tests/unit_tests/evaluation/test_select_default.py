@@ -7,6 +7,7 @@ import pytest
 
 from benchmarks import select_default
 from benchmarks.select_default import CURRENT_DEFAULT, PairTable, pick, protocol
+from m3_integrations.index import Calibration
 
 
 def table(name: str, collection: str, dense: float, margins: dict[str, float], n: int = 40) -> PairTable:
@@ -80,3 +81,33 @@ def test_the_report_section_shows_every_held_out_margin(pairs: list[PairTable]) 
     assert "-0.100 [" in text and "✗" in text
     assert "does **not** generalise" in text
     assert section_selection({}) == []
+
+
+def test_the_calibrated_choice_is_judged_by_rule_4_on_its_own_margins(pairs: list[PairTable]) -> None:
+    # Label-free, chosen per pair: its margins are held out as they are.
+    for p, margin in zip(pairs, (0.0, 0.01, -0.03, 0.0), strict=True):
+        p.values["calibrated · words"] = p.values["dense"] + margin
+    result = protocol(pairs, ["steady", "calibrated · words"], "pair")
+    check = result["calibrated"]["calibrated · words"]
+    assert [r["margin"][0] for r in check["margins"]] == pytest.approx([0.0, 0.01, -0.03, 0.0])
+    assert [r["vs_current_default"][0] for r in check["margins"]] == pytest.approx([0.02, 0.01, 0.02, 0.0])
+    assert check["worst"] == pytest.approx(-0.03)
+    assert check["meeting_target"] == 3  # the current default meets it on 2, worst -0.05
+    assert check["generalises"] is True
+    pairs[0].values["calibrated · words"] = (
+        pairs[0].values["dense"] - 0.06
+    )  # now worse than the default's worst
+    assert (
+        protocol(pairs, ["steady", "calibrated · words"], "pair")["calibrated"]["calibrated · words"][
+            "generalises"
+        ]
+        is False
+    )
+
+
+def test_calibrated_configs_rank_with_what_calibrate_chose() -> None:
+    chosen = Calibration("rrf", (0.2, 0.2, 0.6), 0.8, 0.7, 100, 600, 0, 0.005)
+    (config,) = select_default.calibrated_configs({"language": chosen, "subword": chosen})
+    assert config.name == "calibrated · language"
+    assert (config.fusion, config.variant) == ("rrf", "language")
+    assert dict(config.weights) == {"dense": 0.2, "bm25": 0.2, "colbert": 0.6}
