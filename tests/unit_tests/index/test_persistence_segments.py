@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from m3_integrations import IndexLoadError, IndexNotFoundError, M3Index, M3Model, M3Output
-from m3_integrations.index import colbert_codecs, persistence
+from m3_integrations.index import compact_store, persistence
 from tests.common import INDEX_TEXTS
 from tests.persistence_writer import grown_ids
 from tests.unit_tests.index.test_persistence import named_folders
@@ -96,8 +96,9 @@ def test_adding_one_percent_writes_a_small_segment(
 def test_segments_with_adds_deletes_and_replacements_load_as_the_index(
     tiny_model: M3Model, encoded: M3Output, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: dict
 ) -> None:
-    monkeypatch.setattr(colbert_codecs, "TRAIN_MIN_VECTORS", 300)  # the compact codec trains on this data
-    monkeypatch.setattr(colbert_codecs, "TRAIN_SAMPLE", 2000)
+    # The compact codec trains on this data (the store reads these names from its own module).
+    monkeypatch.setattr(compact_store, "TRAIN_MIN_VECTORS", 300)
+    monkeypatch.setattr(compact_store, "TRAIN_SAMPLE", 2000)
     index = M3Index(tiny_model, **settings)
     target = tmp_path / "index"
     steps = [(0, 120), (120, 150), (150, 151), (151, 200), (200, 230)]
@@ -115,6 +116,8 @@ def test_segments_with_adds_deletes_and_replacements_load_as_the_index(
             index.delete(["gone"])
             index.add(["d5 says something new now"], ids=["d5"], metadatas=[{"replaced": True}])
         index.save(target, purge_deleted=False)
+        if settings.get("colbert_storage") == "compact" and hi >= 150:
+            assert index._stores.colbert.trained  # later segments are saved as codes of the first's codec
         loaded = M3Index.load(target, model=tiny_model)
         _same_search(index, loaded)
         assert loaded.get(["d5"])[0].text == index.get(["d5"])[0].text
