@@ -40,7 +40,8 @@ _ATX_HEADING = re.compile(r" {0,3}#{1,6}(?:[ \t]|$)")
 _UNDERLINE = re.compile(r" {0,3}([=\-~^\"'`*+#:._])\1{2,}[ \t]*$")
 _FENCE = re.compile(r" {0,3}(?:```|~~~)")
 _PARAGRAPH = re.compile(r"\s*\n[^\S\n]*\n\s*|\s*\f\s*")
-_LATIN_SENTENCE = re.compile(r"(?<=\S)[.!?…]+[\"'”’)\]]*(\s+)")
+# Latin-like sentence ends, with the danda and double danda of Devanagari, Bengali and other Indic scripts.
+_LATIN_SENTENCE = re.compile(r"(?<=\S)[.!?…।॥]+[\"'”’)\]]*(\s+)")
 _CJK_SENTENCE = re.compile(r"[。！？]+[」』”’）)]*(\s*)")
 # Korean sentences ending in "다." (or "요." ...) sometimes run on without a space.
 _HANGUL_SENTENCE = re.compile(r"(?<=[가-힣][.!?])(?=[가-힣])")
@@ -57,9 +58,9 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     Spans hold no surrounding whitespace; blank pieces are left out.
 
     Example:
-        >>> text = "One two. Three four!\n\n東京は大きい。大阪も。"
+        >>> text = "One two. Three four!\n\n東京は大きい。大阪も。 ঢাকা বড় শহর। নদী আছে।"
         >>> [text[a:b] for a, b in sentence_spans(text)]
-        ['One two.', 'Three four!', '東京は大きい。', '大阪も。']
+        ['One two.', 'Three four!', '東京は大きい。', '大阪も。', 'ঢাকা বড় শহর।', 'নদী আছে।']
     """
     breaks = sorted(
         [m.span(1) for m in _LATIN_SENTENCE.finditer(text)]

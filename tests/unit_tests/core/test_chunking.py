@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pytest
 
 from m3_integrations import M3Model
+from m3_integrations._chunk_layout import sentence_spans
 from m3_integrations.chunking import (
     DEFAULT_CHUNK_OVERLAP,
     DEFAULT_CHUNK_TOKENS,
@@ -315,6 +316,13 @@ def test_cjk_and_korean_sentences_end_without_spaces() -> None:
     korean = "서울은 대한민국의 수도이다.부산은 항구 도시다.광주는 빛고을이다." * 4
     for chunk in chunker.split_text(korean)[:-1]:
         assert chunk.text.endswith("다."), chunk.text
+
+
+def test_danda_ends_a_sentence_in_indic_scripts() -> None:
+    """Hindi and Bengali end sentences with a danda (।), not a full stop."""
+    sentences = ["ढाका एक बड़ा शहर है।", "নদীর পাশে একটি গ্রাম আছে।", "यह दूसरा वाक्य है॥", "Last one."]
+    text = " ".join(sentences)
+    assert [text[a:b] for a, b in sentence_spans(text)] == sentences
 
 
 def test_text_without_spaces_or_punctuation_is_cut_between_tokens() -> None:
