@@ -433,9 +433,10 @@ CASES: list[tuple[str, str, Callable[[Path], None], str]] = [
 ]
 
 
+@pytest.mark.parametrize("mmap", [False, True], ids=["read", "mapped"])
 @pytest.mark.parametrize("spec", CASES, ids=[c[0] for c in CASES])
 def test_hostile_folder_raises_index_load_error_naming_the_file(
-    originals: dict[str, Path], tiny_model: M3Model, tmp_path: Path, spec: tuple
+    originals: dict[str, Path], tiny_model: M3Model, tmp_path: Path, spec: tuple, mmap: bool
 ) -> None:
     case, original, change, named = spec
     folder = tmp_path / "box" / "index"  # "box" keeps files a case moves outside inside tmp_path
@@ -446,7 +447,7 @@ def test_hostile_folder_raises_index_load_error_naming_the_file(
 
     def load() -> None:
         try:
-            M3Index.load(folder, model=tiny_model)
+            M3Index.load(folder, model=tiny_model, mmap=mmap)  # mapped: the same checks, the same errors
         except BaseException as err:  # the test inspects whatever comes out
             outcome["error"] = err
         else:
@@ -471,3 +472,4 @@ def test_good_originals_load(originals: dict[str, Path], tiny_model: M3Model) ->
     # The cases above fail because of their one change, not because the originals are unloadable.
     for folder in originals.values():
         assert len(M3Index.load(folder, model=tiny_model)) == len(INDEX_TEXTS)
+        assert len(M3Index.load(folder, model=tiny_model, mmap=True)) == len(INDEX_TEXTS)

@@ -154,6 +154,8 @@ def test_write_npz_aligns_every_member_and_loads_with_numpy() -> None:
     buffer = io.BytesIO()
     write_npz(buffer, {**arrays, "pieces": pieces})
     arrays["pieces"] = np.concatenate(pieces)  # written as one array, never joined in memory
+    with pytest.raises(ValueError, match="pieces of one array differ"):
+        write_npz(io.BytesIO(), {"mixed": [np.zeros((2, 3), np.uint16), np.zeros((2, 4), np.uint16)]})
     data = buffer.getvalue()
     with np.load(io.BytesIO(data)) as loaded:
         for name, array in arrays.items():
