@@ -238,7 +238,7 @@ def build_synthetic(n: int, batch: int = 50_000) -> tuple[M3Index, list[EncodedQ
         output = M3Output(
             dense=dense,
             lexical_weights=weights,
-            colbert_vecs=synth.colbert(size, 8, 32),
+            colbert_vecs=gen.token_vectors(dense, 8, 32),
             num_tokens=[0] * size,
         )  # type: ignore[arg-type]
         t0 = time.perf_counter()
@@ -304,8 +304,20 @@ def synthetic(sizes: Sequence[int], n_queries: int, nprobes: Sequence[int]) -> N
         info["memory_bytes"] = index.memory_bytes()
         logger.info("n=%d: %s", n, info)
         rows = []
-        for nprobe in nprobes:
-            index.ann_nprobe = nprobe
+        for nprobe in [*nprobes, "auto"]:
+            if nprobe == "auto":
+                # The default, ann="auto" with its default threshold: the structure checks itself on
+                # pseudo-queries (DenseANN.check) and scans more lists, or keeps the exact scan; a search
+                # whose filter leaves fewer rows than the threshold scans exactly.
+                index.ann, index.ann_nprobe = "auto", DEFAULT_ANN_NPROBE
+                t0 = time.perf_counter()
+                index.build_ann()
+                info["auto_build_and_check_s"] = time.perf_counter() - t0
+                stats = info["auto_stats"] = index.ann_stats()
+                logger.info("ann='auto': %s", stats)
+                label = f"auto ({'exact scan' if stats['declined'] else stats['nprobe']})"
+            else:
+                index.ann_nprobe = label = nprobe
             for name, options in searches.items():
                 timed(index, queries[:3], **options)
                 got, times = timed(index, queries, **options)
@@ -313,7 +325,7 @@ def synthetic(sizes: Sequence[int], n_queries: int, nprobes: Sequence[int]) -> N
                 found = sum(overlap(g, w) for g, w in zip(got, want, strict=True))
                 rows.append(
                     {
-                        "nprobe": nprobe,
+                        "nprobe": label,
                         "search": name,
                         "recall@10": found / sum(len(w) for w in want),
                         "p50_ms": percentiles(times)[0],
@@ -327,7 +339,8 @@ def synthetic(sizes: Sequence[int], n_queries: int, nprobes: Sequence[int]) -> N
             f"{n:,} documents ({len(queries)} queries): structure built in {info['ann_build_s']:.1f} s, "
             f"{info['memory_bytes']['ann'] / 2**20:.0f} MiB (codes, ids, centroids; "
             f"RSS +{info['rss_growth_mb']:.0f} MB); "
-            f"dense store {info['memory_bytes']['dense'] / 2**20:.0f} MiB",
+            f"dense store {info['memory_bytes']['dense'] / 2**20:.0f} MiB; ann='auto': built and checked in "
+            f"{info['auto_build_and_check_s']:.1f} s, {info['auto_stats']}",
             "",
             "| nprobe | search | recall@10 | p50 | p95 | exact p50 | exact p95 |",
             "|---:|---|---:|---:|---:|---:|---:|",
@@ -405,8 +418,21 @@ def real(
             index.ann = True
             index.build_ann()
             lists = index.ann_stats()["lists"]
-            for nprobe in nprobes:
-                index.ann_nprobe = nprobe or DEFAULT_ANN_NPROBE
+            # ann=True at each nprobe, then the self-check of "auto" started from one list (threshold 1,
+            # so that these small collections take it): the lists it picks from pseudo-queries, and the
+            # recall the real queries get there.
+            for nprobe in [*nprobes, "auto from 1"]:
+                if nprobe == "auto from 1":
+                    index.ann, index.ann_threshold, index.ann_nprobe = "auto", 1, 1
+                    index.build_ann()
+                    stats = index.ann_stats()
+                    label = (
+                        f"auto: {'declined' if stats['declined'] else stats['nprobe']} "
+                        f"(check {stats['check_recall']:.3f})"
+                    )
+                else:
+                    index.ann_nprobe = nprobe or DEFAULT_ANN_NPROBE
+                    label = index.ann_nprobe
                 for mode, options in {"hybrid": {}, "dense": {"mode": "dense"}}.items():
                     fallbacks = _count_fallbacks(index, encoded, options)
                     got = timed(index, encoded, **options)[0]
@@ -418,7 +444,7 @@ def real(
                             "documents": len(docs),
                             "queries": len(encoded),
                             "lists": lists,
-                            "nprobe": index.ann_nprobe,
+                            "nprobe": label,
                             "search": mode,
                             "recall@10": found / sum(len(w) for w in exact[mode]),
                             "exact_fallbacks": fallbacks,

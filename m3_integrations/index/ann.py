@@ -2,10 +2,17 @@
 
 Above a size threshold the exact dense scan (one matrix-vector product over every row, 186-226 ms
 per query at 1M documents) is replaced by an inverted-file index: k-means cells over a sample of the
-vectors, each row stored as an 8-bit scalar-quantised code in its nearest cell's list, and a query scans
-the lists of its ``nprobe`` nearest cells. The candidates it returns are then rescored exactly from the
-dense store (:meth:`~m3_integrations.index.search.SearchEngine._candidates`), so a hit's dense score is
-the same as with the exact scan; only which rows become candidates is approximate.
+vectors (about ``4 sqrt(n)`` of them), each row stored as an 8-bit scalar-quantised code in its nearest
+cell's list, and a query scans the lists of its ``nprobe`` nearest cells. The candidates it returns are
+then rescored exactly from the dense store
+(:meth:`~m3_integrations.index.search.SearchEngine._candidates`), so a hit's dense score is the same as
+with the exact scan; only which rows become candidates is approximate.
+
+``ann="auto"`` (the default of :class:`~m3_integrations.M3Index`) does not trust the lists blindly:
+after training, :meth:`DenseANN.check` measures recall@10 on pseudo-queries made from the index's own
+rows, scans more lists where needed, and keeps the exact scan where even a quarter of the lists misses
+0.99 (vectors without coarse structure, such as many small unrelated topics in 1,024 dimensions,
+defeat any partition into cells).
 
 Why IVF and not HNSW: measured on this project's 2-core machine (``benchmarks/ann_first_stage.py
 choose``, table in ``docs/engine.md``), HNSW over d=1024 vectors took about five times longer to build
@@ -38,6 +45,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from m3_integrations._utils import import_optional
@@ -69,14 +77,25 @@ ANN_EXTRA = "ann"
 DEFAULT_ANN_THRESHOLD = 50_000
 # Lists scanned per query; recall and latency per setting are in docs/engine.md.
 DEFAULT_ANN_NPROBE = 64
-# k-means cells: about 2 sqrt(n), each trained from at least 39 points (faiss's own lower bound).
-_LISTS_PER_SQRT_ROW = 2.0
+# k-means cells: about 4 sqrt(n) (faiss's guidance is 4-16 sqrt(n); 2 sqrt(n) lost recall@10 on
+# clustered synthetic vectors: 0.9675 against 1.000 at 100k), each trained from at least 39 points
+# (faiss's own lower bound).
+_LISTS_PER_SQRT_ROW = 4.0
 _TRAIN_POINTS_PER_LIST = 40
 _KMEANS_ITERATIONS = 10
 # The cells are retrained once the rows have doubled since training (lists grow long and slow).
 _RETRAIN_GROWTH = 2.0
 _ADD_CHUNK = 65_536
 _OVERSAMPLE = 2
+# The self-check of ann="auto" (see DenseANN.check): pseudo-queries drawn from the index's own rows,
+# the recall@10 they must reach, the largest share of the lists it may scan to get there, and the
+# noise that moves a pseudo-query away from its row (cosine ~0.64, a typical query-passage similarity).
+SELF_CHECK_QUERIES = 128
+SELF_CHECK_RECALL = 0.99
+SELF_CHECK_MAX_LIST_SHARE = 0.25
+_SELF_CHECK_NOISE = 1.2
+_SELF_CHECK_K = 10
+_SELF_CHECK_DEPTH = 100  # candidates per signal of a default search
 
 
 def load_faiss() -> ModuleType:
@@ -144,11 +163,22 @@ class DenseANN:
 
     def reset(self) -> None:
         """Forget the structure (the rows were renumbered); the next search that needs it rebuilds it."""
+        self._drop_structure()
+        self._trained_rows = 0
+        self._forget_check()
+        self.searches = self.fallbacks = 0
+
+    def _drop_structure(self) -> None:
         self._ivf = None
         self._coarse = None
         self._added = 0  # rows [0, _added) of the dense store are in the lists
-        self._trained_rows = 0
-        self.searches = self.fallbacks = 0
+
+    def _forget_check(self) -> None:
+        # ann="auto" only: the lists scanned per query as the self-check chose them (None: not run),
+        # the recall@10 it measured there, and the rows the index held when it declined (0: it did not).
+        self._checked_nprobe: int | None = None
+        self.check_recall: float | None = None
+        self._declined_rows = 0
 
     def configure(self, setting: AnnSetting, threshold: int, nprobe: int) -> None:
         """Change the settings (a built structure is kept unless ``setting`` is False).
@@ -160,6 +190,8 @@ class DenseANN:
         check_ann_settings(setting, threshold, nprobe)
         if setting is True:
             self._faiss = load_faiss()
+        if setting != self.setting or int(nprobe) != self.nprobe:
+            self._forget_check()  # "auto" checks again, from the new nprobe, on its next search
         self.setting, self.threshold, self.nprobe = setting, int(threshold), int(nprobe)
         self.searches = self.fallbacks = 0
         if setting is False:
@@ -169,6 +201,18 @@ class DenseANN:
     def built_rows(self) -> int:
         """How many rows of the dense store are in the structure (0 when it is not built)."""
         return self._added
+
+    @property
+    def nprobe_used(self) -> int:
+        """Lists an unfiltered search scans: ``nprobe``, or with ``"auto"`` what the self-check chose."""
+        if self.setting == "auto" and self._checked_nprobe is not None:
+            return self._checked_nprobe
+        return self.nprobe
+
+    @property
+    def declined(self) -> bool:
+        """Whether ``"auto"`` keeps the exact scan because the self-check failed (see :meth:`check`)."""
+        return self.setting == "auto" and self._declined_rows > 0
 
     def wanted(self, rows_searched: int) -> bool:
         """Whether a search over ``rows_searched`` rows takes the approximate stage."""
@@ -198,12 +242,20 @@ class DenseANN:
         The lists are trained on a sample of every row, tombstones included (at most half the rows,
         and real vectors all the same), so that neither a filter nor the deletes bias them.
 
+        With ``"auto"``, a freshly trained structure is then checked on the index's own rows
+        (:meth:`check`): it scans more lists if it must, and if even a quarter of the lists misses the
+        target recall, the structure is dropped and the exact scan stays until the rows double.
+
         Raises:
             ImportError: faiss is not installed (the message names the ``ann`` extra).
         """
         faiss = self._faiss if self._faiss is not None else load_faiss()
         self._faiss = faiss
         n_rows = len(store.vectors)
+        if self.declined:
+            if n_rows < _RETRAIN_GROWTH * self._declined_rows:
+                return
+            self.reset()  # the index has doubled since the check declined: try again
         if self._added > n_rows or (self._ivf is not None and n_rows >= _RETRAIN_GROWTH * self._trained_rows):
             self.reset()
         if n_rows == 0:
@@ -213,6 +265,74 @@ class DenseANN:
             self._trained_rows = n_rows
         if self._added < n_rows:
             self._add(store, n_rows)
+        if self.setting == "auto" and self._checked_nprobe is None:
+            self.check(store)
+
+    def check(self, store: DenseStore) -> None:
+        """The self-check of ``"auto"``: the fewest lists (from ``nprobe`` up) that keep recall@10.
+
+        Pseudo-queries are :data:`SELF_CHECK_QUERIES` rows of the index itself (seeded), each moved away
+        from its row by random noise to a cosine of about 0.64 (a typical query-passage similarity).
+        For each, the top 10 of the exact scan is compared with the top 10 that the approximate stage
+        returns as a search would use it (twice the default 100 candidates, reordered by exact scores).
+        ``nprobe`` doubles until recall@10 reaches :data:`SELF_CHECK_RECALL`; that number of lists is
+        then scanned per query. If a quarter of the lists (:data:`SELF_CHECK_MAX_LIST_SHARE`) still
+        misses it, the vectors have no structure coarse enough for these lists (uniform noise, many
+        small unrelated topics): the structure is dropped, one warning is logged, and searches keep the
+        exact scan until the rows double. ``ann=True`` never runs it: the lists scanned are ``nprobe``.
+        """
+        ivf = self._ivf
+        faiss = self._faiss
+        assert ivf is not None
+        assert faiss is not None
+        n_rows = self._added
+        rng = np.random.default_rng(0)
+        picked = np.sort(rng.choice(n_rows, min(SELF_CHECK_QUERIES, n_rows), replace=False))
+        rows = np.asarray(store.vectors[picked], dtype=np.float32)
+        noise = rng.standard_normal(rows.shape).astype(np.float32) * np.float32(
+            _SELF_CHECK_NOISE / math.sqrt(self.dim)
+        )
+        queries = rows + noise
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        want = _exact_top(store.vectors[:n_rows], queries, _SELF_CHECK_K)
+        nlist = int(ivf.nlist)  # type: ignore[attr-defined]
+        largest = max(1, min(nlist, math.ceil(SELF_CHECK_MAX_LIST_SHARE * nlist)))
+        nprobe = min(self.nprobe, nlist)
+        depth = min(_OVERSAMPLE * _SELF_CHECK_DEPTH, n_rows)
+        while True:
+            params = faiss.SearchParametersIVF()
+            params.nprobe = nprobe
+            _, labels = ivf.search(queries, depth, params=params)  # type: ignore[attr-defined]
+            found = 0
+            for query, labelled, wanted in zip(queries, labels, want, strict=True):
+                got = labelled[labelled >= 0]
+                top = got[top_k_stable(store.scores(query, got), _SELF_CHECK_K)]
+                found += len(np.intersect1d(top, wanted))
+            recall = found / want.size
+            if recall >= SELF_CHECK_RECALL or nprobe >= largest:
+                break
+            nprobe = min(2 * nprobe, largest)
+        self.check_recall = recall
+        if recall >= SELF_CHECK_RECALL:
+            self._checked_nprobe = nprobe
+            logger.info(
+                "ann='auto': recall@10 %.3f on %d pseudo-queries with %d of %d lists",
+                recall,
+                len(queries),
+                nprobe,
+                nlist,
+            )
+            return
+        logger.warning(
+            "ann='auto': the approximate dense stage reaches recall@10 %.3f on this index's own rows with "
+            "%d of %d lists (target %.2f); the exact scan stays until the index doubles",
+            recall,
+            nprobe,
+            nlist,
+            SELF_CHECK_RECALL,
+        )
+        self._drop_structure()
+        self._declined_rows = n_rows
 
     def _trained(self, faiss: ModuleType, store: DenseStore) -> object:
         vectors = store.vectors
@@ -269,15 +389,16 @@ class DenseANN:
         self.build(store)
         faiss = self._faiss
         ivf = self._ivf
+        if ivf is None:  # "auto" declined (see check): the caller scans exactly
+            return None
         assert faiss is not None
-        assert ivf is not None
         n_rows = self._added
         n_allowed = n_rows if allowed is None else int(n_allowed if n_allowed is not None else allowed.sum())
         wanted = min(k, n_allowed)
         if wanted == 0:
             return np.zeros(0, dtype=np.int64)
         nlist = ivf.nlist
-        nprobe = min(nlist, math.ceil(self.nprobe * n_rows / max(n_allowed, 1)))
+        nprobe = min(nlist, math.ceil(self.nprobe_used * n_rows / max(n_allowed, 1)))
         params = faiss.SearchParametersIVF()
         params.nprobe = nprobe
         if allowed is not None and n_allowed < n_rows:
@@ -306,10 +427,33 @@ class DenseANN:
             return 0
         return int(self._added * (ivf.code_size + 8) + ivf.nlist * self.dim * 4)  # type: ignore[attr-defined]
 
-    def stats(self) -> dict[str, int]:
-        """``rows`` and ``lists`` of the structure (0 when not built), ``searches`` and ``fallbacks``."""
+    def stats(self) -> dict[str, int | float | bool | None]:
+        """What the structure holds and did (see :meth:`AnnMethods.ann_stats`)."""
         lists = int(self._ivf.nlist) if self._ivf is not None else 0  # type: ignore[attr-defined]
-        return {"rows": self._added, "lists": lists, "searches": self.searches, "fallbacks": self.fallbacks}
+        return {
+            "rows": self._added,
+            "lists": lists,
+            "nprobe": self.nprobe_used,
+            "searches": self.searches,
+            "fallbacks": self.fallbacks,
+            "check_recall": self.check_recall,
+            "declined": self.declined,
+        }
+
+
+def _exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """``(q, k)`` rows of ``vectors`` with the highest inner products with each query (blocks of rows)."""
+    block = 65_536
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    best_scores = torch.full((len(queries), 0), -math.inf)
+    best_rows = torch.zeros((len(queries), 0), dtype=torch.int64)
+    for start in range(0, len(vectors), block):
+        chunk = torch.from_numpy(np.ascontiguousarray(vectors[start : start + block], dtype=np.float32))
+        scores = torch.cat([best_scores, q @ chunk.T], dim=1)
+        rows = torch.cat([best_rows, torch.arange(start, start + len(chunk)).expand(len(queries), -1)], dim=1)
+        best_scores, at = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+        best_rows = torch.gather(rows, 1, at)
+    return best_rows.numpy()
 
 
 class AnnMethods:
@@ -373,20 +517,24 @@ class AnnMethods:
         with self._lock:
             self._dense_ann.build(self._stores.dense)
 
-    def ann_stats(self) -> dict[str, int]:
+    def ann_stats(self) -> dict[str, int | float | bool | None]:
         """What the approximate dense stage holds and did: for tuning ``ann_nprobe`` and the threshold.
 
-        ``rows`` (documents in the structure; 0 when it is not built), ``lists`` (IVF cells), and since
-        the settings or the rows last changed, ``searches`` (queries that took the approximate stage)
-        and ``fallbacks`` (those where it found fewer than the candidates needed, mostly under a narrow
-        filter, so the exact scan picked them).
+        ``rows`` (documents in the structure; 0 when it is not built), ``lists`` (IVF cells),
+        ``nprobe`` (lists an unfiltered search scans: ``ann_nprobe``, or more where ``ann="auto"``'s
+        self-check needed more), ``check_recall`` (the recall@10 that self-check measured; ``None``
+        before it ran) and ``declined`` (``True`` when it failed, so searches keep the exact scan until
+        the index doubles); and since the settings or the rows last changed, ``searches`` (queries
+        that took the approximate stage) and ``fallbacks`` (those where it found fewer than the
+        candidates needed, mostly under a narrow filter, so the exact scan picked them).
 
         Example:
             .. code-block:: python
 
-                index.ann_nprobe = 32
                 index.search("query", k=10)
-                index.ann_stats()  # {'rows': 100000, 'lists': 1264, 'searches': 1, 'fallbacks': 0}
+                index.ann_stats()
+                # {'rows': 100000, 'lists': 1265, 'nprobe': 64, 'searches': 1, 'fallbacks': 0,
+                #  'check_recall': 1.0, 'declined': False}
         """
         with self._lock:
             return self._dense_ann.stats()

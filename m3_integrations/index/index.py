@@ -85,17 +85,18 @@ class M3Index(AddMethods, AnnMethods, QueryMethods, CalibrationMethods):
             words as they are.
         bm25_stopwords: with ``bm25_tokenizer="word"``, ``"english"`` (built-in list) or your own words
             to leave out of BM25; ``None`` keeps every word.
-        ann: the dense first stage. ``False`` (default): always the exact scan. ``"auto"``: approximate
-            (faiss IVF lists over 8-bit codes, :mod:`~m3_integrations.index.ann`) when a search covers
-            at least ``ann_threshold`` documents and faiss is installed
-            (``pip install "m3-integrations[ann]"``), else the exact scan; ``True``: approximate at any
-            size (faiss required). The default stays exact until the approximate stage is measured at
-            recall@10 >= 0.99 on real collections (docs/engine.md). Candidates' dense scores are
-            recomputed exactly either way, so only which documents become candidates can differ. Not
-            saved with the index: pass it to :meth:`load` too.
+        ann: the dense first stage. ``"auto"`` (default): approximate (faiss IVF lists over 8-bit
+            codes, :mod:`~m3_integrations.index.ann`) when a search covers at least ``ann_threshold``
+            documents, faiss is installed (``pip install "m3-integrations[ann]"``) and the structure
+            passes its self-check on the index's own vectors (recall@10 >= 0.99 on pseudo-queries,
+            scanning more lists if needed); else the exact scan. ``True``: approximate at any size
+            (faiss required, no self-check); ``False``: always the exact scan. Candidates' dense scores
+            are recomputed exactly either way, so only which documents become candidates can differ.
+            Not saved with the index: pass it to :meth:`load` too.
         ann_threshold: documents a search must cover (live and matching its filter) before ``"auto"``
             uses the approximate stage (default 50,000).
-        ann_nprobe: IVF lists scanned per query (default 64; more: higher recall, slower).
+        ann_nprobe: IVF lists scanned per query (default 64; ``"auto"`` may scan more, see
+            :meth:`ann_stats`; more: higher recall, slower).
         bm25_cjk: with ``bm25_tokenizer="word"``, ``"chars"`` (each CJK character a token) or
             ``"chars+bigrams"`` (also overlapping character pairs: Japanese).
         language: the corpus language for BM25 over words: ``"auto"`` (detected from the first
@@ -164,7 +165,7 @@ class M3Index(AddMethods, AnnMethods, QueryMethods, CalibrationMethods):
         bm25_tokenizer: Literal["auto", "model", "word"] = "auto",
         bm25_stemmer: str | None = None,
         bm25_stopwords: str | Sequence[str] | None = None,
-        ann: AnnSetting = False,
+        ann: AnnSetting = "auto",
         ann_threshold: int = DEFAULT_ANN_THRESHOLD,
         ann_nprobe: int = DEFAULT_ANN_NPROBE,
         bm25_cjk: Literal["chars", "chars+bigrams"] | None = None,

@@ -1,7 +1,7 @@
 """The approximate dense first stage (issue 16, item 3): faiss IVF candidates, rescored exactly.
 
 Synthetic documents in loose topic clusters (d=32, the tiny model's width): 3,000 rows, 60 clusters, queries
-near a random document. The index gets the default 75 IVF lists (~ 2 sqrt(n), capped at n/40) and
+near a random document. The index gets the default 75 IVF lists (~ 4 sqrt(n), capped at n/40) and
 probes 16 of them (about the share the default 64 probes at 100k documents; the default itself would
 scan nearly every list here, and test little): the dense top-10 is found for at least 99% of the
 positions over 200 queries. What is tested is that tolerance, not equality, because an IVF scan may
@@ -204,6 +204,9 @@ def test_ann_stats_count_searches_and_the_short_ones(
         "lists": stats["lists"],
         "searches": 4,
         "fallbacks": 1,
+        "nprobe": PROBES,
+        "check_recall": None,
+        "declined": False,
     }
 
 
@@ -274,8 +277,9 @@ def test_save_and_load_rebuild_the_structure(
         want = approximate.search_encoded(query, k=10)
         assert [(h.id, h.score) for h in got] == [(h.id, h.score) for h in want]
     assert loaded.memory_bytes()["ann"] == approximate.memory_bytes()["ann"]
-    # the saved settings load with the exact scan by default (ann is not part of the folder)
-    assert M3Index.load(tmp_path / "idx", tiny_model).ann is False  # exact unless asked
+    # ann is not part of the folder: a load takes the default
+    assert M3Index.load(tmp_path / "idx", tiny_model).ann == "auto"
+    assert M3Index(tiny_model).ann == "auto"
 
 
 def test_ann_false_and_auto_below_the_threshold_never_touch_faiss(
@@ -336,3 +340,78 @@ def test_missing_faiss_names_the_extra(
 def test_bad_settings_name_the_argument(tiny_model: M3Model, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         M3Index(tiny_model, **kwargs)
+
+
+def test_ann_true_never_runs_the_self_check(approximate: M3Index) -> None:
+    approximate.build_ann()
+    stats = approximate.ann_stats()
+    assert stats["check_recall"] is None
+    assert stats["nprobe"] == PROBES
+    assert stats["declined"] is False
+
+
+def test_auto_checks_itself_and_scans_more_lists_when_one_is_not_enough(
+    tiny_model: M3Model, corpus: tuple, exact: M3Index
+) -> None:
+    output, queries, _ = corpus
+    index = _index(tiny_model, output, ann="auto", ann_threshold=1000, ann_nprobe=1)
+    index.build_ann()
+    stats = index.ann_stats()
+    assert stats["check_recall"] >= ann.SELF_CHECK_RECALL
+    assert stats["declined"] is False
+    # one list of 75 does not hold a query's neighbours in these loose clusters: it scanned more
+    assert 1 < stats["nprobe"] <= ann.SELF_CHECK_MAX_LIST_SHARE * stats["lists"] + 1
+    found = 0
+    for query in queries:
+        got = index.search_encoded(query, k=10, mode="dense")
+        found += len(set(_ids(got)) & set(_ids(exact.search_encoded(query, k=10, mode="dense"))))
+    assert found >= 0.98 * 10 * len(queries)  # queries the check never saw
+    assert index.ann_stats()["searches"] == len(queries)
+    # a new nprobe starts the check again, from there
+    index.ann_nprobe = 2
+    assert index.ann_stats()["check_recall"] is None
+    index.search_encoded(queries[0], k=10)
+    assert index.ann_stats()["nprobe"] >= 2
+    assert index.ann_stats()["check_recall"] is not None
+
+
+def _uniform(rng: np.random.Generator, n: int, dim: int) -> M3Output:
+    dense = _unit(rng.standard_normal((n, dim)))
+    return M3Output(
+        dense=dense,
+        lexical_weights=[{int(t): 0.3 for t in rng.integers(5, 380, size=3)} for _ in range(n)],
+        colbert_vecs=list(_unit(dense[:, None, :] + rng.standard_normal((n, 2, dim)) / np.sqrt(dim))),
+        num_tokens=[3] * n,
+    )
+
+
+def test_auto_keeps_the_exact_scan_where_its_check_fails(
+    tiny_model: M3Model, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Uniform vectors have no cells worth the name: a quarter of the lists misses recall@10 0.99.
+    rng = np.random.default_rng(8)
+    output = _uniform(rng, N_DOCS, tiny_model.dense_dim)
+    trainings = []
+    train = ann.DenseANN._trained
+    monkeypatch.setattr(ann.DenseANN, "_trained", lambda self, *a: trainings.append(1) or train(self, *a))
+    index = _index(tiny_model, output, ann="auto", ann_threshold=1000, ann_nprobe=1)
+    plain = _index(tiny_model, output, ann=False)
+    queries = _queries(rng, output.dense, 20)
+    with caplog.at_level(logging.WARNING, logger="m3_integrations.index.ann"):
+        for query in queries:
+            for options in ({}, {"mode": "dense"}, {"filter": {"tenant": 2}}):
+                got = index.search_encoded(query, k=10, **options)
+                want = plain.search_encoded(query, k=10, **options)
+                assert [(h.id, h.score, h.scores) for h in got] == [(h.id, h.score, h.scores) for h in want]
+    stats = index.ann_stats()
+    assert stats["declined"] is True
+    assert stats["check_recall"] < ann.SELF_CHECK_RECALL
+    assert stats["searches"] == 0
+    assert index.memory_bytes()["ann"] == 0  # the structure was dropped
+    assert len(trainings) == 1  # and not rebuilt by every search
+    assert len([r for r in caplog.records if "the exact scan stays" in r.getMessage()]) == 1
+    # once the index has doubled, the check runs again
+    more = _uniform(rng, N_DOCS, tiny_model.dense_dim)
+    index.add_encoded(more, [f"m{i}" for i in range(N_DOCS)], ids=[f"m{i}" for i in range(N_DOCS)])
+    index.search_encoded(queries[0], k=10)
+    assert len(trainings) == 2
