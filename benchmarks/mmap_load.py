@@ -22,6 +22,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import subprocess
@@ -138,6 +139,7 @@ def build_pooled(n_docs: int, batch: int, pool_docs: int, save_every: int) -> No
             t0 = time.perf_counter()
             index.save(folder)
             del index
+            gc.collect()  # an M3Index holds reference cycles: without this, old ones pile up (OOM at 1M)
             index = M3Index.load(folder, model=model, mmap=True, ann=False)  # type: ignore[arg-type]
             saving += time.perf_counter() - t0
             print(f"  {start + size:,} documents, {time.perf_counter() - started:.0f} s", flush=True)

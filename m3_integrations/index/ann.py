@@ -11,7 +11,7 @@ with the exact scan; only which rows become candidates is approximate.
 ``ann="auto"`` (the default of :class:`~m3_integrations.M3Index`) does not trust the lists blindly:
 after training, :meth:`DenseANN.check` measures recall@10 on pseudo-queries made from the index's own
 rows, scans more lists where needed, and keeps the exact scan where even a quarter of the lists misses
-0.99 (vectors without coarse structure, such as many small unrelated topics in 1,024 dimensions,
+0.995 (vectors without coarse structure, such as many small unrelated topics in 1,024 dimensions,
 defeat any partition into cells).
 
 Why IVF and not HNSW: measured on this project's 2-core machine (``benchmarks/ann_first_stage.py
@@ -91,7 +91,9 @@ _OVERSAMPLE = 2
 # the recall@10 they must reach, the largest share of the lists it may scan to get there, and the
 # noise that moves a pseudo-query away from its row (cosine ~0.64, a typical query-passage similarity).
 SELF_CHECK_QUERIES = 128
-SELF_CHECK_RECALL = 0.99
+# 0.995 rather than the 0.99 wanted of real queries: on real collections the pseudo-queries' recall was
+# up to 0.008 above the real queries' at the same lists (and often below; docs/engine.md).
+SELF_CHECK_RECALL = 0.995
 SELF_CHECK_MAX_LIST_SHARE = 0.25
 _SELF_CHECK_NOISE = 1.2
 _SELF_CHECK_K = 10

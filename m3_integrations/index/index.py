@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -88,7 +89,7 @@ class M3Index(AddMethods, AnnMethods, QueryMethods, CalibrationMethods):
         ann: the dense first stage. ``"auto"`` (default): approximate (faiss IVF lists over 8-bit
             codes, :mod:`~m3_integrations.index.ann`) when a search covers at least ``ann_threshold``
             documents, faiss is installed (``pip install "m3-integrations[ann]"``) and the structure
-            passes its self-check on the index's own vectors (recall@10 >= 0.99 on pseudo-queries,
+            passes its self-check on the index's own vectors (recall@10 >= 0.995 on pseudo-queries,
             scanning more lists if needed); else the exact scan. ``True``: approximate at any size
             (faiss required, no self-check); ``False``: always the exact scan. Candidates' dense scores
             are recomputed exactly either way, so only which documents become candidates can differ.
@@ -248,7 +249,15 @@ class M3Index(AddMethods, AnnMethods, QueryMethods, CalibrationMethods):
                 show_progress=show_progress,
             ),
         )
-        self._engine = SearchEngine(self._stores, self._lock, self._encode_colbert)
+        # The engine reaches the model through a weak reference: a bound method would make a cycle
+        # (index -> engine -> index) that only the cyclic garbage collector frees, so a dropped index
+        # (gigabytes of arrays) would stay in memory until it ran.
+        encode_colbert = weakref.WeakMethod(self._encode_colbert)
+        self._engine = SearchEngine(
+            self._stores,
+            self._lock,
+            lambda texts: encode_colbert()(texts),  # type: ignore[misc]  # noqa: PLW0108 (late lookup)
+        )
 
     def _colbert_store(self) -> ColbertStore | CompactColbertStore:
         if self.colbert_storage == "compact":
