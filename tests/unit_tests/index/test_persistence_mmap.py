@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import mmap
 import struct
 import zipfile
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 from m3_integrations import IndexLoadError, M3Index, M3Model, M3Output
-from m3_integrations.index import compact_store
+from m3_integrations.index import compact_store, row_parts
 from m3_integrations.index.folder_writer import NPY_ALIGNMENT, write_npz
 from m3_integrations.index.row_parts import RowParts, is_mapped, score_by_part
 from tests.common import INDEX_TEXTS
@@ -291,3 +292,43 @@ def test_row_parts_against_one_concatenated_array() -> None:
 
     expected = [whole[s : s + n].sum() for s, n in zip(starts, lengths, strict=True)]
     np.testing.assert_allclose(score_by_part([rows], starts, lengths, score), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.usefixtures("trains_early")
+@pytest.mark.parametrize("storage", STORAGES)
+def test_a_search_asks_the_kernel_for_its_candidates_pages_first(
+    tiny_model: M3Model, encoded: M3Output, tmp_path: Path, storage: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = M3Index(tiny_model, colbert_storage=storage)
+    _add(index, encoded, 0, 60)
+    index.save(tmp_path / "index")
+    mapped = M3Index.load(tmp_path / "index", model=tiny_model, mmap=True)
+    advised: list[int] = []
+    prefetch = row_parts.prefetch_rows
+
+    def recording(array: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> int:
+        advised.append(prefetch(array, starts, lengths))
+        return advised[-1]
+
+    monkeypatch.setattr(row_parts, "prefetch_rows", recording)
+    hits = mapped.search(QUERIES[0], k=5, candidates=8)
+    assert hits == index.search(QUERIES[0], k=5, candidates=8)
+    # one range per candidate with ColBERT rows, per mapped column (vectors; or ids and residuals)
+    assert max(advised) >= 8
+    advised.clear()
+    index.search(QUERIES[0], k=5, candidates=8)
+    assert set(advised) == {0}  # in memory: nothing to advise
+
+
+def test_prefetch_rows_advises_each_documents_pages_of_a_mapped_file(tmp_path: Path) -> None:
+    rows = np.arange(4096 * 6, dtype=np.float32).reshape(-1, 64)
+    path = tmp_path / "rows.bin"
+    path.write_bytes(b"\0" * 100 + rows.tobytes())  # an offset that is not a page boundary
+    with path.open("rb") as file:
+        buffer = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    mapped = np.frombuffer(buffer, dtype=np.float32, offset=100).reshape(-1, 64)
+    starts, lengths = np.array([0, 10, 200, 383]), np.array([3, 0, 50, 1])
+    assert row_parts.prefetch_rows(mapped, starts, lengths) == 3  # the empty document has no pages
+    assert row_parts.prefetch_rows(rows, starts, lengths) == 0  # in memory
+    assert row_parts.prefetch_rows(mapped, starts[:0], lengths[:0]) == 0
+    np.testing.assert_array_equal(mapped, rows)  # reads as before
