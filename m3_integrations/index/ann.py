@@ -45,7 +45,6 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from m3_integrations._utils import import_optional
@@ -297,7 +296,8 @@ class DenseANN:
         )
         queries = rows + noise
         queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-        want = _exact_top(store.vectors[:n_rows], queries, _SELF_CHECK_K)
+        # The exact top-10 by the engine's own dense scan (its kernel and its tie order).
+        want = np.stack([top_k_stable(store.scores(query)[:n_rows], _SELF_CHECK_K) for query in queries])
         nlist = int(ivf.nlist)  # type: ignore[attr-defined]
         largest = max(1, min(nlist, math.ceil(SELF_CHECK_MAX_LIST_SHARE * nlist)))
         nprobe = min(self.nprobe, nlist)
@@ -328,7 +328,7 @@ class DenseANN:
             return
         logger.warning(
             "ann='auto': the approximate dense stage reaches recall@10 %.3f on this index's own rows with "
-            "%d of %d lists (target %.2f); the exact scan stays until the index doubles",
+            "%d of %d lists (target %.3f); the exact scan stays until the index doubles",
             recall,
             nprobe,
             nlist,
@@ -442,21 +442,6 @@ class DenseANN:
             "check_recall": self.check_recall,
             "declined": self.declined,
         }
-
-
-def _exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """``(q, k)`` rows of ``vectors`` with the highest inner products with each query (blocks of rows)."""
-    block = 65_536
-    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-    best_scores = torch.full((len(queries), 0), -math.inf)
-    best_rows = torch.zeros((len(queries), 0), dtype=torch.int64)
-    for start in range(0, len(vectors), block):
-        chunk = torch.from_numpy(np.ascontiguousarray(vectors[start : start + block], dtype=np.float32))
-        scores = torch.cat([best_scores, q @ chunk.T], dim=1)
-        rows = torch.cat([best_rows, torch.arange(start, start + len(chunk)).expand(len(queries), -1)], dim=1)
-        best_scores, at = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-        best_rows = torch.gather(rows, 1, at)
-    return best_rows.numpy()
 
 
 class AnnMethods:
